@@ -1,12 +1,54 @@
+//! pg_campfire: the realtime core of a support chat, inside PostgreSQL.
+//!
+//! The schema, row-level security and SQL API are hand-written SQL in the repository's `sql/`
+//! folder; this crate adds what is better in Rust: channel-name parsing, scalar-only row JSON,
+//! the trigger functions, the transactional event log with its NOTIFY, and session secrets.
+
 use pgrx::prelude::*;
+
+mod channel;
+mod events;
+mod scalar;
+mod secret;
+mod triggers;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
 
 ::pgrx::pg_module_magic!(name, version);
 
-#[pg_extern]
-fn hello() -> &'static str {
-    "hello"
+extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../../sql/auth.sql",
+    name = "auth",
+    requires = ["schema", channel::parse_channel, secret::widget_secret_matches, secret::widget_secret_session]
+);
+extension_sql_file!(
+    "../../sql/triggers.sql",
+    name = "triggers",
+    requires = [
+        "auth",
+        events::flush_events,
+        triggers::message_events,
+        triggers::conversation_events,
+        triggers::read_receipt_events,
+        triggers::agent_status_events,
+        triggers::sync_realtime_conversations
+    ]
+);
+extension_sql_file!(
+    "../../sql/api.sql",
+    name = "api",
+    requires = ["triggers", secret::widget_secret, secret::random_bytes, events::broadcast]
+);
+extension_sql_file!("../../sql/security.sql", name = "security", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    events::init();
 }
 
+/// Required by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}

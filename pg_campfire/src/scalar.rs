@@ -1,0 +1,201 @@
+//! Rows as JSON objects of their scalar columns only: uuid, text, numbers, booleans, date/time.
+//! JSONB, arrays, inet, enums, composites and every other type are left out, so realtime
+//! payloads never carry the complex columns that broke the seeds' realtime bindings.
+
+use pgrx::datum::{Date, Time, TimeWithTimeZone, Timestamp, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use serde_json::{Map, Value};
+use std::ffi::CStr;
+
+/// What to do with enum columns: the generic function leaves them out; the mirror keeps their
+/// text label, which is a scalar.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Enums {
+    Omit,
+    AsText,
+}
+
+/// A heap tuple and its descriptor, borrowed from PostgreSQL for the duration of a call.
+pub struct Row {
+    tuple: *mut pg_sys::HeapTupleData,
+    tupdesc: pg_sys::TupleDesc,
+}
+
+impl Row {
+    /// # Safety
+    /// Both pointers must be valid for as long as the `Row` is used.
+    pub unsafe fn new(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc) -> Self {
+        Row { tuple, tupdesc }
+    }
+
+    fn natts(&self) -> usize {
+        unsafe { (*self.tupdesc).natts as usize }
+    }
+
+    fn attribute(&self, index: usize) -> &pg_sys::FormData_pg_attribute {
+        unsafe { &*(*self.tupdesc).attrs.as_ptr().add(index) }
+    }
+
+    fn datum(&self, index: usize) -> Option<pg_sys::Datum> {
+        let mut is_null = false;
+        let datum =
+            unsafe { pg_sys::heap_getattr(self.tuple, index as i32 + 1, self.tupdesc, &mut is_null) };
+        (!is_null).then_some(datum)
+    }
+
+    fn index_of(&self, column: &str) -> Option<usize> {
+        (0..self.natts()).find(|&i| {
+            let att = self.attribute(i);
+            !att.attisdropped && att.name() == column
+        })
+    }
+
+    /// The scalar value of one column, or `None` when it is NULL, missing or not scalar.
+    pub fn scalar(&self, column: &str) -> Option<Value> {
+        let index = self.index_of(column)?;
+        let datum = self.datum(index)?;
+        unsafe { scalar_value(datum, self.attribute(index).atttypid, Enums::AsText) }
+    }
+
+    pub fn text(&self, column: &str) -> Option<String> {
+        match self.scalar(column)? {
+            Value::String(s) => Some(s),
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// Every scalar column as a JSON object (NULLs included as `null`).
+    pub fn to_scalar_json(&self, enums: Enums) -> Map<String, Value> {
+        let mut object = Map::with_capacity(self.natts());
+        for index in 0..self.natts() {
+            let att = self.attribute(index);
+            if att.attisdropped || !is_scalar_type(att.atttypid, enums) {
+                continue;
+            }
+            let value = match self.datum(index) {
+                None => Value::Null,
+                Some(datum) => unsafe { scalar_value(datum, att.atttypid, enums) }.unwrap_or(Value::Null),
+            };
+            object.insert(att.name().to_owned(), value);
+        }
+        object
+    }
+}
+
+fn is_scalar_type(typid: pg_sys::Oid, enums: Enums) -> bool {
+    let base = unsafe { pg_sys::getBaseType(typid) };
+    match base {
+        pg_sys::BOOLOID
+        | pg_sys::INT2OID
+        | pg_sys::INT4OID
+        | pg_sys::INT8OID
+        | pg_sys::FLOAT4OID
+        | pg_sys::FLOAT8OID
+        | pg_sys::NUMERICOID
+        | pg_sys::TEXTOID
+        | pg_sys::VARCHAROID
+        | pg_sys::BPCHAROID
+        | pg_sys::NAMEOID
+        | pg_sys::CHAROID
+        | pg_sys::UUIDOID
+        | pg_sys::TIMESTAMPTZOID
+        | pg_sys::TIMESTAMPOID
+        | pg_sys::DATEOID
+        | pg_sys::TIMEOID
+        | pg_sys::TIMETZOID => true,
+        other => enums == Enums::AsText && unsafe { pg_sys::get_typtype(other) } as u8 == b'e',
+    }
+}
+
+/// The type's own text output, for text-like types and enum labels.
+unsafe fn output_text(datum: pg_sys::Datum, typid: pg_sys::Oid) -> String {
+    unsafe {
+        let mut output_fn = pg_sys::Oid::INVALID;
+        let mut is_varlena = false;
+        pg_sys::getTypeOutputInfo(typid, &mut output_fn, &mut is_varlena);
+        let text = pg_sys::OidOutputFunctionCall(output_fn, datum);
+        let owned = CStr::from_ptr(text).to_string_lossy().into_owned();
+        pg_sys::pfree(text.cast());
+        owned
+    }
+}
+
+fn number(value: f64) -> Value {
+    serde_json::Number::from_f64(value).map_or_else(|| Value::String(value.to_string()), Value::Number)
+}
+
+/// # Safety
+/// `datum` must be a non-null value of type `typid`.
+unsafe fn scalar_value(datum: pg_sys::Datum, typid: pg_sys::Oid, enums: Enums) -> Option<Value> {
+    if !is_scalar_type(typid, enums) {
+        return None;
+    }
+    let base = unsafe { pg_sys::getBaseType(typid) };
+    let value = unsafe {
+        match base {
+            pg_sys::BOOLOID => Value::Bool(datum.value() != 0),
+            pg_sys::INT2OID => Value::from(datum.value() as i16),
+            pg_sys::INT4OID => Value::from(datum.value() as i32),
+            pg_sys::INT8OID => Value::from(i64::from_polymorphic_datum(datum, false, base)?),
+            pg_sys::FLOAT4OID => number(f32::from_polymorphic_datum(datum, false, base)? as f64),
+            pg_sys::FLOAT8OID => number(f64::from_polymorphic_datum(datum, false, base)?),
+            pg_sys::NUMERICOID => {
+                let text = output_text(datum, base);
+                serde_json::from_str::<serde_json::Number>(&text)
+                    .map_or(Value::String(text), Value::Number)
+            }
+            pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => {
+                Value::String(String::from_polymorphic_datum(datum, false, pg_sys::TEXTOID)?)
+            }
+            pg_sys::UUIDOID => {
+                Value::String(pgrx::Uuid::from_polymorphic_datum(datum, false, base)?.to_string())
+            }
+            pg_sys::TIMESTAMPTZOID => serde_json::to_value(
+                TimestampWithTimeZone::from_polymorphic_datum(datum, false, base)?,
+            )
+            .ok()?,
+            pg_sys::TIMESTAMPOID => {
+                serde_json::to_value(Timestamp::from_polymorphic_datum(datum, false, base)?).ok()?
+            }
+            pg_sys::DATEOID => serde_json::to_value(Date::from_polymorphic_datum(datum, false, base)?).ok()?,
+            pg_sys::TIMEOID => serde_json::to_value(Time::from_polymorphic_datum(datum, false, base)?).ok()?,
+            pg_sys::TIMETZOID => {
+                serde_json::to_value(TimeWithTimeZone::from_polymorphic_datum(datum, false, base)?).ok()?
+            }
+            // name, "char" and enum labels.
+            _ => Value::String(output_text(datum, typid)),
+        }
+    };
+    Some(value)
+}
+
+/// `campfire.scalar_json(row)`: any row as a JSON object of its scalar columns only.
+/// Usable by a DBA on their own tables, e.g. `SELECT campfire.scalar_json(t) FROM my_table t`.
+#[pg_extern(stable, strict, parallel_safe)]
+fn scalar_json(row: pgrx::AnyElement) -> pgrx::JsonB {
+    let typid = row.oid();
+    let is_composite = unsafe { pg_sys::type_is_rowtype(typid) };
+    if !is_composite {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            "scalar_json expects a row (a composite value such as a table row)"
+        );
+    }
+    unsafe {
+        let header = pg_sys::pg_detoast_datum(row.datum().cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+        let tupdesc = pg_sys::lookup_rowtype_tupdesc(
+            pgrx::heap_tuple_header_get_type_id(header),
+            pgrx::heap_tuple_header_get_typmod(header),
+        );
+        let mut tuple = pg_sys::HeapTupleData {
+            t_len: pgrx::varsize(header.cast()) as u32,
+            t_self: Default::default(),
+            t_tableOid: pg_sys::Oid::INVALID,
+            t_data: header,
+        };
+        let object = Row::new(&mut tuple, tupdesc).to_scalar_json(Enums::Omit);
+        pg_sys::DecrTupleDescRefCount(tupdesc);
+        pgrx::JsonB(Value::Object(object))
+    }
+}

@@ -1,0 +1,1 @@
+//! In-backend tests (`cargo pgrx test`).

@@ -1,0 +1,219 @@
+//! Trigger functions: the scalar-only mirror of conversations, and the realtime events that
+//! messages, conversations, read receipts and agent availability produce in their transaction.
+
+use crate::events;
+use crate::scalar::{Enums, Row};
+use pgrx::prelude::*;
+use pgrx::{PgTrigger, PgTriggerOperation};
+use serde_json::{Map, Value, json};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, std::convert::Infallible>;
+
+/// The OLD and NEW rows of a row-level trigger.
+struct Change {
+    op: PgTriggerOperation,
+    old: Option<Row>,
+    new: Option<Row>,
+}
+
+impl Change {
+    fn of(trigger: &PgTrigger) -> Change {
+        let data = trigger.trigger_data();
+        let op = trigger.op().unwrap_or_else(|e| pgrx::error!("{e}"));
+        let tupdesc = unsafe { (*data.tg_relation).rd_att };
+        let row = |tuple: *mut pg_sys::HeapTupleData| {
+            (!tuple.is_null()).then(|| unsafe { Row::new(tuple, tupdesc) })
+        };
+        let (old, new) = match op {
+            PgTriggerOperation::Insert => (None, row(data.tg_trigtuple)),
+            PgTriggerOperation::Update => (row(data.tg_trigtuple), row(data.tg_newtuple)),
+            _ => (row(data.tg_trigtuple), None),
+        };
+        Change { op, old, new }
+    }
+
+    /// The row as it is after the change (NEW), or as it was before a DELETE (OLD).
+    fn current(&self) -> &Row {
+        self.new.as_ref().or(self.old.as_ref()).expect("a row-level trigger has a row")
+    }
+}
+
+fn uuid_column(row: &Row, column: &str) -> pgrx::Uuid {
+    let text = row.text(column).unwrap_or_else(|| pgrx::error!("column {column} is NULL"));
+    pgrx::Uuid::from_bytes(*uuid::Uuid::parse_str(&text).expect("uuid column").as_bytes())
+}
+
+fn envelope(key: &str, object: Map<String, Value>, org: pgrx::Uuid, conversation: pgrx::Uuid) -> Value {
+    json!({ key: object, "conversationId": conversation.to_string(), "organizationId": org.to_string() })
+}
+
+/// `message:created` / `message:updated` on the conversation channel (not for agent-only notes)
+/// and on the organization's conversation list.
+#[pg_trigger]
+fn message_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let change = Change::of(trigger);
+    let row = change.current();
+    let org = uuid_column(row, "organization_id");
+    let conversation = uuid_column(row, "conversation_id");
+    let event = match change.op {
+        PgTriggerOperation::Insert => "message:created",
+        _ => "message:updated",
+    };
+    let payload = envelope("message", row.to_scalar_json(Enums::AsText), org, conversation);
+    if row.text("message_type").as_deref() != Some("note") {
+        events::queue(org, Some(conversation), format!("org:{org}:conv:{conversation}"), event, payload.clone());
+    }
+    events::queue(org, Some(conversation), format!("org:{org}:conversations"), event, payload);
+    Ok(None)
+}
+
+/// `conversation:created` / `conversation:updated` / `conversation:deleted` on the organization
+/// channel, carrying the scalar-only mirror of the row. An UPDATE that changes nothing scalar
+/// announces nothing.
+#[pg_trigger]
+fn conversation_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let change = Change::of(trigger);
+    let row = change.current();
+    let org = uuid_column(row, "organization_id");
+    let conversation = uuid_column(row, "id");
+    let mirror = row.to_scalar_json(Enums::AsText);
+    let (event, payload) = match change.op {
+        PgTriggerOperation::Insert => ("conversation:created", envelope("conversation", mirror, org, conversation)),
+        PgTriggerOperation::Update => {
+            let before = change.old.as_ref().map(|old| old.to_scalar_json(Enums::AsText));
+            if before.as_ref() == Some(&mirror) {
+                return Ok(None);
+            }
+            ("conversation:updated", envelope("conversation", mirror, org, conversation))
+        }
+        // Ids only: a deletion (such as a GDPR erasure) must not copy personal data into the log.
+        _ => (
+            "conversation:deleted",
+            json!({ "conversationId": conversation.to_string(), "organizationId": org.to_string() }),
+        ),
+    };
+    events::queue(org, Some(conversation), format!("org:{org}"), event, payload);
+    Ok(None)
+}
+
+/// `read:receipt` on the conversation channel when a reader's watermark moves forward.
+#[pg_trigger]
+fn read_receipt_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let change = Change::of(trigger);
+    let row = change.current();
+    let seq = |row: &Row| row.scalar("last_read_seq").and_then(|v| v.as_i64()).unwrap_or(0);
+    if let Some(old) = &change.old
+        && seq(old) >= seq(row)
+    {
+        return Ok(None);
+    }
+    let org = uuid_column(row, "organization_id");
+    let conversation = uuid_column(row, "conversation_id");
+    let payload = json!({
+        "conversationId": conversation.to_string(),
+        "organizationId": org.to_string(),
+        "readerType": row.scalar("reader_type"),
+        "readerId": row.scalar("reader_id"),
+        "lastReadSeq": seq(row),
+        "readAt": row.scalar("updated_at"),
+    });
+    events::queue(org, Some(conversation), format!("org:{org}:conv:{conversation}"), "read:receipt", payload);
+    Ok(None)
+}
+
+/// `agent:status:online` / `agent:status:offline` on the agents' presence channel when a
+/// member's availability changes.
+#[pg_trigger]
+fn agent_status_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let change = Change::of(trigger);
+    let row = change.current();
+    let availability = row.text("availability");
+    let before = match &change.old {
+        Some(old) => old.text("availability"),
+        // A new member starts offline: only an online start is news.
+        None => Some("offline".to_owned()),
+    };
+    if before == availability {
+        return Ok(None);
+    }
+    let org = uuid_column(row, "organization_id");
+    let event = match availability.as_deref() {
+        Some("online") => "agent:status:online",
+        _ => "agent:status:offline",
+    };
+    let payload = json!({
+        "organizationId": org.to_string(),
+        "userId": row.scalar("user_id"),
+        "displayName": row.scalar("display_name"),
+        "availability": availability,
+        "changedAt": row.scalar("availability_changed_at"),
+    });
+    events::queue(org, None, format!("org:{org}:agents:presence"), event, payload);
+    Ok(None)
+}
+
+/// The statements that keep one mirror table, built once per backend from the catalog.
+#[derive(Clone)]
+struct MirrorSql {
+    upsert: String,
+    delete: String,
+}
+
+thread_local! {
+    static MIRRORS: RefCell<HashMap<String, MirrorSql>> = RefCell::new(HashMap::new());
+}
+
+fn mirror_sql(mirror: &str) -> MirrorSql {
+    if let Some(sql) = MIRRORS.with(|cache| cache.borrow().get(mirror).cloned()) {
+        return sql;
+    }
+    let (table, columns) = Spi::get_two_with_args::<String, String>(
+        "SELECT c.oid::regclass::text, \
+                string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attname <> 'id') \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         WHERE c.oid = $1::regclass GROUP BY c.oid",
+        &[mirror.into()],
+    )
+    .unwrap_or_else(|err| pgrx::error!("mirror table {mirror}: {err}"));
+    let (table, columns) = (table.expect("regclass"), columns.unwrap_or_default());
+    let excluded: Vec<String> = columns.split(", ").map(|c| format!("EXCLUDED.{c}")).collect();
+    let sql = MirrorSql {
+        upsert: format!(
+            "INSERT INTO {table} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1) \
+             ON CONFLICT (id) DO UPDATE SET ({columns}) = ROW({})",
+            excluded.join(", ")
+        ),
+        delete: format!("DELETE FROM {table} WHERE id = $1"),
+    };
+    MIRRORS.with(|cache| cache.borrow_mut().insert(mirror.to_owned(), sql.clone()));
+    sql
+}
+
+/// Keeps a scalar-only mirror table in step with the table it is attached to. The mirror is
+/// named by the trigger's argument (default `campfire.realtime_conversations`), has an `id`
+/// primary key, and takes whichever scalar columns of the source it declares; enums arrive as
+/// their text label. Runs as SECURITY DEFINER, so writers need no rights on the mirror.
+#[pg_trigger]
+fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let change = Change::of(trigger);
+    let mirror = trigger
+        .extra_args()
+        .ok()
+        .and_then(|args| args.into_iter().next())
+        .unwrap_or_else(|| "campfire.realtime_conversations".to_owned());
+    let result = match &change.new {
+        Some(row) => {
+            let values = pgrx::JsonB(Value::Object(row.to_scalar_json(Enums::AsText)));
+            Spi::run_with_args(&mirror_sql(&mirror).upsert, &[values.into()])
+        }
+        None => {
+            let id = uuid_column(change.current(), "id");
+            Spi::run_with_args(&mirror_sql(&mirror).delete, &[id.into()])
+        }
+    };
+    result.unwrap_or_else(|err| pgrx::error!("syncing {mirror}: {err}"));
+    Ok(None)
+}

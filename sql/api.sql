@@ -1,0 +1,659 @@
+-- The SQL API every writer uses: the relay's HTTP endpoints, psql, an application, a bot.
+-- Functions run as the caller (row-level security decides) unless they must act for someone who
+-- cannot yet be identified (starting a widget session) or touch what RLS protects from the
+-- caller itself (its own membership row); those are SECURITY DEFINER and check claims explicitly.
+-- Errors use standard SQLSTATEs with a message saying what was wrong (README lists them).
+
+-- A 256-bit key for widget session secrets, made once per database.
+INSERT INTO server_keys (widget_key) VALUES (campfire.random_bytes(32));
+
+CREATE FUNCTION raise_error(sqlstate text, message text, hint text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, HINT = coalesce(hint, '');
+END
+$$;
+
+-- Raises 28000 unless the claims carry a role at all.
+CREATE FUNCTION require_role() RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    role text := campfire.claim_role();
+BEGIN
+    IF role IS NULL THEN
+        PERFORM campfire.raise_error('28000', 'not authenticated: request.jwt.claims carries no role',
+            'set request.jwt.claims for the transaction');
+    END IF;
+    RETURN role;
+END
+$$;
+
+CREATE FUNCTION validate_content(content text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+BEGIN
+    IF content IS NULL OR btrim(content) = '' THEN
+        PERFORM campfire.raise_error('22023', 'content must not be empty');
+    ELSIF length(content) > 4000 THEN
+        PERFORM campfire.raise_error('22001',
+            format('content is %s characters long; the limit is 4000', length(content)));
+    END IF;
+END
+$$;
+
+CREATE FUNCTION validate_email(email text, field text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+BEGIN
+    IF email IS NOT NULL AND NOT campfire.is_valid_email(email) THEN
+        PERFORM campfire.raise_error('22023', format('%s is not a valid email address', field));
+    END IF;
+END
+$$;
+
+-- Organizations and members ------------------------------------------------------------------------
+
+CREATE FUNCTION create_organization(name text, slug text, allowed_origins text[] DEFAULT '{}')
+    RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    created uuid;
+BEGIN
+    IF NOT campfire.is_service() THEN
+        PERFORM campfire.raise_error('42501', 'only the service role may create organizations');
+    END IF;
+    IF slug IS NULL OR slug !~ '^[a-z0-9][a-z0-9-]{1,62}$' THEN
+        PERFORM campfire.raise_error('22023', 'slug must be 2-63 characters of a-z, 0-9 and -, starting with a letter or digit');
+    END IF;
+    IF name IS NULL OR length(btrim(name)) NOT BETWEEN 1 AND 200 THEN
+        PERFORM campfire.raise_error('22023', 'name must be 1-200 characters');
+    END IF;
+    INSERT INTO campfire.organizations (name, slug, allowed_origins)
+    VALUES (name, slug, coalesce(allowed_origins, '{}'))
+    RETURNING id INTO created;
+    RETURN created;
+EXCEPTION WHEN unique_violation THEN
+    PERFORM campfire.raise_error('23505', format('an organization with slug %s already exists', slug));
+END
+$$;
+
+CREATE FUNCTION add_member(organization_id uuid, user_id uuid, role text DEFAULT 'agent',
+                           status text DEFAULT 'active', display_name text DEFAULT NULL,
+                           email text DEFAULT NULL)
+    RETURNS campfire.organization_members
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    member campfire.organization_members;
+BEGIN
+    PERFORM campfire.require_role();
+    IF NOT (campfire.is_service() OR campfire.member_role(organization_id) = 'admin') THEN
+        PERFORM campfire.raise_error('42501', 'only an admin of the organization may manage its members');
+    END IF;
+    IF role IS NULL OR role NOT IN ('admin', 'agent', 'viewer') THEN
+        PERFORM campfire.raise_error('22023', 'role must be one of admin, agent, viewer');
+    END IF;
+    IF status IS NULL OR status NOT IN ('active', 'invited', 'disabled') THEN
+        PERFORM campfire.raise_error('22023', 'status must be one of active, invited, disabled');
+    END IF;
+    PERFORM campfire.validate_email(email, 'email');
+    INSERT INTO campfire.organization_members AS m (organization_id, user_id, role, status, display_name, email)
+    VALUES (organization_id, user_id, role, status, display_name, email)
+    ON CONFLICT ON CONSTRAINT organization_members_pkey DO UPDATE
+        SET role = EXCLUDED.role, status = EXCLUDED.status,
+            display_name = coalesce(EXCLUDED.display_name, m.display_name),
+            email = coalesce(EXCLUDED.email, m.email)
+    RETURNING * INTO member;
+    RETURN member;
+EXCEPTION WHEN foreign_key_violation THEN
+    PERFORM campfire.raise_error('P0002', format('organization %s not found', organization_id));
+END
+$$;
+
+-- An agent's own availability; announces agent:status:online / agent:status:offline.
+CREATE FUNCTION set_availability(organization_id uuid, availability text)
+    RETURNS campfire.organization_members
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    member campfire.organization_members;
+BEGIN
+    IF campfire.require_role() <> 'authenticated' OR campfire.current_user_id() IS NULL THEN
+        PERFORM campfire.raise_error('42501', 'only an agent (role authenticated with a sub) has an availability');
+    END IF;
+    IF availability IS NULL OR availability NOT IN ('online', 'away', 'offline') THEN
+        PERFORM campfire.raise_error('22023', 'availability must be one of online, away, offline');
+    END IF;
+    UPDATE campfire.organization_members m
+       SET availability = set_availability.availability,
+           availability_changed_at = CASE WHEN m.availability = set_availability.availability
+                                          THEN m.availability_changed_at ELSE now() END
+     WHERE m.organization_id = set_availability.organization_id
+       AND m.user_id = campfire.current_user_id() AND m.status = 'active'
+    RETURNING * INTO member;
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('42501',
+            format('user %s is not an active member of organization %s', campfire.current_user_id(), organization_id));
+    END IF;
+    RETURN member;
+END
+$$;
+
+-- Widget sessions ---------------------------------------------------------------------------------
+
+-- A session secret checked against the server key. Raises 28000 when it is not valid.
+CREATE FUNCTION session_by_secret(session_secret text) RETURNS campfire.widget_sessions
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+DECLARE
+    session campfire.widget_sessions;
+BEGIN
+    SELECT s.* INTO session FROM campfire.widget_sessions s, campfire.server_keys k
+    WHERE s.id = campfire.widget_secret_session(session_secret)
+      AND campfire.widget_secret_matches(k.widget_key, s.id, s.secret_nonce, session_secret);
+    IF NOT FOUND OR session.revoked_at IS NOT NULL OR session.expires_at <= now() THEN
+        PERFORM campfire.raise_error('28000', 'the widget session secret is invalid, revoked or expired',
+            'start a new session without a secret');
+    END IF;
+    RETURN session;
+END
+$$;
+
+-- Starts or resumes a visitor's widget session and returns its open conversation.
+-- Idempotent: the same visitor gets the same session and conversation. Without a secret, a
+-- visitor that already has a session gets it back only within 60 seconds of its creation
+-- (double clicks, two tabs opening at once); after that the secret is required.
+CREATE FUNCTION start_widget_session(organization_id uuid, visitor_id text,
+                                     customer_email text DEFAULT NULL, customer_name text DEFAULT NULL,
+                                     resume_secret text DEFAULT NULL)
+    RETURNS TABLE (conversation_id uuid, widget_session_id uuid, session_secret text)
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+#variable_conflict use_column
+DECLARE
+    org campfire.organizations;
+    session campfire.widget_sessions;
+    conversation uuid;
+    claim_window constant interval := interval '60 seconds';
+BEGIN
+    IF start_widget_session.organization_id IS NULL THEN
+        PERFORM campfire.raise_error('22023', 'organization_id is required');
+    END IF;
+    IF start_widget_session.visitor_id IS NULL OR NOT campfire.is_valid_visitor_id(start_widget_session.visitor_id) THEN
+        PERFORM campfire.raise_error('22023', 'visitor_id must be 1-128 characters of A-Z a-z 0-9 . _ -');
+    END IF;
+    PERFORM campfire.validate_email(start_widget_session.customer_email, 'customer_email');
+    IF length(start_widget_session.customer_name) > 200 THEN
+        PERFORM campfire.raise_error('22001', 'customer_name is longer than 200 characters');
+    END IF;
+    SELECT * INTO org FROM campfire.organizations o WHERE o.id = start_widget_session.organization_id;
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('P0002', format('organization %s not found', start_widget_session.organization_id));
+    END IF;
+
+    IF start_widget_session.resume_secret IS NOT NULL THEN
+        session := campfire.session_by_secret(start_widget_session.resume_secret);
+        IF session.organization_id <> org.id OR session.visitor_id <> start_widget_session.visitor_id THEN
+            PERFORM campfire.raise_error('28000', 'the widget session secret belongs to another visitor');
+        END IF;
+        UPDATE campfire.widget_sessions s
+           SET last_seen_at = now(), expires_at = now() + interval '30 days',
+               customer_email = coalesce(start_widget_session.customer_email, s.customer_email),
+               customer_name = coalesce(start_widget_session.customer_name, s.customer_name)
+         WHERE s.id = session.id;
+    ELSE
+        INSERT INTO campfire.widget_sessions (organization_id, visitor_id, secret_nonce, customer_email, customer_name)
+        VALUES (org.id, start_widget_session.visitor_id, campfire.random_bytes(16),
+                start_widget_session.customer_email, start_widget_session.customer_name)
+        ON CONFLICT (organization_id, visitor_id) DO NOTHING
+        RETURNING * INTO session;
+        IF NOT FOUND THEN
+            SELECT * INTO session FROM campfire.widget_sessions s
+            WHERE s.organization_id = org.id AND s.visitor_id = start_widget_session.visitor_id;
+            IF session.created_at < now() - claim_window OR session.revoked_at IS NOT NULL THEN
+                PERFORM campfire.raise_error('28000',
+                    format('visitor %s already has a widget session', start_widget_session.visitor_id),
+                    'present its session_secret to resume it');
+            END IF;
+        END IF;
+    END IF;
+
+    SELECT c.id INTO conversation FROM campfire.conversations c
+    WHERE c.widget_session_id = session.id AND c.status <> 'resolved';
+    IF NOT FOUND THEN
+        INSERT INTO campfire.conversations AS c (organization_id, widget_session_id, visitor_id,
+                                                 customer_name, customer_email, status)
+        VALUES (org.id, session.id, session.visitor_id,
+                coalesce(start_widget_session.customer_name, session.customer_name),
+                coalesce(start_widget_session.customer_email, session.customer_email),
+                CASE WHEN (org.settings ->> 'bot_enabled')::boolean THEN 'bot' ELSE 'open' END::campfire.conversation_status)
+        ON CONFLICT (widget_session_id) WHERE status <> 'resolved' AND widget_session_id IS NOT NULL DO NOTHING
+        RETURNING c.id INTO conversation;
+        IF NOT FOUND THEN
+            SELECT c.id INTO conversation FROM campfire.conversations c
+            WHERE c.widget_session_id = session.id AND c.status <> 'resolved';
+        END IF;
+    END IF;
+
+    RETURN QUERY
+        SELECT conversation, session.id, campfire.widget_secret(k.widget_key, session.id, session.secret_nonce)
+        FROM campfire.server_keys k;
+END
+$$;
+
+-- The claims a relay puts in a short-lived visitor token, for a valid session secret.
+CREATE FUNCTION visitor_claims(session_secret text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+DECLARE
+    session campfire.widget_sessions := campfire.session_by_secret(session_secret);
+BEGIN
+    RETURN jsonb_build_object('role', 'visitor', 'org_id', session.organization_id,
+                              'widget_session_id', session.id, 'visitor_id', session.visitor_id);
+END
+$$;
+
+-- Revokes a widget session: its secret stops working at once.
+CREATE FUNCTION revoke_widget_session(widget_session_id uuid) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org uuid;
+BEGIN
+    SELECT s.organization_id INTO org FROM campfire.widget_sessions s WHERE s.id = widget_session_id;
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('P0002', format('widget session %s not found', widget_session_id));
+    END IF;
+    IF NOT (campfire.is_service() OR campfire.member_role(org) IN ('admin', 'agent')
+            OR campfire.current_widget_session_id() = widget_session_id) THEN
+        PERFORM campfire.raise_error('42501', 'not allowed to revoke this widget session');
+    END IF;
+    UPDATE campfire.widget_sessions s SET revoked_at = now(), secret_nonce = campfire.random_bytes(16)
+     WHERE s.id = widget_session_id;
+    RETURN true;
+END
+$$;
+
+-- Messages ----------------------------------------------------------------------------------------
+
+-- The organization of a conversation the caller can see, or P0002.
+CREATE FUNCTION visible_conversation_org(conversation_id uuid) RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org uuid;
+BEGIN
+    SELECT r.organization_id INTO org FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('P0002', format('conversation %s not found', conversation_id));
+    END IF;
+    RETURN org;
+END
+$$;
+
+-- Sends a message as the caller: a visitor sends as customer, an agent as agent (or an
+-- agent-only note with message_type 'note'), the service role as whichever sender_type it names.
+-- With a client_message_id, retries return the message already stored instead of a second one.
+CREATE FUNCTION send_message(conversation_id uuid, content text, sender_type text DEFAULT NULL,
+                             client_message_id text DEFAULT NULL, message_type text DEFAULT 'text',
+                             sender_name text DEFAULT NULL, sender_email text DEFAULT NULL,
+                             metadata jsonb DEFAULT '{}', attachments jsonb DEFAULT '[]')
+    RETURNS campfire.messages
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    role text := campfire.require_role();
+    org uuid;
+    sender text := sender_type;
+    sender_user uuid;
+    name text := sender_name;
+    email text := sender_email;
+    kind text := coalesce(message_type, 'text');
+    message campfire.messages;
+BEGIN
+    PERFORM campfire.validate_content(content);
+    IF sender IS NOT NULL AND sender NOT IN ('customer', 'agent', 'system', 'bot') THEN
+        PERFORM campfire.raise_error('22023', 'sender_type must be one of customer, agent, system, bot');
+    END IF;
+    IF kind NOT IN ('text', 'note', 'event') THEN
+        PERFORM campfire.raise_error('22023', 'message_type must be one of text, note, event');
+    END IF;
+    IF client_message_id IS NOT NULL AND client_message_id !~ '^[A-Za-z0-9._:-]{1,128}$' THEN
+        PERFORM campfire.raise_error('22023', 'client_message_id must be 1-128 characters of A-Z a-z 0-9 . _ : -');
+    END IF;
+    PERFORM campfire.validate_email(email, 'sender_email');
+    IF length(name) > 200 THEN
+        PERFORM campfire.raise_error('22001', 'sender_name is longer than 200 characters');
+    END IF;
+    org := campfire.visible_conversation_org(conversation_id);
+
+    IF role = 'visitor' THEN
+        IF coalesce(sender, 'customer') <> 'customer' OR kind <> 'text' THEN
+            PERFORM campfire.raise_error('42501', 'a visitor can only send text messages as customer');
+        END IF;
+        sender := 'customer';
+        SELECT coalesce(name, s.customer_name), coalesce(email, s.customer_email) INTO name, email
+        FROM campfire.widget_sessions s WHERE s.id = campfire.current_widget_session_id();
+    ELSIF role = 'authenticated' THEN
+        IF coalesce(campfire.member_role(org), 'viewer') = 'viewer' THEN
+            PERFORM campfire.raise_error('42501', 'only admins and agents of the organization may send messages');
+        END IF;
+        IF coalesce(sender, 'agent') <> 'agent' THEN
+            PERFORM campfire.raise_error('42501', 'an agent can only send as agent');
+        END IF;
+        sender := 'agent';
+        sender_user := campfire.current_user_id();
+        SELECT coalesce(name, m.display_name) INTO name FROM campfire.organization_members m
+        WHERE m.organization_id = org AND m.user_id = sender_user;
+    ELSIF campfire.is_service() THEN
+        IF sender IS NULL THEN
+            PERFORM campfire.raise_error('22023', 'sender_type is required for the service role');
+        END IF;
+    ELSE
+        PERFORM campfire.raise_error('42501', format('role %s may not send messages', role));
+    END IF;
+    IF kind = 'note' AND sender = 'customer' THEN
+        PERFORM campfire.raise_error('22023', 'notes are agent-only: a customer cannot send one');
+    END IF;
+
+    IF client_message_id IS NOT NULL THEN
+        SELECT * INTO message FROM campfire.messages m
+        WHERE m.conversation_id = send_message.conversation_id AND m.client_message_id = send_message.client_message_id;
+        IF FOUND THEN
+            RETURN message;
+        END IF;
+    END IF;
+    INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type, sender_user_id,
+                                   sender_name, sender_email, message_type, client_message_id,
+                                   metadata, attachments)
+    VALUES (conversation_id, org, content, sender, sender_user, name, email, kind, client_message_id,
+            coalesce(metadata, '{}'), coalesce(attachments, '[]'))
+    RETURNING * INTO message;
+    IF message.id IS NULL THEN
+        -- A concurrent retry stored it first (the insert trigger skipped this one).
+        SELECT * INTO message FROM campfire.messages m
+        WHERE m.conversation_id = send_message.conversation_id AND m.client_message_id = send_message.client_message_id;
+    END IF;
+    RETURN message;
+END
+$$;
+
+-- Messages of a conversation the caller can see, oldest first: the newest `max_rows` before
+-- `before_seq` (or the newest overall). Visitors never see agent-only notes.
+CREATE FUNCTION history(conversation_id uuid, before_seq bigint DEFAULT NULL, max_rows integer DEFAULT 50)
+    RETURNS SETOF campfire.messages
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_variable
+BEGIN
+    PERFORM campfire.require_role();
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 1000 THEN
+        PERFORM campfire.raise_error('22023', 'max_rows must be between 1 and 1000');
+    END IF;
+    PERFORM campfire.visible_conversation_org(conversation_id);
+    RETURN QUERY
+        SELECT * FROM (
+            SELECT m.* FROM campfire.messages m
+            WHERE m.conversation_id = history.conversation_id
+              AND (before_seq IS NULL OR m.seq < before_seq)
+            ORDER BY m.seq DESC LIMIT max_rows
+        ) newest ORDER BY newest.seq;
+END
+$$;
+
+-- Moves the caller's read watermark forward (never back) to `up_to_seq`, or to the newest
+-- message; announces read:receipt when it moved. Returns the watermark.
+CREATE FUNCTION mark_read(conversation_id uuid, up_to_seq bigint DEFAULT NULL) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    role text := campfire.require_role();
+    org uuid := campfire.visible_conversation_org(conversation_id);
+    newest bigint;
+    reader_kind text;
+    reader uuid;
+    watermark bigint;
+BEGIN
+    IF up_to_seq IS NOT NULL AND up_to_seq < 0 THEN
+        PERFORM campfire.raise_error('22023', 'up_to_seq must not be negative');
+    END IF;
+    IF role = 'visitor' THEN
+        reader_kind := 'customer';
+        reader := campfire.current_widget_session_id();
+    ELSIF role = 'authenticated' THEN
+        reader_kind := 'agent';
+        reader := campfire.current_user_id();
+    ELSE
+        PERFORM campfire.raise_error('42501', 'only a visitor or an agent has a read watermark');
+    END IF;
+    SELECT r.last_message_seq INTO newest FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
+    INSERT INTO campfire.conversation_reads AS r (organization_id, conversation_id, reader_type, reader_id, last_read_seq)
+    VALUES (org, conversation_id, reader_kind, reader, least(coalesce(up_to_seq, newest), newest))
+    ON CONFLICT ON CONSTRAINT conversation_reads_pkey DO UPDATE
+        SET last_read_seq = EXCLUDED.last_read_seq, updated_at = now()
+        WHERE r.last_read_seq < EXCLUDED.last_read_seq;
+    SELECT r.last_read_seq INTO watermark FROM campfire.conversation_reads r
+    WHERE r.conversation_id = mark_read.conversation_id AND r.reader_type = reader_kind AND r.reader_id = reader;
+    RETURN watermark;
+END
+$$;
+
+-- Conversations: assignment, handover, status ------------------------------------------------------
+
+-- Raises unless the caller may change conversations of `org` (service, admin or agent).
+CREATE FUNCTION require_conversation_writer(org uuid) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+BEGIN
+    IF NOT (campfire.is_service() OR campfire.member_role(org) IN ('admin', 'agent')) THEN
+        PERFORM campfire.raise_error('42501', 'only admins and agents of the organization may change conversations');
+    END IF;
+END
+$$;
+
+CREATE FUNCTION assign_conversation(conversation_id uuid, assignee_id uuid)
+    RETURNS campfire.realtime_conversations
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org uuid;
+    result campfire.realtime_conversations;
+BEGIN
+    PERFORM campfire.require_role();
+    org := campfire.visible_conversation_org(conversation_id);
+    PERFORM campfire.require_conversation_writer(org);
+    IF assignee_id IS NOT NULL AND NOT EXISTS (
+        SELECT FROM campfire.organization_members m
+        WHERE m.organization_id = org AND m.user_id = assignee_id
+          AND m.status = 'active' AND m.role IN ('admin', 'agent')) THEN
+        PERFORM campfire.raise_error('22023',
+            format('user %s is not an active admin or agent of organization %s', assignee_id, org));
+    END IF;
+    UPDATE campfire.conversations c
+       SET assigned_to = assignee_id,
+           assigned_at = CASE WHEN assignee_id IS NULL THEN NULL ELSE now() END,
+           status = CASE WHEN assignee_id IS NOT NULL AND c.status IN ('bot', 'pending') THEN 'open' ELSE c.status END
+     WHERE c.id = conversation_id;
+    SELECT * INTO result FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
+    RETURN result;
+END
+$$;
+
+-- The bot hands a conversation over to humans: it waits, 'pending', until an agent claims it.
+CREATE FUNCTION request_handover(conversation_id uuid, reason text DEFAULT NULL)
+    RETURNS campfire.realtime_conversations
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org uuid;
+    result campfire.realtime_conversations;
+BEGIN
+    PERFORM campfire.require_role();
+    org := campfire.visible_conversation_org(conversation_id);
+    PERFORM campfire.require_conversation_writer(org);
+    UPDATE campfire.conversations c
+       SET status = 'pending', handover_requested_at = now(), handover_reason = reason
+     WHERE c.id = conversation_id AND c.status = 'bot';
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('55000', format('conversation %s is not handled by the bot', conversation_id));
+    END IF;
+    SELECT * INTO result FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
+    RETURN result;
+END
+$$;
+
+-- An agent takes a conversation waiting for a human (or still with the bot). Exactly one of
+-- several agents claiming at once wins; the others get 55000.
+CREATE FUNCTION claim_conversation(conversation_id uuid)
+    RETURNS campfire.realtime_conversations
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org uuid;
+    me uuid := campfire.current_user_id();
+    result campfire.realtime_conversations;
+BEGIN
+    PERFORM campfire.require_role();
+    org := campfire.visible_conversation_org(conversation_id);
+    IF me IS NULL OR coalesce(campfire.member_role(org), 'viewer') = 'viewer' THEN
+        PERFORM campfire.raise_error('42501', 'only an admin or agent of the organization may claim a conversation');
+    END IF;
+    UPDATE campfire.conversations c
+       SET status = 'open', assigned_to = me, assigned_at = now()
+     WHERE c.id = conversation_id AND c.status IN ('bot', 'pending') AND c.assigned_to IS NULL;
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('55000',
+            format('conversation %s is not waiting for an agent (already claimed or not handed over)', conversation_id));
+    END IF;
+    SELECT * INTO result FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
+    RETURN result;
+END
+$$;
+
+CREATE FUNCTION set_conversation_status(conversation_id uuid, status text)
+    RETURNS campfire.realtime_conversations
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org uuid;
+    result campfire.realtime_conversations;
+BEGIN
+    PERFORM campfire.require_role();
+    org := campfire.visible_conversation_org(conversation_id);
+    PERFORM campfire.require_conversation_writer(org);
+    IF status IS NULL OR status NOT IN ('bot', 'pending', 'open', 'resolved') THEN
+        PERFORM campfire.raise_error('22023', 'status must be one of bot, pending, open, resolved');
+    END IF;
+    UPDATE campfire.conversations c SET status = set_conversation_status.status::campfire.conversation_status
+     WHERE c.id = conversation_id;
+    SELECT * INTO result FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
+    RETURN result;
+EXCEPTION WHEN unique_violation THEN
+    PERFORM campfire.raise_error('55000',
+        format('conversation %s cannot be reopened: its visitor already has an open conversation', conversation_id));
+END
+$$;
+
+-- Events ------------------------------------------------------------------------------------------
+
+-- Events the caller may read, after a cursor, in cursor order; optionally one channel only.
+-- This is the catch-up a client runs after any gap (and the widget's polling fallback).
+CREATE FUNCTION events_since(after bigint, topic text DEFAULT NULL, max_rows integer DEFAULT 500)
+    RETURNS SETOF campfire.events
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    canonical text;
+BEGIN
+    PERFORM campfire.require_role();
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
+        PERFORM campfire.raise_error('22023', 'max_rows must be between 1 and 10000');
+    END IF;
+    IF topic IS NOT NULL THEN
+        SELECT p.canonical INTO canonical FROM campfire.parse_channel(topic) p;
+    END IF;
+    RETURN QUERY
+        SELECT e.* FROM campfire.events e
+        WHERE e.id > coalesce(after, 0) AND (canonical IS NULL OR e.topic = canonical)
+        ORDER BY e.id LIMIT max_rows;
+END
+$$;
+
+-- The whole log after a cursor, for the relay (which routes each event to the subscribers
+-- allowed to read it).
+CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000)
+    RETURNS TABLE (id bigint, topic text, event text, payload jsonb)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+        SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
+        WHERE e.id > after ORDER BY e.id LIMIT least(greatest(max_rows, 1), 10000)
+    $$;
+
+-- The newest committed cursor (0 when the log is empty).
+CREATE FUNCTION log_head() RETURNS bigint
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$ SELECT coalesce(max(e.id), 0) FROM campfire.events e $$;
+
+-- Deletes events older than `older_than`; returns how many. Clients further behind than the
+-- retention must reload history instead of resuming.
+CREATE FUNCTION prune_events(older_than interval) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    IF NOT campfire.is_service() THEN
+        PERFORM campfire.raise_error('42501', 'only the service role may prune the event log');
+    END IF;
+    DELETE FROM campfire.events e WHERE e.created_at < now() - older_than;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END
+$$;
+
+-- GDPR -------------------------------------------------------------------------------------------
+
+-- Erases everything stored about one visitor of an organization: sessions, conversations,
+-- messages, read state, and the logged events that carried them. Admins or the service role.
+CREATE FUNCTION erase_visitor(organization_id uuid, visitor_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    conversations uuid[];
+    erased_events bigint;
+    erased_messages bigint;
+    erased_sessions bigint;
+BEGIN
+    PERFORM campfire.require_role();
+    IF NOT (campfire.is_service() OR campfire.member_role(organization_id) = 'admin') THEN
+        PERFORM campfire.raise_error('42501', 'only an admin of the organization may erase a visitor');
+    END IF;
+    SELECT coalesce(array_agg(c.id), '{}') INTO conversations FROM campfire.conversations c
+    WHERE c.organization_id = erase_visitor.organization_id AND c.visitor_id = erase_visitor.visitor_id;
+    SELECT count(*) INTO erased_messages FROM campfire.messages m WHERE m.conversation_id = ANY (conversations);
+    DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
+    GET DIAGNOSTICS erased_events = ROW_COUNT;
+    DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
+    DELETE FROM campfire.widget_sessions s
+    WHERE s.organization_id = erase_visitor.organization_id AND s.visitor_id = erase_visitor.visitor_id;
+    GET DIAGNOSTICS erased_sessions = ROW_COUNT;
+    RETURN jsonb_build_object('conversations', cardinality(conversations), 'messages', erased_messages,
+                              'events', erased_events, 'sessions', erased_sessions);
+END
+$$;

@@ -1,0 +1,166 @@
+-- Who is asking: claims, roles and the helpers that row-level security policies call.
+--
+-- Claims are set per transaction, as PostgREST and Supabase do:
+--   SELECT set_config('request.jwt.claims', '{"role":"authenticated","sub":"<user uuid>"}', true);
+-- Roles in the claims:
+--   authenticated : an agent; sees the organizations it is an active member of, with its role
+--                   (admin | agent | viewer) limiting writes.
+--   visitor       : a widget visitor ({"role":"visitor","widget_session_id":"<uuid>"}); sees only
+--                   its own widget session's conversations and messages.
+--   service_role  : everything, but only for sessions whose login role is a member of
+--                   campfire_service (a claim alone is not enough).
+-- Anything else, or no claims, sees nothing.
+-- Whoever can set claims is trusted to have verified them: grant campfire_client only to
+-- backends (the relay, an application server), never to end users.
+
+CREATE FUNCTION current_claims() RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN coalesce(nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb, '{}'::jsonb);
+
+CREATE FUNCTION claim_role() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN campfire.current_claims() ->> 'role';
+
+-- A uuid from text, or NULL when the text is not one (claims come from outside).
+CREATE FUNCTION try_uuid(value text) RETURNS uuid
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN value ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                THEN value::uuid END;
+
+-- session_user, not current_user: inside SECURITY DEFINER functions current_user is the owner.
+CREATE FUNCTION is_service() RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN coalesce(campfire.claim_role() = 'service_role'
+                    AND pg_catalog.pg_has_role(session_user, 'campfire_service', 'MEMBER'), false);
+
+CREATE FUNCTION current_user_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN CASE WHEN campfire.claim_role() = 'authenticated'
+                THEN campfire.try_uuid(campfire.current_claims() ->> 'sub') END;
+
+-- The caller's widget session, if the claims name one that is neither revoked nor expired.
+CREATE FUNCTION current_widget_session_id() RETURNS uuid
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+        SELECT s.id FROM campfire.widget_sessions s
+        WHERE campfire.claim_role() = 'visitor'
+          AND s.id = campfire.try_uuid(campfire.current_claims() ->> 'widget_session_id')
+          AND s.revoked_at IS NULL AND s.expires_at > now()
+    $$;
+
+-- Organizations where the caller is an active member with at least `min_role`
+-- (viewer < agent < admin). Policies call it once per query: `= ANY ((SELECT ...))`.
+CREATE FUNCTION member_organizations(min_role text DEFAULT 'viewer') RETURNS uuid[]
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+        SELECT coalesce(array_agg(m.organization_id), '{}')
+        FROM campfire.organization_members m
+        WHERE m.user_id = campfire.current_user_id() AND m.status = 'active'
+          AND CASE min_role WHEN 'viewer' THEN true
+                            WHEN 'agent' THEN m.role IN ('agent', 'admin')
+                            WHEN 'admin' THEN m.role = 'admin'
+                            ELSE false END
+    $$;
+
+CREATE FUNCTION member_role(organization_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+        SELECT m.role FROM campfire.organization_members m
+        WHERE m.organization_id = $1 AND m.user_id = campfire.current_user_id() AND m.status = 'active'
+    $$;
+
+CREATE FUNCTION is_org_member(organization_id uuid) RETURNS boolean
+    LANGUAGE sql STABLE
+    RETURN campfire.member_role(organization_id) IS NOT NULL;
+
+-- The conversations of the caller's widget session (empty for anyone but a visitor).
+CREATE FUNCTION visitor_conversations() RETURNS uuid[]
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+        SELECT coalesce(array_agg(c.id), '{}') FROM campfire.conversations c
+        WHERE c.widget_session_id = campfire.current_widget_session_id()
+    $$;
+
+-- May the holder of `claims` read, broadcast on, and track presence on `topic`?
+-- Returns {"read", "broadcast", "presence", "reason", "topic"} where topic is the canonical
+-- channel name events are published under. A malformed name raises SQLSTATE 22023.
+CREATE FUNCTION authorize_channel(topic text, claims jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+DECLARE
+    channel record;
+    role text := claims ->> 'role';
+    membership text;
+    session campfire.widget_sessions;
+    conversation_session uuid;
+    may_read boolean := false;
+    may_broadcast boolean := false;
+    may_presence boolean := false;
+    reason text;
+BEGIN
+    SELECT * INTO channel FROM campfire.parse_channel(topic);
+
+    IF channel.conversation_id IS NOT NULL THEN
+        SELECT c.widget_session_id INTO conversation_session FROM campfire.conversations c
+        WHERE c.id = channel.conversation_id AND c.organization_id = channel.organization_id;
+        IF NOT FOUND THEN
+            reason := format('conversation %s does not exist in organization %s',
+                             channel.conversation_id, channel.organization_id);
+        END IF;
+    END IF;
+
+    IF reason IS NOT NULL THEN
+        NULL;
+    ELSIF role = 'service_role' THEN
+        may_read := true; may_broadcast := true; may_presence := true;
+    ELSIF role = 'authenticated' THEN
+        SELECT m.role INTO membership FROM campfire.organization_members m
+        WHERE m.organization_id = channel.organization_id
+          AND m.user_id = campfire.try_uuid(claims ->> 'sub') AND m.status = 'active';
+        IF membership IS NULL THEN
+            reason := format('user %s is not an active member of organization %s',
+                             coalesce(claims ->> 'sub', '(no sub claim)'), channel.organization_id);
+        ELSE
+            may_read := true;
+            may_presence := channel.kind IN ('agents_presence', 'conversation_presence');
+            -- Viewers watch; only admins and agents speak (typing).
+            may_broadcast := membership <> 'viewer'
+                             AND channel.kind IN ('conversation_typing', 'conversation_presence', 'agents_presence');
+        END IF;
+    ELSIF role = 'visitor' THEN
+        SELECT * INTO session FROM campfire.widget_sessions s
+        WHERE s.id = campfire.try_uuid(claims ->> 'widget_session_id')
+          AND s.revoked_at IS NULL AND s.expires_at > now();
+        IF NOT FOUND THEN
+            reason := 'the widget session is unknown, revoked or expired';
+        ELSIF session.organization_id <> channel.organization_id THEN
+            reason := 'the channel belongs to another organization than the widget session';
+        ELSIF channel.kind IN ('conversation', 'conversation_typing', 'conversation_presence') THEN
+            IF conversation_session IS DISTINCT FROM session.id THEN
+                reason := 'visitors may only join their own conversation';
+            ELSE
+                may_read := true;
+                may_broadcast := channel.kind IN ('conversation_typing', 'conversation_presence');
+                may_presence := channel.kind = 'conversation_presence';
+            END IF;
+        ELSIF channel.kind = 'widget_session' THEN
+            may_read := channel.widget_session_id = session.id;
+            reason := CASE WHEN NOT may_read THEN 'visitors may only join their own widget session channel' END;
+        ELSIF channel.kind = 'widget_visitor' THEN
+            may_read := channel.visitor_id = session.visitor_id;
+            reason := CASE WHEN NOT may_read THEN 'visitors may only join their own visitor channel' END;
+        ELSIF channel.kind = 'agents_presence' THEN
+            -- Read-only: lets the widget show whether an agent is online.
+            may_read := true;
+        ELSE
+            reason := 'visitors may not join organization-wide channels';
+        END IF;
+    ELSE
+        reason := format('claims carry no usable role (%s): expected authenticated, visitor or service_role',
+                         coalesce(role, 'none'));
+    END IF;
+
+    RETURN jsonb_build_object('read', may_read, 'broadcast', may_broadcast, 'presence', may_presence,
+                              'reason', reason, 'topic', channel.canonical);
+END
+$$;

@@ -1,0 +1,226 @@
+-- pg_campfire schema: tables, types and indexes.
+--
+-- Every tenant table carries organization_id NOT NULL, and references between tenant tables are
+-- composite (organization_id, id) so that no row can point into another organization.
+-- Order is by server-assigned sequence numbers, never by timestamps.
+
+-- Group roles. Roles are cluster-wide, so they are created only when missing.
+--   campfire_client  : what an application backend gets; every row it sees passes RLS.
+--   campfire_relay   : the relay; campfire_client plus reading the whole event log and authorizing joins.
+--   campfire_service : members may act with the 'service_role' claim (full access).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'campfire_client') THEN
+        CREATE ROLE campfire_client NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'campfire_relay') THEN
+        CREATE ROLE campfire_relay NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'campfire_service') THEN
+        CREATE ROLE campfire_service NOLOGIN;
+    END IF;
+END
+$roles$;
+GRANT campfire_client TO campfire_relay;
+GRANT campfire_client TO campfire_service;
+
+-- Validation shared by constraints and the SQL API.
+CREATE FUNCTION is_valid_visitor_id(visitor_id text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN visitor_id ~ '^[A-Za-z0-9._-]{1,128}$';
+CREATE FUNCTION is_valid_email(email text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN length(email) <= 320 AND email ~ '^[^@[:space:]]+@[^@[:space:].]+(\.[^@[:space:].]+)+$';
+
+CREATE TYPE conversation_status AS ENUM ('bot', 'pending', 'open', 'resolved');
+CREATE TYPE conversation_priority AS ENUM ('low', 'normal', 'high', 'urgent');
+
+-- Tenancy -----------------------------------------------------------------------------------------
+
+CREATE TABLE organizations (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name            text NOT NULL CHECK (length(btrim(name)) BETWEEN 1 AND 200),
+    slug            text NOT NULL UNIQUE CHECK (slug ~ '^[a-z0-9][a-z0-9-]{1,62}$'),
+    -- Origins allowed to embed the widget (CORS); empty means any origin.
+    allowed_origins text[] NOT NULL DEFAULT '{}',
+    settings        jsonb NOT NULL DEFAULT '{}',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE organization_members (
+    organization_id uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    user_id         uuid NOT NULL,
+    role            text NOT NULL DEFAULT 'agent' CHECK (role IN ('admin', 'agent', 'viewer')),
+    status          text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'invited', 'disabled')),
+    display_name    text CHECK (length(display_name) <= 200),
+    email           text CHECK (length(email) <= 320),
+    availability    text NOT NULL DEFAULT 'offline' CHECK (availability IN ('online', 'away', 'offline')),
+    availability_changed_at timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization_id, user_id)
+);
+-- is_org_member() looks members up by user first.
+CREATE INDEX organization_members_user_idx ON organization_members (user_id, organization_id)
+    WHERE status = 'active';
+
+-- Visitors ----------------------------------------------------------------------------------------
+
+-- One row per (organization, visitor): the visitor's credential. The per-session secret is never
+-- stored: it is HMAC(server key, id || secret_nonce), so it can be checked and, during the short
+-- claim window after creation, handed again to a second tab of the same visitor.
+CREATE TABLE widget_sessions (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    organization_id uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    visitor_id      text NOT NULL CHECK (is_valid_visitor_id(visitor_id)),
+    secret_nonce    bytea NOT NULL,
+    customer_email  text CHECK (is_valid_email(customer_email)),
+    customer_name   text CHECK (length(customer_name) <= 200),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    last_seen_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz NOT NULL DEFAULT now() + interval '30 days',
+    revoked_at      timestamptz,
+    UNIQUE (organization_id, visitor_id),
+    UNIQUE (organization_id, id)
+);
+
+-- Conversations -----------------------------------------------------------------------------------
+
+CREATE TABLE conversations (
+    id                    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    organization_id       uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    widget_session_id     uuid,
+    visitor_id            text,
+    customer_name         text,
+    customer_email        text,
+    subject               text,
+    -- Complex columns: never part of a realtime payload.
+    customer              jsonb NOT NULL DEFAULT '{}',
+    customer_ip           inet,
+    tags                  text[] NOT NULL DEFAULT '{}',
+    metadata              jsonb NOT NULL DEFAULT '{}',
+    assignment_metadata   jsonb NOT NULL DEFAULT '{}',
+    ai_metadata           jsonb NOT NULL DEFAULT '{}',
+    status                conversation_status NOT NULL DEFAULT 'open',
+    priority              conversation_priority NOT NULL DEFAULT 'normal',
+    assigned_to           uuid,
+    assigned_at           timestamptz,
+    handover_requested_at timestamptz,
+    handover_reason       text,
+    -- Kept by the message trigger: the gap-free per-conversation message counter and a summary.
+    last_message_seq      bigint NOT NULL DEFAULT 0,
+    last_message_at       timestamptz,
+    last_message_preview  text,
+    last_message_sender_type text,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (organization_id, id),
+    FOREIGN KEY (organization_id, widget_session_id)
+        REFERENCES widget_sessions (organization_id, id) ON DELETE SET NULL (widget_session_id),
+    FOREIGN KEY (organization_id, assigned_to)
+        REFERENCES organization_members (organization_id, user_id) ON DELETE SET NULL (assigned_to)
+);
+-- At most one unresolved conversation per widget session: double clicks and two tabs cannot
+-- open a second one.
+CREATE UNIQUE INDEX conversations_one_open_per_session ON conversations (widget_session_id)
+    WHERE status <> 'resolved' AND widget_session_id IS NOT NULL;
+-- Dashboard list, newest activity first, keyset-paginated by (updated_at, id).
+CREATE INDEX conversations_org_list_idx ON conversations (organization_id, updated_at DESC, id DESC);
+CREATE INDEX conversations_org_status_idx ON conversations (organization_id, status, updated_at DESC);
+CREATE INDEX conversations_assignee_idx ON conversations (organization_id, assigned_to)
+    WHERE assigned_to IS NOT NULL;
+CREATE INDEX conversations_visitor_idx ON conversations (organization_id, visitor_id);
+
+-- The scalar-only mirror of conversations, kept by the SECURITY DEFINER trigger
+-- sync_realtime_conversations. Only uuid, text, numbers, booleans and timestamps.
+CREATE TABLE realtime_conversations (
+    id                    uuid PRIMARY KEY REFERENCES conversations (id) ON DELETE CASCADE,
+    organization_id       uuid NOT NULL,
+    widget_session_id     uuid,
+    visitor_id            text,
+    customer_name         text,
+    customer_email        text,
+    subject               text,
+    -- The enums of conversations, as their text labels.
+    status                text NOT NULL,
+    priority              text NOT NULL,
+    assigned_to           uuid,
+    assigned_at           timestamptz,
+    handover_requested_at timestamptz,
+    handover_reason       text,
+    last_message_seq      bigint NOT NULL DEFAULT 0,
+    last_message_at       timestamptz,
+    last_message_preview  text,
+    last_message_sender_type text,
+    created_at            timestamptz NOT NULL,
+    updated_at            timestamptz NOT NULL
+);
+CREATE INDEX realtime_conversations_org_idx ON realtime_conversations (organization_id);
+
+-- Messages ----------------------------------------------------------------------------------------
+
+CREATE TABLE messages (
+    id                uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    conversation_id   uuid NOT NULL,
+    organization_id   uuid NOT NULL,
+    -- Gap-free, per conversation, assigned under the conversation's row lock.
+    seq               bigint NOT NULL,
+    content           text NOT NULL CHECK (length(btrim(content)) > 0 AND length(content) <= 4000),
+    sender_type       text NOT NULL CHECK (sender_type IN ('customer', 'agent', 'system', 'bot')),
+    sender_user_id    uuid,
+    sender_name       text CHECK (length(sender_name) <= 200),
+    sender_email      text CHECK (length(sender_email) <= 320),
+    -- 'note' is an agent-only internal note: never visible to the visitor.
+    message_type      text NOT NULL DEFAULT 'text' CHECK (message_type IN ('text', 'note', 'event')),
+    status            text NOT NULL DEFAULT 'sent' CHECK (status IN ('sent', 'delivered', 'read', 'failed')),
+    metadata          jsonb NOT NULL DEFAULT '{}',
+    attachments       jsonb NOT NULL DEFAULT '[]',
+    -- Idempotency key chosen by the sender (optimistic UI, retries).
+    client_message_id text CHECK (client_message_id ~ '^[A-Za-z0-9._:-]{1,128}$'),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    CHECK (message_type <> 'note' OR sender_type IN ('agent', 'system', 'bot')),
+    FOREIGN KEY (organization_id, conversation_id)
+        REFERENCES conversations (organization_id, id) ON DELETE CASCADE,
+    UNIQUE (conversation_id, seq),
+    UNIQUE (conversation_id, client_message_id)
+);
+
+-- Read state: one monotonic watermark (a message seq) per reader and conversation.
+CREATE TABLE conversation_reads (
+    organization_id uuid NOT NULL,
+    conversation_id uuid NOT NULL,
+    reader_type     text NOT NULL CHECK (reader_type IN ('agent', 'customer')),
+    -- The agent's user id, or the visitor's widget session id.
+    reader_id       uuid NOT NULL,
+    last_read_seq   bigint NOT NULL CHECK (last_read_seq >= 0),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, reader_type, reader_id),
+    FOREIGN KEY (organization_id, conversation_id)
+        REFERENCES conversations (organization_id, id) ON DELETE CASCADE
+);
+
+-- Event log ---------------------------------------------------------------------------------------
+
+-- The durable log every realtime event goes through. `id` is the cursor: it is allocated at
+-- commit time under a transaction-scoped advisory lock, so ids become visible in increasing order
+-- and a reader that asks for `id > cursor` never skips an event that commits later.
+CREATE SEQUENCE events_id_seq AS bigint;
+CREATE TABLE events (
+    id              bigint PRIMARY KEY,
+    organization_id uuid NOT NULL,
+    conversation_id uuid,
+    topic           text NOT NULL,
+    event           text NOT NULL,
+    payload         jsonb NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_topic_idx ON events (topic, id);
+CREATE INDEX events_conversation_idx ON events (conversation_id) WHERE conversation_id IS NOT NULL;
+
+-- Private server key for widget session secrets; no role but the owner can read it.
+CREATE TABLE server_keys (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    widget_key bytea NOT NULL
+);

@@ -1,0 +1,89 @@
+-- Triggers: ordering, the scalar-only mirror and transactional events.
+-- The event triggers (Rust) only queue events in memory; the deferred constraint trigger
+-- flush_events writes them to campfire.events and issues one NOTIFY at commit.
+
+ALTER FUNCTION flush_events() SECURITY DEFINER SET search_path = pg_catalog, campfire;
+ALTER FUNCTION sync_realtime_conversations() SECURITY DEFINER SET search_path = pg_catalog, campfire;
+
+CREATE FUNCTION touch_updated_at() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+-- Gives each new message the next gap-free sequence number of its conversation, under the
+-- conversation's row lock, and keeps the conversation's summary current. A message whose
+-- client_message_id is already stored is a retry: the insert is skipped.
+CREATE FUNCTION assign_message_seq() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+DECLARE
+    conversation_status campfire.conversation_status;
+BEGIN
+    IF NEW.organization_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '23502', MESSAGE = 'messages.organization_id is required',
+            HINT = 'pass the organization of the conversation';
+    END IF;
+    IF NEW.client_message_id IS NOT NULL THEN
+        PERFORM FROM campfire.conversations c WHERE c.id = NEW.conversation_id FOR UPDATE;
+        IF EXISTS (SELECT FROM campfire.messages m
+                   WHERE m.conversation_id = NEW.conversation_id
+                     AND m.client_message_id = NEW.client_message_id) THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    UPDATE campfire.conversations c
+       SET last_message_seq = c.last_message_seq + 1,
+           last_message_at = now(),
+           last_message_preview = left(NEW.content, 140),
+           last_message_sender_type = NEW.sender_type
+     WHERE c.id = NEW.conversation_id AND c.organization_id = NEW.organization_id
+    RETURNING c.last_message_seq, c.status INTO NEW.seq, conversation_status;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = format('conversation %s not found in organization %s', NEW.conversation_id, NEW.organization_id);
+    END IF;
+    IF conversation_status = 'resolved' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('conversation %s is resolved', NEW.conversation_id),
+            HINT = 'start a new conversation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER organizations_touch BEFORE UPDATE ON organizations
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+
+CREATE TRIGGER organization_members_touch BEFORE UPDATE ON organization_members
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+CREATE TRIGGER organization_members_events AFTER INSERT OR UPDATE OF availability ON organization_members
+    FOR EACH ROW EXECUTE FUNCTION agent_status_events();
+CREATE CONSTRAINT TRIGGER organization_members_flush_events AFTER INSERT OR UPDATE OF availability ON organization_members
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
+
+CREATE TRIGGER conversations_touch BEFORE UPDATE ON conversations
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+CREATE TRIGGER sync_realtime_conversations_trigger AFTER INSERT OR UPDATE OR DELETE ON conversations
+    FOR EACH ROW EXECUTE FUNCTION sync_realtime_conversations('campfire.realtime_conversations');
+CREATE TRIGGER conversations_events AFTER INSERT OR UPDATE OR DELETE ON conversations
+    FOR EACH ROW EXECUTE FUNCTION conversation_events();
+CREATE CONSTRAINT TRIGGER conversations_flush_events AFTER INSERT OR UPDATE OR DELETE ON conversations
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
+
+CREATE TRIGGER messages_assign_seq BEFORE INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION assign_message_seq();
+CREATE TRIGGER messages_touch BEFORE UPDATE ON messages
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+CREATE TRIGGER messages_events AFTER INSERT OR UPDATE ON messages
+    FOR EACH ROW EXECUTE FUNCTION message_events();
+CREATE CONSTRAINT TRIGGER messages_flush_events AFTER INSERT OR UPDATE ON messages
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
+
+CREATE TRIGGER conversation_reads_events AFTER INSERT OR UPDATE ON conversation_reads
+    FOR EACH ROW EXECUTE FUNCTION read_receipt_events();
+CREATE CONSTRAINT TRIGGER conversation_reads_flush_events AFTER INSERT OR UPDATE ON conversation_reads
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
