@@ -11,7 +11,10 @@ CREATE FUNCTION raise_error(sqlstate text, message text, hint text DEFAULT NULL)
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, HINT = coalesce(hint, '');
+    IF hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, HINT = hint;
 END
 $$;
 
@@ -92,7 +95,7 @@ DECLARE
     member campfire.organization_members;
 BEGIN
     PERFORM campfire.require_role();
-    IF NOT (campfire.is_service() OR campfire.member_role(organization_id) = 'admin') THEN
+    IF NOT (campfire.is_service() OR campfire.has_org_role(organization_id, 'admin')) THEN
         PERFORM campfire.raise_error('42501', 'only an admin of the organization may manage its members');
     END IF;
     IF role IS NULL OR role NOT IN ('admin', 'agent', 'viewer') THEN
@@ -271,8 +274,8 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM campfire.raise_error('P0002', format('widget session %s not found', widget_session_id));
     END IF;
-    IF NOT (campfire.is_service() OR campfire.member_role(org) IN ('admin', 'agent')
-            OR campfire.current_widget_session_id() = widget_session_id) THEN
+    IF NOT (campfire.is_service() OR campfire.has_org_role(org, 'agent')
+            OR coalesce(campfire.current_widget_session_id() = widget_session_id, false)) THEN
         PERFORM campfire.raise_error('42501', 'not allowed to revoke this widget session');
     END IF;
     UPDATE campfire.widget_sessions s SET revoked_at = now(), secret_nonce = campfire.random_bytes(16)
@@ -455,7 +458,7 @@ CREATE FUNCTION require_conversation_writer(org uuid) RETURNS void
     LANGUAGE plpgsql STABLE
     AS $$
 BEGIN
-    IF NOT (campfire.is_service() OR campfire.member_role(org) IN ('admin', 'agent')) THEN
+    IF NOT (campfire.is_service() OR campfire.has_org_role(org, 'agent')) THEN
         PERFORM campfire.raise_error('42501', 'only admins and agents of the organization may change conversations');
     END IF;
 END
@@ -641,7 +644,7 @@ DECLARE
     erased_sessions bigint;
 BEGIN
     PERFORM campfire.require_role();
-    IF NOT (campfire.is_service() OR campfire.member_role(organization_id) = 'admin') THEN
+    IF NOT (campfire.is_service() OR campfire.has_org_role(organization_id, 'admin')) THEN
         PERFORM campfire.raise_error('42501', 'only an admin of the organization may erase a visitor');
     END IF;
     SELECT coalesce(array_agg(c.id), '{}') INTO conversations FROM campfire.conversations c

@@ -73,6 +73,12 @@ CREATE FUNCTION is_org_member(organization_id uuid) RETURNS boolean
     LANGUAGE sql STABLE
     RETURN campfire.member_role(organization_id) IS NOT NULL;
 
+-- Whether the caller is an active member of the organization with at least `min_role`.
+-- Never NULL, so `IF NOT (...)` checks cannot be slipped past.
+CREATE FUNCTION has_org_role(organization_id uuid, min_role text) RETURNS boolean
+    LANGUAGE sql STABLE
+    RETURN coalesce(organization_id = ANY (campfire.member_organizations(min_role)), false);
+
 -- The conversations of the caller's widget session (empty for anyone but a visitor).
 CREATE FUNCTION visitor_conversations() RETURNS uuid[]
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
@@ -93,25 +99,21 @@ DECLARE
     membership text;
     session campfire.widget_sessions;
     conversation_session uuid;
+    conversation_exists boolean := false;
     may_read boolean := false;
     may_broadcast boolean := false;
     may_presence boolean := false;
     reason text;
 BEGIN
     SELECT * INTO channel FROM campfire.parse_channel(topic);
-
+    -- Whose conversation the channel names (existence is only revealed to those who pass).
     IF channel.conversation_id IS NOT NULL THEN
-        SELECT c.widget_session_id INTO conversation_session FROM campfire.conversations c
+        SELECT c.widget_session_id, true INTO conversation_session, conversation_exists
+        FROM campfire.conversations c
         WHERE c.id = channel.conversation_id AND c.organization_id = channel.organization_id;
-        IF NOT FOUND THEN
-            reason := format('conversation %s does not exist in organization %s',
-                             channel.conversation_id, channel.organization_id);
-        END IF;
     END IF;
 
-    IF reason IS NOT NULL THEN
-        NULL;
-    ELSIF role = 'service_role' THEN
+    IF role = 'service_role' THEN
         may_read := true; may_broadcast := true; may_presence := true;
     ELSIF role = 'authenticated' THEN
         SELECT m.role INTO membership FROM campfire.organization_members m
@@ -158,6 +160,12 @@ BEGIN
     ELSE
         reason := format('claims carry no usable role (%s): expected authenticated, visitor or service_role',
                          coalesce(role, 'none'));
+    END IF;
+
+    IF may_read AND channel.conversation_id IS NOT NULL AND NOT conversation_exists THEN
+        may_read := false; may_broadcast := false; may_presence := false;
+        reason := format('conversation %s does not exist in organization %s',
+                         channel.conversation_id, channel.organization_id);
     END IF;
 
     RETURN jsonb_build_object('read', may_read, 'broadcast', may_broadcast, 'presence', may_presence,

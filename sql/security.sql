@@ -139,6 +139,7 @@ GRANT EXECUTE ON FUNCTION scalar_json(anyelement), parse_channel(text), is_valid
 GRANT EXECUTE ON FUNCTION
     current_claims(), claim_role(), try_uuid(text), is_service(), current_user_id(),
     current_widget_session_id(), member_organizations(text), member_role(uuid), is_org_member(uuid),
+    has_org_role(uuid, text),
     visitor_conversations(), raise_error(text, text, text), require_role(), validate_content(text),
     validate_email(text, text), visible_conversation_org(uuid), require_conversation_writer(uuid),
     create_organization(text, text, text[]), add_member(uuid, uuid, text, text, text, text),

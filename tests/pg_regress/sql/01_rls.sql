@@ -1,0 +1,104 @@
+-- The row-level security matrix: what each principal sees and may write, table by table.
+-- Runs as a plain member of campfire_client (superusers bypass RLS).
+CREATE FUNCTION t.visibility() RETURNS TABLE (tbl text, visible bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['organizations', 'organization_members', 'widget_sessions', 'conversations',
+                                'realtime_conversations', 'messages', 'conversation_reads', 'events']
+    LOOP
+        tbl := name;
+        EXECUTE format('SELECT count(*) FROM campfire.%I', name) INTO visible;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- Row counts per principal, one line each.
+CREATE FUNCTION t.matrix(principal text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    CALL t.act_as(principal);
+    RETURN (SELECT string_agg(format('%s=%s', tbl, visible), ' ') FROM t.visibility());
+END
+$$;
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA t TO PUBLIC;
+
+SET ROLE campfire_test_client;
+
+SELECT p.name, t.matrix(p.name) FROM t.principals p ORDER BY p.name;
+
+-- A visitor sees its own messages but never the agent-only note, nor another visitor's.
+CALL t.act_as('visitor_a');
+SELECT seq, sender_type, content FROM campfire.messages ORDER BY seq;
+SELECT count(*) AS visitor_b_messages_seen_by_a FROM campfire.messages
+WHERE conversation_id = (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_b');
+SELECT count(*) AS events_seen_by_a, bool_and(topic LIKE '%:conv:%') AS only_conversation_channel FROM campfire.events;
+CALL t.act_as('visitor_b');
+SELECT seq, sender_type, content FROM campfire.messages ORDER BY seq;
+
+-- Writes --------------------------------------------------------------------------------------------
+-- Visitor B cannot post into visitor A's conversation, by the API or by a direct INSERT.
+SELECT t.try(format($$SELECT campfire.send_message(%L, 'intrusion')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a')));
+SELECT t.try(format($$INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type)
+                      VALUES (%L, 'aaaaaaaa-0000-4000-8000-00000000000a', 'intrusion', 'customer')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a')));
+-- ...nor pretend to be an agent in its own.
+SELECT t.try(format($$INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type)
+                      VALUES (%L, 'aaaaaaaa-0000-4000-8000-00000000000a', 'I am staff', 'agent')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_b')));
+-- A visitor changes no conversation and creates no organization.
+SELECT t.try($$UPDATE campfire.conversations SET subject = 'x'$$) AS update_attempt;
+SELECT count(*) AS conversations_changed FROM campfire.conversations WHERE subject = 'x';
+SELECT t.try($$INSERT INTO campfire.organizations (name, slug) VALUES ('Evil', 'evil')$$);
+SELECT t.try($$SELECT * FROM campfire.server_keys$$);
+
+-- Viewer: reads, never writes.
+CALL t.act_as('viewer_a');
+SELECT t.try(format($$SELECT campfire.send_message(%L, 'viewer talking')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a')));
+SELECT t.try(format($$INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type)
+                      VALUES (%L, 'aaaaaaaa-0000-4000-8000-00000000000a', 'viewer talking', 'agent')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a')));
+UPDATE campfire.conversations SET subject = 'viewer was here';
+SELECT count(*) AS viewer_updates_applied FROM campfire.conversations WHERE subject = 'viewer was here';
+SELECT t.try($$INSERT INTO campfire.organization_members (organization_id, user_id, role)
+               VALUES ('aaaaaaaa-0000-4000-8000-00000000000a', 'c0000000-0000-4000-8000-0000000000c1', 'admin')$$);
+
+-- Agent of org A: writes in A, nothing in B.
+CALL t.act_as('agent_a');
+SELECT t.try(format($$SELECT campfire.send_message(%L, 'cross-tenant')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_orgb')));
+SELECT t.try(format($$INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type)
+                      VALUES (%L, 'bbbbbbbb-0000-4000-8000-00000000000b', 'cross-tenant', 'agent')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_orgb')));
+-- A composite reference cannot point a message of org A at org B's conversation.
+SELECT t.try(format($$INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type)
+                      VALUES (%L, 'aaaaaaaa-0000-4000-8000-00000000000a', 'smuggled', 'agent')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_orgb')));
+UPDATE campfire.conversations SET subject = 'agent a' WHERE organization_id = 'bbbbbbbb-0000-4000-8000-00000000000b';
+SELECT t.try($$UPDATE campfire.organization_members SET role = 'admin'
+               WHERE user_id = 'a0000000-0000-4000-8000-0000000000a2'$$) AS self_promotion;
+SELECT role FROM campfire.organization_members WHERE user_id = 'a0000000-0000-4000-8000-0000000000a2';
+SELECT t.try(format($$SELECT campfire.send_message(%L, 'agent reply in A')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a')));
+
+-- Inactive member and strangers: nothing.
+CALL t.act_as('inactive_a');
+SELECT t.try(format($$SELECT campfire.send_message(%L, 'still here?')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a')));
+
+-- No claims: nothing, and a clear error from the API.
+CALL t.act_as('nobody');
+SELECT t.try(format($$SELECT campfire.send_message(%L, 'who am I')$$,
+                    (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a')));
+
+-- A 'service_role' claim alone is not enough: the login role must be in campfire_service.
+RESET ROLE;
+\c - campfire_test_login
+CALL t.act_as('service');
+SELECT campfire.is_service() AS service_without_membership, t.matrix('service');
+\c - postgres
+CALL t.act_as('service');
+SELECT campfire.is_service() AS service_as_member;
+CALL t.act_as('nobody');
