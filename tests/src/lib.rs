@@ -1,0 +1,178 @@
+//! Fixtures for end-to-end tests: a throwaway PostgreSQL cluster with pg_campfire installed, one
+//! fresh database per test, and helpers to act as the principals of the SQL API.
+//!
+//! The cluster comes from `CAMPFIRE_TEST_PORT` (a running cluster on 127.0.0.1 whose `postgres`
+//! superuser trusts local connections) or is started on first use by `scripts/cluster.sh` and
+//! stopped when the test binary exits.
+
+use postgres::{Client, NoTls};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use postgres;
+
+struct Cluster {
+    port: u16,
+    /// Set when this process started the cluster and must stop it.
+    data_dir: Option<String>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static NEXT_DATABASE: AtomicUsize = AtomicUsize::new(0);
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+extern "C" fn stop_cluster() {
+    if let Some(Cluster { data_dir: Some(dir), .. }) = CLUSTER.get() {
+        let _ = Command::new(repo_root().join("scripts/cluster.sh")).args(["stop", dir]).status();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        if let Ok(port) = std::env::var("CAMPFIRE_TEST_PORT") {
+            return Cluster { port: port.parse().expect("CAMPFIRE_TEST_PORT is a port"), data_dir: None };
+        }
+        let port = free_port();
+        let dir = format!("/tmp/campfire-tests-{}-{port}", std::process::id());
+        let status = Command::new(repo_root().join("scripts/cluster.sh"))
+            .args(["start", &dir, &port.to_string()])
+            .status()
+            .expect("scripts/cluster.sh runs");
+        assert!(status.success(), "starting the test cluster failed");
+        let cluster = Cluster { port, data_dir: Some(dir) };
+        let template = Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"), NoTls)
+            .and_then(|mut admin| admin.batch_execute("CREATE DATABASE campfire_template"))
+            .and_then(|_| {
+                Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=campfire_template"), NoTls)
+            })
+            .and_then(|mut db| db.batch_execute("CREATE EXTENSION pg_campfire"));
+        if let Err(err) = template {
+            let _ = Command::new(repo_root().join("scripts/cluster.sh"))
+                .args(["stop", cluster.data_dir.as_deref().unwrap()])
+                .status();
+            panic!("preparing the test cluster failed (is pg_campfire installed?): {err}");
+        }
+        unsafe { libc::atexit(stop_cluster) };
+        cluster
+    })
+}
+
+fn connect_to(database: &str, port: u16) -> Client {
+    Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname={database}"), NoTls)
+        .unwrap_or_else(|e| panic!("connecting to {database} on port {port}: {e}"))
+}
+
+/// A fresh database with pg_campfire, owned by one test.
+pub struct TestDb {
+    pub name: String,
+    port: u16,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let cluster = cluster();
+        let name = format!("campfire_test_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst));
+        let mut admin = connect_to("postgres", cluster.port);
+        if cluster.data_dir.is_none() {
+            // A cluster we did not start: make sure the template exists.
+            let exists = admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = 'campfire_template'", &[])
+                .unwrap()
+                .is_some();
+            if !exists {
+                admin.batch_execute("CREATE DATABASE campfire_template").unwrap();
+                connect_to("campfire_template", cluster.port).batch_execute("CREATE EXTENSION pg_campfire").unwrap();
+            }
+        }
+        admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE campfire_template")).unwrap();
+        TestDb { name, port: cluster.port }
+    }
+
+    /// A superuser connection (RLS does not apply to it; the API's claims checks do).
+    pub fn connect(&self) -> Client {
+        connect_to(&self.name, self.port)
+    }
+
+    /// A connection that acts as `claims` for every transaction.
+    pub fn connect_as(&self, claims: &serde_json::Value) -> Client {
+        let mut client = self.connect();
+        client
+            .execute("SELECT set_config('request.jwt.claims', $1, false)", &[&claims.to_string()])
+            .unwrap();
+        client
+    }
+
+    /// An organization with one active agent; returns (organization id, agent user id).
+    pub fn organization_with_agent(&self, slug: &str) -> (uuid::Uuid, uuid::Uuid) {
+        let mut client = self.connect_as(&service());
+        let org: uuid::Uuid = client
+            .query_one("SELECT campfire.create_organization($1, $1)", &[&slug])
+            .unwrap()
+            .get(0);
+        let agent = uuid::Uuid::new_v4();
+        client
+            .execute("SELECT campfire.add_member($1, $2, 'agent', 'active', 'Agent')", &[&org, &agent])
+            .unwrap();
+        (org, agent)
+    }
+
+    /// Starts a widget session; returns (conversation id, widget session id).
+    pub fn widget_session(&self, org: uuid::Uuid, visitor: &str) -> (uuid::Uuid, uuid::Uuid) {
+        let row = self
+            .connect()
+            .query_one(
+                "SELECT conversation_id, widget_session_id FROM campfire.start_widget_session($1, $2)",
+                &[&org, &visitor],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+}
+
+impl Default for TestDb {
+    fn default() -> Self {
+        TestDb::new()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port), NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+pub fn service() -> serde_json::Value {
+    serde_json::json!({ "role": "service_role" })
+}
+
+pub fn agent(user: uuid::Uuid) -> serde_json::Value {
+    serde_json::json!({ "role": "authenticated", "sub": user })
+}
+
+pub fn visitor(session: uuid::Uuid) -> serde_json::Value {
+    serde_json::json!({ "role": "visitor", "widget_session_id": session })
+}
+
+/// The `campfire_events` notifications that reach `listener` within `wait`, parsed.
+pub fn notifications(listener: &mut Client, wait: std::time::Duration) -> Vec<serde_json::Value> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut received = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut iter = notifications.timeout_iter(wait);
+    while let Some(n) = iter.next().expect("reading notifications") {
+        assert_eq!(n.channel(), "campfire_events");
+        received.push(serde_json::from_str(n.payload()).expect("NOTIFY payload is JSON"));
+    }
+    received
+}

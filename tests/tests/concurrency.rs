@@ -1,0 +1,139 @@
+//! Idempotency and ordering under concurrent writers, on real connections.
+
+use campfire_tests::{TestDb, agent, service};
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+/// Runs `work` on `n` threads released at the same instant; returns their results.
+fn all_at_once<T: Send + 'static>(n: usize, work: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+    let barrier = Arc::new(Barrier::new(n));
+    let work = Arc::new(work);
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, work) = (barrier.clone(), work.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                work(i)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn double_clicks_and_tabs_get_one_session_and_one_conversation() {
+    let db = Arc::new(TestDb::new());
+    let (org, _) = db.organization_with_agent("acme");
+    let results = all_at_once(8, {
+        let db = db.clone();
+        move |_| {
+            let row = db
+                .connect()
+                .query_one("SELECT conversation_id, widget_session_id, session_secret FROM campfire.start_widget_session($1, 'visitor-x')", &[&org])
+                .unwrap();
+            (row.get::<_, uuid::Uuid>(0), row.get::<_, uuid::Uuid>(1), row.get::<_, String>(2))
+        }
+    });
+    assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
+    let conversations: i64 = db
+        .connect()
+        .query_one("SELECT count(*) FROM campfire.conversations WHERE visitor_id = 'visitor-x'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(conversations, 1);
+}
+
+#[test]
+fn retries_with_one_client_message_id_store_one_message() {
+    let db = Arc::new(TestDb::new());
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    let ids = all_at_once(8, {
+        let db = db.clone();
+        move |_| {
+            db.connect_as(&agent(agent_id))
+                .query_one("SELECT id, seq FROM campfire.send_message($1, 'hi', client_message_id => 'click-1')", &[&conversation])
+                .map(|row| (row.get::<_, uuid::Uuid>(0), row.get::<_, i64>(1)))
+                .unwrap()
+        }
+    });
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    assert_eq!(ids[0].1, 1);
+    let next: i64 = db
+        .connect_as(&agent(agent_id))
+        .query_one("SELECT seq FROM campfire.send_message($1, 'next')", &[&conversation])
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 2, "retries burn no sequence number");
+}
+
+#[test]
+fn concurrent_writers_get_gap_free_sequence_numbers_and_commit_ordered_cursors() {
+    let db = Arc::new(TestDb::new());
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN campfire_events").unwrap();
+    let (writers, per_writer) = (8, 40);
+    all_at_once(writers, {
+        let db = db.clone();
+        move |w| {
+            let mut client = db.connect_as(&agent(agent_id));
+            for i in 0..per_writer {
+                client.query_one("SELECT campfire.send_message($1, $2)", &[&conversation, &format!("{w}-{i}")]).unwrap();
+            }
+        }
+    });
+    let seqs: Vec<i64> = db
+        .connect()
+        .query("SELECT seq FROM campfire.messages WHERE conversation_id = $1 ORDER BY seq", &[&conversation])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs, (1..=(writers * per_writer) as i64).collect::<Vec<_>>());
+
+    // Notifications arrive in commit order, and their cursor ranges follow each other.
+    let ranges: Vec<(i64, i64)> = campfire_tests::notifications(&mut listener, std::time::Duration::from_secs(2))
+        .iter()
+        .map(|v| (v["first"].as_i64().unwrap(), v["last"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ranges.len(), writers * per_writer, "one notification per committed message");
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[1].0, pair[0].1 + 1, "contiguous cursors in commit order: {pair:?}");
+    }
+}
+
+#[test]
+fn exactly_one_of_several_agents_claims_a_handed_over_conversation() {
+    let db = Arc::new(TestDb::new());
+    let (org, _) = db.organization_with_agent("acme");
+    let agents: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut admin = db.connect_as(&service());
+    for a in &agents {
+        admin.execute("SELECT campfire.add_member($1, $2, 'agent')", &[&org, a]).unwrap();
+    }
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    db.connect().execute("UPDATE campfire.conversations SET status = 'bot' WHERE id = $1", &[&conversation]).unwrap();
+    admin.query_one("SELECT campfire.request_handover($1, 'wants a human')", &[&conversation]).unwrap();
+
+    let outcomes = all_at_once(agents.len(), {
+        let db = db.clone();
+        let agents = agents.clone();
+        move |i| {
+            db.connect_as(&agent(agents[i]))
+                .query_one("SELECT assigned_to FROM campfire.claim_conversation($1)", &[&conversation])
+                .map(|row| row.get::<_, uuid::Uuid>(0))
+                .map_err(|e| e.code().map(|c| c.code().to_owned()))
+        }
+    });
+    let winners: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().filter(|o| o.is_err()).all(|o| o.as_ref().unwrap_err().as_deref() == Some("55000")));
+    let assigned: uuid::Uuid = db
+        .connect()
+        .query_one("SELECT assigned_to FROM campfire.conversations WHERE id = $1", &[&conversation])
+        .unwrap()
+        .get(0);
+    assert_eq!(&assigned, winners[0]);
+}

@@ -1,0 +1,149 @@
+//! The event log and NOTIFY seen from a second, real connection.
+
+use campfire_tests::{TestDb, agent, notifications, postgres::Client};
+use serde_json::Value;
+use std::time::Duration;
+
+fn listen(db: &TestDb) -> Client {
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN campfire_events").unwrap();
+    listener
+}
+
+#[test]
+fn notify_arrives_after_commit_and_never_after_rollback() {
+    let db = TestDb::new();
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    let mut listener = listen(&db);
+    notifications(&mut listener, Duration::from_millis(200)); // session start, drained
+
+    let mut writer = db.connect_as(&agent(agent_id));
+    let mut tx = writer.transaction().unwrap();
+    tx.query_one("SELECT campfire.send_message($1, 'hello')", &[&conversation]).unwrap();
+    assert!(notifications(&mut listener, Duration::from_millis(300)).is_empty(), "nothing before commit");
+    tx.commit().unwrap();
+
+    let received = notifications(&mut listener, Duration::from_secs(5));
+    assert_eq!(received.len(), 1, "one NOTIFY per transaction: {received:?}");
+    let note = &received[0];
+    let events = note["events"].as_array().expect("small batches are inline");
+    let topics: Vec<(&str, &str)> =
+        events.iter().map(|e| (e["topic"].as_str().unwrap(), e["event"].as_str().unwrap())).collect();
+    assert_eq!(
+        topics,
+        vec![
+            (format!("org:{org}").as_str(), "conversation:updated"),
+            (format!("org:{org}:conv:{conversation}").as_str(), "message:created"),
+            (format!("org:{org}:conversations").as_str(), "message:created"),
+        ]
+    );
+    assert_eq!(note["last"].as_i64().unwrap() - note["first"].as_i64().unwrap() + 1, 3);
+    assert_eq!(events[1]["payload"]["message"]["content"], "hello");
+
+    let mut tx = writer.transaction().unwrap();
+    tx.query_one("SELECT campfire.send_message($1, 'never mind')", &[&conversation]).unwrap();
+    tx.rollback().unwrap();
+    assert!(notifications(&mut listener, Duration::from_millis(500)).is_empty(), "nothing after rollback");
+    let logged: i64 = db
+        .connect()
+        .query_one("SELECT count(*) FROM campfire.events WHERE payload::text LIKE '%never mind%'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 0);
+}
+
+#[test]
+fn oversized_batches_point_at_the_log_and_still_commit() {
+    let db = TestDb::new();
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    let mut listener = listen(&db);
+    notifications(&mut listener, Duration::from_millis(200));
+
+    // 4000 three-byte characters: each copy of the message is 12 kB, far over NOTIFY's 8000 bytes.
+    let content = "€".repeat(4000);
+    let mut writer = db.connect_as(&agent(agent_id));
+    let mut tx = writer.transaction().unwrap();
+    for _ in 0..3 {
+        tx.query_one("SELECT campfire.send_message($1, $2)", &[&conversation, &content]).unwrap();
+    }
+    tx.commit().unwrap();
+
+    let received = notifications(&mut listener, Duration::from_secs(5));
+    assert_eq!(received.len(), 1, "one NOTIFY for the whole transaction");
+    let note = &received[0];
+    assert!(note.get("events").is_none(), "too large to inline: {note}");
+    let (first, last) = (note["first"].as_i64().unwrap(), note["last"].as_i64().unwrap());
+    assert_eq!(last - first + 1, 9);
+
+    let mut relay = db.connect();
+    let rows = relay.query("SELECT id, event, payload FROM campfire.read_log($1, $2)", &[&(first - 1), &((last - first + 1) as i32)]).unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, (first..=last).collect::<Vec<_>>());
+    let contents: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(1) == "message:created")
+        .map(|r| r.get::<_, Value>(2)["message"]["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(contents.len(), 6);
+    assert!(contents.iter().all(|c| *c == content));
+}
+
+#[test]
+fn the_inline_limit_is_a_setting() {
+    let db = TestDb::new();
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    let mut listener = listen(&db);
+    notifications(&mut listener, Duration::from_millis(200));
+    let mut writer = db.connect_as(&agent(agent_id));
+    writer.batch_execute("SET campfire.notify_inline_max = 0").unwrap();
+    writer.query_one("SELECT campfire.send_message($1, 'tiny')", &[&conversation]).unwrap();
+    let received = notifications(&mut listener, Duration::from_secs(5));
+    assert_eq!(received.len(), 1);
+    assert!(received[0].get("events").is_none());
+}
+
+/// A transaction that writes first but commits last gets the later cursor: a reader that
+/// resumes from the cursor it has seen never skips it.
+#[test]
+fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
+    let db = TestDb::new();
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (first_conversation, _) = db.widget_session(org, "visitor-1");
+    let (second_conversation, _) = db.widget_session(org, "visitor-2");
+    let mut reader = db.connect_as(&agent(agent_id));
+    let read_since = |reader: &mut Client, cursor: i64| -> Vec<(i64, Value)> {
+        reader
+            .query("SELECT id, payload FROM campfire.events_since($1, max_rows => 10000)", &[&cursor])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let start: i64 = read_since(&mut reader, 0).last().map(|(id, _)| *id).unwrap_or(0);
+
+    let mut slow = db.connect_as(&agent(agent_id));
+    let mut slow_tx = slow.transaction().unwrap();
+    slow_tx.query_one("SELECT campfire.send_message($1, 'written first')", &[&first_conversation]).unwrap();
+
+    let mut fast = db.connect_as(&agent(agent_id));
+    fast.query_one("SELECT campfire.send_message($1, 'committed first')", &[&second_conversation]).unwrap();
+
+    let seen = read_since(&mut reader, start);
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|(_, p)| !p.to_string().contains("written first")));
+    let cursor = seen.last().unwrap().0;
+
+    slow_tx.commit().unwrap();
+    let resumed = read_since(&mut reader, cursor);
+    assert!(
+        resumed.iter().any(|(_, p)| p.to_string().contains("written first")),
+        "the late committer's events come after the cursor: {resumed:?}"
+    );
+    let all: Vec<i64> = seen.iter().chain(resumed.iter()).map(|(id, _)| *id).collect();
+    let mut unique = all.clone();
+    unique.dedup();
+    assert_eq!(all, unique, "no duplicates across the resume");
+}
