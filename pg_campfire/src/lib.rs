@@ -12,9 +12,6 @@ mod scalar;
 mod secret;
 mod triggers;
 
-#[cfg(any(test, feature = "pg_test"))]
-mod tests;
-
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);

@@ -39,7 +39,9 @@ fn free_port() -> u16 {
 fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         if let Ok(port) = std::env::var("CAMPFIRE_TEST_PORT") {
-            return Cluster { port: port.parse().expect("CAMPFIRE_TEST_PORT is a port"), data_dir: None };
+            let port = port.parse().expect("CAMPFIRE_TEST_PORT is a port");
+            create_template(port).expect("preparing the template database (is pg_campfire installed?)");
+            return Cluster { port, data_dir: None };
         }
         let port = free_port();
         let dir = format!("/tmp/campfire-tests-{}-{port}", std::process::id());
@@ -49,13 +51,7 @@ fn cluster() -> &'static Cluster {
             .expect("scripts/cluster.sh runs");
         assert!(status.success(), "starting the test cluster failed");
         let cluster = Cluster { port, data_dir: Some(dir) };
-        let template = Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"), NoTls)
-            .and_then(|mut admin| admin.batch_execute("CREATE DATABASE campfire_template"))
-            .and_then(|_| {
-                Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=campfire_template"), NoTls)
-            })
-            .and_then(|mut db| db.batch_execute("CREATE EXTENSION pg_campfire"));
-        if let Err(err) = template {
+        if let Err(err) = create_template(port) {
             let _ = Command::new(repo_root().join("scripts/cluster.sh"))
                 .args(["stop", cluster.data_dir.as_deref().unwrap()])
                 .status();
@@ -66,9 +62,20 @@ fn cluster() -> &'static Cluster {
     })
 }
 
-fn connect_to(database: &str, port: u16) -> Client {
+/// A fresh `campfire_template` database with the extension; each test copies it.
+fn create_template(port: u16) -> Result<(), postgres::Error> {
+    let mut admin = try_connect("postgres", port)?;
+    admin.batch_execute("DROP DATABASE IF EXISTS campfire_template")?;
+    admin.batch_execute("CREATE DATABASE campfire_template")?;
+    try_connect("campfire_template", port)?.batch_execute("CREATE EXTENSION pg_campfire")
+}
+
+fn try_connect(database: &str, port: u16) -> Result<Client, postgres::Error> {
     Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname={database}"), NoTls)
-        .unwrap_or_else(|e| panic!("connecting to {database} on port {port}: {e}"))
+}
+
+fn connect_to(database: &str, port: u16) -> Client {
+    try_connect(database, port).unwrap_or_else(|e| panic!("connecting to {database} on port {port}: {e}"))
 }
 
 /// A fresh database with pg_campfire, owned by one test.
@@ -82,17 +89,6 @@ impl TestDb {
         let cluster = cluster();
         let name = format!("campfire_test_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst));
         let mut admin = connect_to("postgres", cluster.port);
-        if cluster.data_dir.is_none() {
-            // A cluster we did not start: make sure the template exists.
-            let exists = admin
-                .query_opt("SELECT 1 FROM pg_database WHERE datname = 'campfire_template'", &[])
-                .unwrap()
-                .is_some();
-            if !exists {
-                admin.batch_execute("CREATE DATABASE campfire_template").unwrap();
-                connect_to("campfire_template", cluster.port).batch_execute("CREATE EXTENSION pg_campfire").unwrap();
-            }
-        }
         admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE campfire_template")).unwrap();
         TestDb { name, port: cluster.port }
     }
@@ -146,7 +142,7 @@ impl Default for TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut admin) = Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port), NoTls) {
+        if let Ok(mut admin) = try_connect("postgres", self.port) {
             let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
         }
     }

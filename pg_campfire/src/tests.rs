@@ -1,1 +1,0 @@
-//! In-backend tests (`cargo pgrx test`).
