@@ -453,16 +453,27 @@ $$;
 
 -- Conversations: assignment, handover, status ------------------------------------------------------
 
--- Raises unless the caller may change conversations of `org` (service, admin or agent).
-CREATE FUNCTION require_conversation_writer(org uuid) RETURNS void
+-- The organization of a conversation the caller may change (service, admin or agent); raises
+-- 28000, P0002 or 42501 otherwise.
+CREATE FUNCTION writable_conversation_org(conversation_id uuid) RETURNS uuid
     LANGUAGE plpgsql STABLE
     AS $$
+DECLARE
+    org uuid;
 BEGIN
+    PERFORM campfire.require_role();
+    org := campfire.visible_conversation_org(conversation_id);
     IF NOT (campfire.is_service() OR campfire.has_org_role(org, 'agent')) THEN
         PERFORM campfire.raise_error('42501', 'only admins and agents of the organization may change conversations');
     END IF;
+    RETURN org;
 END
 $$;
+
+-- The scalar mirror row of a conversation: what the conversation functions return.
+CREATE FUNCTION conversation_view(conversation_id uuid) RETURNS campfire.realtime_conversations
+    LANGUAGE sql STABLE
+    RETURN (SELECT r FROM campfire.realtime_conversations r WHERE r.id = conversation_id);
 
 CREATE FUNCTION assign_conversation(conversation_id uuid, assignee_id uuid)
     RETURNS campfire.realtime_conversations
@@ -471,11 +482,8 @@ CREATE FUNCTION assign_conversation(conversation_id uuid, assignee_id uuid)
 #variable_conflict use_variable
 DECLARE
     org uuid;
-    result campfire.realtime_conversations;
 BEGIN
-    PERFORM campfire.require_role();
-    org := campfire.visible_conversation_org(conversation_id);
-    PERFORM campfire.require_conversation_writer(org);
+    org := campfire.writable_conversation_org(conversation_id);
     IF assignee_id IS NOT NULL AND NOT EXISTS (
         SELECT FROM campfire.organization_members m
         WHERE m.organization_id = org AND m.user_id = assignee_id
@@ -488,8 +496,7 @@ BEGIN
            assigned_at = CASE WHEN assignee_id IS NULL THEN NULL ELSE now() END,
            status = CASE WHEN assignee_id IS NOT NULL AND c.status IN ('bot', 'pending') THEN 'open' ELSE c.status END
      WHERE c.id = conversation_id;
-    SELECT * INTO result FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
-    RETURN result;
+    RETURN campfire.conversation_view(conversation_id);
 END
 $$;
 
@@ -499,21 +506,15 @@ CREATE FUNCTION request_handover(conversation_id uuid, reason text DEFAULT NULL)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_variable
-DECLARE
-    org uuid;
-    result campfire.realtime_conversations;
 BEGIN
-    PERFORM campfire.require_role();
-    org := campfire.visible_conversation_org(conversation_id);
-    PERFORM campfire.require_conversation_writer(org);
+    PERFORM campfire.writable_conversation_org(conversation_id);
     UPDATE campfire.conversations c
        SET status = 'pending', handover_requested_at = now(), handover_reason = reason
      WHERE c.id = conversation_id AND c.status = 'bot';
     IF NOT FOUND THEN
         PERFORM campfire.raise_error('55000', format('conversation %s is not handled by the bot', conversation_id));
     END IF;
-    SELECT * INTO result FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
-    RETURN result;
+    RETURN campfire.conversation_view(conversation_id);
 END
 $$;
 
@@ -527,7 +528,6 @@ CREATE FUNCTION claim_conversation(conversation_id uuid)
 DECLARE
     org uuid;
     me uuid := campfire.current_user_id();
-    result campfire.realtime_conversations;
 BEGIN
     PERFORM campfire.require_role();
     org := campfire.visible_conversation_org(conversation_id);
@@ -541,8 +541,7 @@ BEGIN
         PERFORM campfire.raise_error('55000',
             format('conversation %s is not waiting for an agent (already claimed or not handed over)', conversation_id));
     END IF;
-    SELECT * INTO result FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
-    RETURN result;
+    RETURN campfire.conversation_view(conversation_id);
 END
 $$;
 
@@ -551,20 +550,14 @@ CREATE FUNCTION set_conversation_status(conversation_id uuid, status text)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_variable
-DECLARE
-    org uuid;
-    result campfire.realtime_conversations;
 BEGIN
-    PERFORM campfire.require_role();
-    org := campfire.visible_conversation_org(conversation_id);
-    PERFORM campfire.require_conversation_writer(org);
+    PERFORM campfire.writable_conversation_org(conversation_id);
     IF status IS NULL OR status NOT IN ('bot', 'pending', 'open', 'resolved') THEN
         PERFORM campfire.raise_error('22023', 'status must be one of bot, pending, open, resolved');
     END IF;
     UPDATE campfire.conversations c SET status = set_conversation_status.status::campfire.conversation_status
      WHERE c.id = conversation_id;
-    SELECT * INTO result FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
-    RETURN result;
+    RETURN campfire.conversation_view(conversation_id);
 EXCEPTION WHEN unique_violation THEN
     PERFORM campfire.raise_error('55000',
         format('conversation %s cannot be reopened: its visitor already has an open conversation', conversation_id));

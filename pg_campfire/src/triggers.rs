@@ -38,6 +38,12 @@ impl Change {
     fn current(&self) -> &Row {
         self.new.as_ref().or(self.old.as_ref()).expect("a row-level trigger has a row")
     }
+
+    /// The organization and conversation a message or read receipt belongs to.
+    fn conversation_keys(&self) -> (pgrx::Uuid, pgrx::Uuid) {
+        let row = self.current();
+        (uuid_column(row, "organization_id"), uuid_column(row, "conversation_id"))
+    }
 }
 
 fn uuid_column(row: &Row, column: &str) -> pgrx::Uuid {
@@ -55,8 +61,7 @@ fn envelope(key: &str, object: Map<String, Value>, org: pgrx::Uuid, conversation
 fn message_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let change = Change::of(trigger);
     let row = change.current();
-    let org = uuid_column(row, "organization_id");
-    let conversation = uuid_column(row, "conversation_id");
+    let (org, conversation) = change.conversation_keys();
     let event = match change.op {
         PgTriggerOperation::Insert => "message:created",
         _ => "message:updated",
@@ -109,8 +114,7 @@ fn read_receipt_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     {
         return Ok(None);
     }
-    let org = uuid_column(row, "organization_id");
-    let conversation = uuid_column(row, "conversation_id");
+    let (org, conversation) = change.conversation_keys();
     let payload = json!({
         "conversationId": conversation.to_string(),
         "organizationId": org.to_string(),
