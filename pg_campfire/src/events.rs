@@ -10,6 +10,8 @@
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::PgOid;
+use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde::Serialize;
 use serde_json::Value;
@@ -17,7 +19,8 @@ use std::cell::RefCell;
 
 /// The one channel the relay LISTENs on.
 pub const NOTIFY_CHANNEL: &str = "campfire_events";
-/// Advisory lock (two-int form) that orders event-id allocation by commit.
+/// Advisory lock (two-int form) that orders event-id allocation by commit: held from the flush to
+/// the end of the transaction, so the next flusher allocates only after this commit is visible.
 const LOG_LOCK: (i32, i32) = (0x6361_6d70, 1); // "camp", 1
 
 /// Inline events in the NOTIFY payload up to this many bytes (PostgreSQL's hard limit is 7999).
@@ -120,64 +123,61 @@ unsafe extern "C-unwind" fn on_subtransaction_end(
     }
 }
 
+thread_local! {
+    /// The log insert, planned once per backend. Ids come from the sequence in queue order;
+    /// the advisory lock taken just before makes that order the commit order.
+    static INSERT_EVENTS: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+const INSERT_EVENTS_SQL: &str = "\
+    INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
+    SELECT pg_catalog.nextval('campfire.events_id_seq'), o, c, t, e, p \
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
+    ORDER BY n RETURNING id";
+
 /// Writes the queued events to the log and notifies the relay. Returns the number written.
 pub fn flush() -> i64 {
     let events = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
     if events.is_empty() {
         return 0;
     }
-    let count = events.len() as i64;
-    let last = Spi::connect_mut(|client| -> Result<i64, pgrx::spi::Error> {
-        client.update(
-            "SELECT pg_catalog.pg_advisory_xact_lock($1, $2)",
-            None,
-            &[LOG_LOCK.0.into(), LOG_LOCK.1.into()],
-        )?;
-        let last: i64 = client
-            .update(
-                "SELECT pg_catalog.setval('campfire.events_id_seq', \
-                 pg_catalog.nextval('campfire.events_id_seq') + $1 - 1)",
-                Some(1),
-                &[count.into()],
-            )?
-            .first()
-            .get_one()?
-            .expect("setval returns a value");
-        let first = last - count + 1;
-        let ids: Vec<i64> = (first..=last).collect();
-        let organizations: Vec<pgrx::Uuid> = events.iter().map(|e| e.organization_id).collect();
-        let conversations: Vec<Option<pgrx::Uuid>> = events.iter().map(|e| e.conversation_id).collect();
-        let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
-        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-        let payloads: Vec<pgrx::JsonB> = events.iter().map(|e| pgrx::JsonB(e.payload.clone())).collect();
-        let args: [DatumWithOid; 6] = [
-            ids.into(),
-            organizations.into(),
-            conversations.into(),
-            topics.into(),
-            names.into(),
-            payloads.into(),
-        ];
-        client.update(
-            "INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::jsonb[])",
-            None,
-            &args,
-        )?;
-        Ok(last)
+    unsafe {
+        pgrx::direct_function_call::<()>(
+            pg_sys::pg_advisory_xact_lock_int4,
+            &[LOG_LOCK.0.into_datum(), LOG_LOCK.1.into_datum()],
+        );
+    }
+    let organizations: Vec<pgrx::Uuid> = events.iter().map(|e| e.organization_id).collect();
+    let conversations: Vec<Option<pgrx::Uuid>> = events.iter().map(|e| e.conversation_id).collect();
+    let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    let payloads: Vec<pgrx::JsonB> = events.iter().map(|e| pgrx::JsonB(e.payload.clone())).collect();
+    let args: [DatumWithOid; 5] =
+        [organizations.into(), conversations.into(), topics.into(), names.into(), payloads.into()];
+    let ids = Spi::connect_mut(|client| -> Result<Vec<i64>, pgrx::spi::Error> {
+        let rows = INSERT_EVENTS.with(|cell| -> Result<_, pgrx::spi::Error> {
+            let mut cached = cell.borrow_mut();
+            if cached.is_none() {
+                let types = [pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID];
+                let types: Vec<PgOid> = types.into_iter().map(PgOid::from).collect();
+                *cached = Some(client.prepare_mut(INSERT_EVENTS_SQL, &types)?.keep());
+            }
+            client.update(cached.as_ref().expect("prepared above"), None, &args)
+        })?;
+        rows.map(|row| row.get::<i64>(1).map(|id| id.expect("RETURNING id"))).collect()
     })
     .unwrap_or_else(|err| pgrx::error!("writing realtime events failed: {err}"));
-    notify(last - count + 1, &events);
-    count
+    notify(&ids, &events);
+    ids.len() as i64
 }
 
 /// One NOTIFY per flush: the events inline when they fit, otherwise only their id range.
-fn notify(first: i64, events: &[PendingEvent]) {
-    let last = first + events.len() as i64 - 1;
+fn notify(ids: &[i64], events: &[PendingEvent]) {
+    let (first, last) = (ids[0], ids[ids.len() - 1]);
     let inline: Vec<LoggedEvent> = events
         .iter()
-        .zip(first..)
-        .map(|(e, id)| LoggedEvent { id, topic: &e.topic, event: &e.event, payload: &e.payload })
+        .zip(ids)
+        .map(|(e, &id)| LoggedEvent { id, topic: &e.topic, event: &e.event, payload: &e.payload })
         .collect();
     let full = serde_json::json!({ "first": first, "last": last, "events": inline }).to_string();
     let payload = if full.len() <= NOTIFY_INLINE_MAX.get().max(0) as usize {

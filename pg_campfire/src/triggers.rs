@@ -6,8 +6,11 @@ use crate::scalar::{Enums, Row};
 use pgrx::prelude::*;
 use pgrx::{PgTrigger, PgTriggerOperation};
 use serde_json::{Map, Value, json};
+use pgrx::PgOid;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, std::convert::Infallible>;
 
@@ -158,42 +161,47 @@ fn agent_status_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     Ok(None)
 }
 
-/// The statements that keep one mirror table, built once per backend from the catalog.
-#[derive(Clone)]
-struct MirrorSql {
-    upsert: String,
-    delete: String,
+/// The statements that keep one mirror table, planned once per backend from the catalog.
+struct MirrorStatements {
+    upsert: OwnedPreparedStatement,
+    delete: OwnedPreparedStatement,
 }
 
 thread_local! {
-    static MIRRORS: RefCell<HashMap<String, MirrorSql>> = RefCell::new(HashMap::new());
+    static MIRRORS: RefCell<HashMap<String, Rc<MirrorStatements>>> = RefCell::new(HashMap::new());
 }
 
-fn mirror_sql(mirror: &str) -> MirrorSql {
-    if let Some(sql) = MIRRORS.with(|cache| cache.borrow().get(mirror).cloned()) {
-        return sql;
+fn mirror_statements(client: &SpiClient, mirror: &str) -> Result<Rc<MirrorStatements>, pgrx::spi::Error> {
+    if let Some(statements) = MIRRORS.with(|cache| cache.borrow().get(mirror).cloned()) {
+        return Ok(statements);
     }
-    let (table, columns) = Spi::get_two_with_args::<String, String>(
-        "SELECT c.oid::regclass::text, \
-                string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attname <> 'id') \
-         FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         WHERE c.oid = $1::regclass GROUP BY c.oid",
-        &[mirror.into()],
-    )
-    .unwrap_or_else(|err| pgrx::error!("mirror table {mirror}: {err}"));
-    let (table, columns) = (table.expect("regclass"), columns.unwrap_or_default());
+    let row = client
+        .select(
+            "SELECT c.oid::regclass::text, \
+                    string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attname <> 'id') \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE c.oid = $1::regclass GROUP BY c.oid",
+            Some(1),
+            &[mirror.into()],
+        )?
+        .first()
+        .get_two::<String, String>()?;
+    let (table, columns) = (row.0.expect("regclass"), row.1.unwrap_or_default());
     let excluded: Vec<String> = columns.split(", ").map(|c| format!("EXCLUDED.{c}")).collect();
-    let sql = MirrorSql {
-        upsert: format!(
-            "INSERT INTO {table} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1) \
-             ON CONFLICT (id) DO UPDATE SET ({columns}) = ROW({})",
-            excluded.join(", ")
-        ),
-        delete: format!("DELETE FROM {table} WHERE id = $1"),
-    };
-    MIRRORS.with(|cache| cache.borrow_mut().insert(mirror.to_owned(), sql.clone()));
-    sql
+    let upsert = format!(
+        "INSERT INTO {table} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1) \
+         ON CONFLICT (id) DO UPDATE SET ({columns}) = ROW({})",
+        excluded.join(", ")
+    );
+    let statements = Rc::new(MirrorStatements {
+        upsert: client.prepare_mut(upsert.as_str(), &[PgOid::from(pg_sys::JSONBOID)])?.keep(),
+        delete: client
+            .prepare_mut(format!("DELETE FROM {table} WHERE id = $1").as_str(), &[PgOid::from(pg_sys::UUIDOID)])?
+            .keep(),
+    });
+    MIRRORS.with(|cache| cache.borrow_mut().insert(mirror.to_owned(), statements.clone()));
+    Ok(statements)
 }
 
 /// Keeps a scalar-only mirror table in step with the table it is attached to. The mirror is
@@ -208,16 +216,20 @@ fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<
         .ok()
         .and_then(|args| args.into_iter().next())
         .unwrap_or_else(|| "campfire.realtime_conversations".to_owned());
-    let result = match &change.new {
-        Some(row) => {
-            let values = pgrx::JsonB(Value::Object(row.to_scalar_json(Enums::AsText)));
-            Spi::run_with_args(&mirror_sql(&mirror).upsert, &[values.into()])
+    let result = Spi::connect_mut(|client| {
+        let statements = mirror_statements(client, &mirror)?;
+        match &change.new {
+            Some(row) => {
+                let values = pgrx::JsonB(Value::Object(row.to_scalar_json(Enums::AsText)));
+                client.update(&statements.upsert, None, &[values.into()])
+            }
+            None => {
+                let id = uuid_column(change.current(), "id");
+                client.update(&statements.delete, None, &[id.into()])
+            }
         }
-        None => {
-            let id = uuid_column(change.current(), "id");
-            Spi::run_with_args(&mirror_sql(&mirror).delete, &[id.into()])
-        }
-    };
+        .map(|_| ())
+    });
     result.unwrap_or_else(|err| pgrx::error!("syncing {mirror}: {err}"));
     Ok(None)
 }
