@@ -653,3 +653,61 @@ BEGIN
                               'events', erased_events, 'sessions', erased_sessions);
 END
 $$;
+
+-- Dashboard and widget reads --------------------------------------------------------------------
+
+-- The organization's conversations, newest activity first, for an agent's dashboard:
+-- keyset-paginated by (updated_at, id) of the last row of the previous page, with the number of
+-- customer messages newer than the caller's read watermark. Filter by status, or 'mine' / 'unassigned'.
+CREATE FUNCTION list_conversations(organization_id uuid, filter text DEFAULT 'all',
+                                   after_updated_at timestamptz DEFAULT NULL, after_id uuid DEFAULT NULL,
+                                   max_rows integer DEFAULT 50)
+    RETURNS TABLE (conversation campfire.realtime_conversations, unread bigint)
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    me uuid := campfire.current_user_id();
+BEGIN
+    PERFORM campfire.require_role();
+    IF NOT (campfire.is_service() OR campfire.has_org_role(organization_id, 'viewer')) THEN
+        PERFORM campfire.raise_error('42501', format('not a member of organization %s', organization_id));
+    END IF;
+    IF filter IS NULL OR filter NOT IN ('all', 'mine', 'unassigned', 'bot', 'pending', 'open', 'resolved') THEN
+        PERFORM campfire.raise_error('22023', 'filter must be one of all, mine, unassigned, bot, pending, open, resolved');
+    END IF;
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 200 THEN
+        PERFORM campfire.raise_error('22023', 'max_rows must be between 1 and 200');
+    END IF;
+    IF (after_updated_at IS NULL) <> (after_id IS NULL) THEN
+        PERFORM campfire.raise_error('22023', 'after_updated_at and after_id go together');
+    END IF;
+    RETURN QUERY
+        SELECT r, (SELECT count(*) FROM campfire.messages m
+                   WHERE m.conversation_id = r.id AND m.seq > coalesce(cr.last_read_seq, 0)
+                     AND m.sender_type = 'customer')
+        FROM campfire.realtime_conversations r
+        LEFT JOIN campfire.conversation_reads cr
+               ON cr.conversation_id = r.id AND cr.reader_type = 'agent' AND cr.reader_id = me
+        WHERE r.organization_id = list_conversations.organization_id
+          AND (after_id IS NULL OR (r.updated_at, r.id) < (after_updated_at, after_id))
+          AND CASE filter WHEN 'all' THEN true
+                          WHEN 'mine' THEN r.assigned_to = me
+                          WHEN 'unassigned' THEN r.assigned_to IS NULL AND r.status <> 'resolved'
+                          ELSE r.status = filter END
+        ORDER BY r.updated_at DESC, r.id DESC
+        LIMIT max_rows;
+END
+$$;
+
+-- What a widget may know before it has a session: the organization's name, the origins allowed
+-- to embed it, and whether an agent is online. Callable without claims.
+CREATE FUNCTION widget_config(organization_id uuid)
+    RETURNS TABLE (name text, allowed_origins text[], agents_online integer)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$
+        SELECT o.name, o.allowed_origins,
+               (SELECT count(*)::integer FROM campfire.organization_members m
+                WHERE m.organization_id = o.id AND m.status = 'active' AND m.availability = 'online')
+        FROM campfire.organizations o WHERE o.id = $1
+    $$;

@@ -150,7 +150,8 @@ GRANT EXECUTE ON FUNCTION
     history(uuid, bigint, integer), mark_read(uuid, bigint),
     assign_conversation(uuid, uuid), request_handover(uuid, text), claim_conversation(uuid),
     set_conversation_status(uuid, text), events_since(bigint, text, integer),
-    prune_events(interval), erase_visitor(uuid, text)
+    prune_events(interval), erase_visitor(uuid, text),
+    list_conversations(uuid, text, timestamptz, uuid, integer), widget_config(uuid)
 TO campfire_client;
 
 -- The relay reads the whole log and decides joins.

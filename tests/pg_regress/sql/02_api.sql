@@ -104,3 +104,20 @@ SELECT campfire.create_organization('Org C', 'org-c') IS NOT NULL AS created;
 SELECT name, slug FROM campfire.organizations WHERE slug = 'org-c';
 SELECT t.try($$SELECT campfire.add_member('00000000-0000-4000-8000-000000000000', 'c0000000-0000-4000-8000-0000000000c1')$$) AS unknown_org;
 CALL t.act_as('nobody');
+
+-- Dashboard list and widget configuration -----------------------------------------------------------
+SET ROLE campfire_test_client;
+CALL t.act_as('agent_a');
+SELECT t.redact((l.conversation).id::text) AS conversation, (l.conversation).status, l.unread
+FROM campfire.list_conversations('aaaaaaaa-0000-4000-8000-00000000000a') l;
+SELECT count(*) AS first_page FROM campfire.list_conversations('aaaaaaaa-0000-4000-8000-00000000000a', max_rows => 1);
+SELECT count(*) AS second_page FROM campfire.list_conversations('aaaaaaaa-0000-4000-8000-00000000000a',
+    after_updated_at => (SELECT (l.conversation).updated_at FROM campfire.list_conversations('aaaaaaaa-0000-4000-8000-00000000000a', max_rows => 1) l),
+    after_id => (SELECT (l.conversation).id FROM campfire.list_conversations('aaaaaaaa-0000-4000-8000-00000000000a', max_rows => 1) l));
+SELECT count(*) AS resolved FROM campfire.list_conversations('aaaaaaaa-0000-4000-8000-00000000000a', 'resolved');
+SELECT t.try($$SELECT campfire.list_conversations('aaaaaaaa-0000-4000-8000-00000000000a', 'everything')$$) AS bad_filter;
+SELECT t.try($$SELECT campfire.list_conversations('bbbbbbbb-0000-4000-8000-00000000000b')$$) AS other_org;
+CALL t.act_as('nobody');
+SELECT name, allowed_origins, agents_online FROM campfire.widget_config('aaaaaaaa-0000-4000-8000-00000000000a');
+SELECT count(*) AS unknown FROM campfire.widget_config('00000000-0000-4000-8000-000000000000');
+RESET ROLE;
