@@ -591,13 +591,14 @@ END
 $$;
 
 -- The whole log after a cursor, for the relay (which routes each event to the subscribers
--- allowed to read it).
-CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000)
+-- allowed to read it), optionally one channel only (a client resuming after a gap).
+CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, topic text DEFAULT NULL)
     RETURNS TABLE (id bigint, topic text, event text, payload jsonb)
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
     AS $$
         SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
-        WHERE e.id > after ORDER BY e.id LIMIT least(greatest(max_rows, 1), 10000)
+        WHERE e.id > after AND ($3 IS NULL OR e.topic = $3)
+        ORDER BY e.id LIMIT least(greatest(max_rows, 1), 10000)
     $$;
 
 -- The newest committed cursor (0 when the log is empty).

@@ -155,7 +155,7 @@ GRANT EXECUTE ON FUNCTION
 TO campfire_client;
 
 -- The relay reads the whole log and decides joins.
-GRANT EXECUTE ON FUNCTION read_log(bigint, integer), log_head(), authorize_channel(text, jsonb),
+GRANT EXECUTE ON FUNCTION read_log(bigint, integer, text), log_head(), authorize_channel(text, jsonb),
                           visitor_claims(text) TO campfire_relay;
 
 -- Custom events straight into the log.

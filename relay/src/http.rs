@@ -1,0 +1,191 @@
+//! HTTP: the WebSocket endpoints, health, metrics, the broadcast API and the widget token
+//! exchange. Every error is a status with a JSON body.
+
+use crate::Relay;
+use crate::auth::{self, Identity};
+use crate::protocol::Vsn;
+use crate::session;
+use axum::Json;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tower_http::cors::CorsLayer;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+pub fn router(relay: Arc<Relay>) -> axum::Router {
+    let api = axum::Router::new()
+        .route("/api/broadcast", post(http_broadcast))
+        .route("/realtime/v1/api/broadcast", post(http_broadcast))
+        .route("/api/widget/token", post(widget_token))
+        .layer(CorsLayer::very_permissive());
+    axum::Router::new()
+        .route("/realtime/v1/websocket", any(websocket))
+        .route("/socket/websocket", any(websocket))
+        .route("/websocket", any(websocket))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .with_state(relay)
+}
+
+async fn websocket(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    };
+    let vsn = match Vsn::parse(params.get("vsn").map(String::as_str)) {
+        Ok(vsn) => vsn,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or(params.get("apikey").map(String::as_str));
+    let Some(key) = key else {
+        return error(StatusCode::UNAUTHORIZED, "API key is missing");
+    };
+    let identity = match session::resolve_token(&relay, key).await {
+        Ok(identity) => identity,
+        Err((_, message)) => return error(StatusCode::UNAUTHORIZED, message),
+    };
+    let max = relay.config.max_payload_bytes + 4096;
+    upgrade
+        // Small buffers: an idle connection should cost little.
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max * 4)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = relay.sessions.clone();
+            tracker.track_future(session::serve(socket, relay, vsn, identity))
+        })
+}
+
+async fn healthz(State(relay): State<Arc<Relay>>) -> Response {
+    let listening = relay.health.listen_connected.load(Ordering::SeqCst);
+    let last = relay.health.last_event_id.load(Ordering::SeqCst);
+    let head = relay.db.log_head().await.ok();
+    let body = json!({
+        "status": if listening { "ok" } else { "degraded" },
+        "listen_connected": listening,
+        "last_event_id": last,
+        "log_head": head,
+        "lag": head.map(|h| (h - last).max(0)),
+        "connections": relay.metrics.connections.get(),
+    });
+    let status = if listening { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(relay): State<Arc<Relay>>) -> String {
+    relay.metrics.queue_depth.set(relay.hub.queued_frames() as i64);
+    relay.metrics.render()
+}
+
+/// `Authorization: Bearer` wins over the `apikey` header, as in Supabase.
+async fn http_identity(relay: &Relay, headers: &HeaderMap) -> Result<Identity, Response> {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
+    let Some(token) = token else {
+        return Err(error(StatusCode::UNAUTHORIZED, "missing Authorization bearer token or apikey header"));
+    };
+    session::resolve_token(relay, token).await.map_err(|(_, message)| error(StatusCode::UNAUTHORIZED, message))
+}
+
+#[derive(Deserialize)]
+struct BroadcastBatch {
+    messages: Vec<BroadcastMessage>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastMessage {
+    topic: String,
+    event: String,
+    payload: Value,
+}
+
+/// POST /api/broadcast: every message is checked before any is sent, so a batch is all or nothing.
+async fn http_broadcast(
+    State(relay): State<Arc<Relay>>,
+    headers: HeaderMap,
+    body: Result<Json<BroadcastBatch>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let identity = match http_identity(&relay, &headers).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let Json(batch) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(StatusCode::UNPROCESSABLE_ENTITY, rejection.body_text()),
+    };
+    if batch.messages.is_empty() || batch.messages.len() > 100 {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "messages must hold 1 to 100 broadcasts");
+    }
+    let mut checked = Vec::with_capacity(batch.messages.len());
+    for message in batch.messages {
+        if !message.payload.is_object() {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, format!("payload for {} must be a JSON object", message.topic));
+        }
+        if message.payload.to_string().len() > relay.config.max_payload_bytes {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "Payload size exceeds the limit");
+        }
+        match relay.db.authorize(&message.topic, &identity.claims).await {
+            Ok(a) if a.broadcast => checked.push((a.topic, message)),
+            Ok(a) => {
+                let reason = a.reason.unwrap_or_else(|| "broadcast not allowed".into());
+                return error(StatusCode::FORBIDDEN, format!("may not broadcast on {}: {reason}", message.topic));
+            }
+            Err(crate::db::DbError::InvalidChannel(m)) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
+            Err(err) => return error(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        }
+    }
+    for (topic, message) in checked {
+        relay.metrics.client_broadcasts.inc();
+        relay.hub.broadcast(&topic, None, &message.event, message.payload);
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    #[serde(alias = "sessionSecret")]
+    session_secret: String,
+}
+
+/// POST /api/widget/token: a widget session secret for a short-lived visitor JWT.
+async fn widget_token(
+    State(relay): State<Arc<Relay>>,
+    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    if !auth::is_widget_secret(&request.session_secret) {
+        return error(StatusCode::UNAUTHORIZED, "not a widget session secret");
+    }
+    match session::resolve_token(&relay, &request.session_secret).await {
+        Ok(identity) => {
+            let mut claims = identity.claims;
+            claims["exp"] = json!(identity.expires_at);
+            let token = auth::sign(relay.config.jwt_secret.as_bytes(), &claims);
+            Json(json!({ "access_token": token, "expires_at": identity.expires_at })).into_response()
+        }
+        Err((code, message)) if code == "UnableToConnectToProject" => error(StatusCode::SERVICE_UNAVAILABLE, message),
+        Err((_, message)) => error(StatusCode::UNAUTHORIZED, message),
+    }
+}

@@ -1,0 +1,91 @@
+//! campfire-relay: a Supabase-Realtime-compatible WebSocket server fed by pg_campfire's event
+//! log. It LISTENs on one connection, routes each committed event to the subscribers the
+//! extension authorized, carries client broadcasts and presence (between relays through
+//! PostgreSQL), and replays from the log after any gap. Decisions about data and permissions are
+//! the extension's.
+
+pub mod auth;
+pub mod config;
+mod db;
+mod http;
+mod hub;
+mod metrics;
+pub mod protocol;
+mod session;
+
+pub use config::Config;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What /healthz reports.
+#[derive(Default)]
+pub struct Health {
+    pub listen_connected: AtomicBool,
+    /// The newest event id routed: the relay's own cursor in the log.
+    pub last_event_id: AtomicI64,
+}
+
+pub struct Relay {
+    config: Config,
+    db: db::Db,
+    hub: hub::Hub,
+    metrics: Arc<metrics::Metrics>,
+    health: Health,
+    next_connection: AtomicU64,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+}
+
+impl Relay {
+    fn next_connection_id(&self) -> hub::ConnId {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serves until `shutdown` completes, then closes every connection (1001) and waits for them,
+/// at most five seconds.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (peers_tx, mut peers_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let relay = Arc::new(Relay {
+        db: db::Db::new(config.database_url.clone()),
+        hub: hub::Hub::new(metrics.clone(), uuid::Uuid::new_v4().to_string(), peers_tx),
+        metrics,
+        health: Health::default(),
+        next_connection: AtomicU64::new(1),
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        config,
+    });
+    let listen = tokio::spawn(db::listen(relay.clone(), relay.shutdown.clone()));
+    let peers_relay = relay.clone();
+    let peers = tokio::spawn(async move {
+        while let Some(message) = peers_rx.recv().await {
+            if let Err(err) = peers_relay.db.notify_peers(&message).await {
+                peers_relay.metrics.drops.with_label_values(&["peer_notify_failed"]).inc();
+                tracing::warn!(%err, "telling peer relays failed");
+            }
+        }
+    });
+    tracing::info!(address = %listener.local_addr()?, "relay listening");
+    let stop = relay.shutdown.clone();
+    axum::serve(listener, http::router(relay.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await?;
+    relay.sessions.close();
+    if tokio::time::timeout(Duration::from_secs(5), relay.sessions.wait()).await.is_err() {
+        tracing::warn!("connections still open after 5 s; stopping anyway");
+    }
+    let _ = listen.await;
+    peers.abort();
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Prometheus metrics, served at /metrics.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub channels: IntGauge,
+    pub events_in: IntCounter,
+    pub client_broadcasts: IntCounter,
+    pub deliveries: IntCounter,
+    pub drops: IntCounterVec,
+    pub disconnects: IntCounterVec,
+    pub malformed_frames: IntCounter,
+    pub listen_reconnects: IntCounter,
+    pub queue_depth: IntGauge,
+    pub last_event_id: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        Metrics {
+            connections: gauge("campfire_connections", "Open WebSocket connections"),
+            channels: gauge("campfire_channels", "Joined channels across all connections"),
+            events_in: counter("campfire_events_in_total", "Events read from the database log"),
+            client_broadcasts: counter("campfire_client_broadcasts_total", "Broadcasts received from clients"),
+            deliveries: counter("campfire_deliveries_total", "Frames queued to subscribers"),
+            drops: counter_vec("campfire_drops_total", "Messages not delivered, by reason", "reason"),
+            disconnects: counter_vec("campfire_disconnects_total", "Closed connections, by reason", "reason"),
+            malformed_frames: counter("campfire_malformed_frames_total", "Client frames that could not be decoded"),
+            listen_reconnects: counter("campfire_listen_reconnects_total", "Times the LISTEN connection was re-established"),
+            queue_depth: gauge("campfire_send_queue_depth", "Frames waiting in connection send queues"),
+            last_event_id: gauge("campfire_last_event_id", "Newest event id the relay has routed"),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,239 @@
+//! Phoenix / Supabase Realtime frames: the V1 serializer (JSON objects), the V2 serializer (JSON
+//! arrays) and V2's binary user-broadcast push (kind 3). Outgoing broadcasts are always text.
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Vsn {
+    V1,
+    V2,
+}
+
+impl Vsn {
+    /// `vsn` query parameter; absent means 1.0.0, as the server defaults.
+    pub fn parse(vsn: Option<&str>) -> Result<Vsn, String> {
+        match vsn {
+            None => Ok(Vsn::V1),
+            Some(v) if v.starts_with("1.") => Ok(Vsn::V1),
+            Some(v) if v.starts_with("2.") => Ok(Vsn::V2),
+            Some(v) => Err(format!("unsupported vsn {v}: expected 1.0.0 or 2.0.0")),
+        }
+    }
+}
+
+/// One message in either direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub join_ref: Option<String>,
+    pub r#ref: Option<String>,
+    pub topic: String,
+    pub event: String,
+    pub payload: Value,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("frame is not valid JSON: {0}")]
+    Json(String),
+    #[error("frame has the wrong shape: {0}")]
+    Shape(&'static str),
+    #[error("binary frame: {0}")]
+    Binary(&'static str),
+}
+
+fn opt_string(value: &Value) -> Result<Option<String>, DecodeError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        _ => Err(DecodeError::Shape("refs must be strings or null")),
+    }
+}
+
+pub fn decode_text(vsn: Vsn, text: &str) -> Result<Frame, DecodeError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+    match vsn {
+        Vsn::V2 => {
+            let items = value.as_array().ok_or(DecodeError::Shape("expected [join_ref, ref, topic, event, payload]"))?;
+            if items.len() < 5 {
+                return Err(DecodeError::Shape("expected [join_ref, ref, topic, event, payload]"));
+            }
+            Ok(Frame {
+                join_ref: opt_string(&items[0])?,
+                r#ref: opt_string(&items[1])?,
+                topic: items[2].as_str().ok_or(DecodeError::Shape("topic must be a string"))?.to_owned(),
+                event: items[3].as_str().ok_or(DecodeError::Shape("event must be a string"))?.to_owned(),
+                payload: items[4].clone(),
+            })
+        }
+        Vsn::V1 => {
+            let object = value.as_object().ok_or(DecodeError::Shape("expected an object"))?;
+            let field = |name: &str| object.get(name).unwrap_or(&Value::Null);
+            Ok(Frame {
+                join_ref: opt_string(field("join_ref"))?,
+                r#ref: opt_string(field("ref"))?,
+                topic: field("topic").as_str().ok_or(DecodeError::Shape("topic must be a string"))?.to_owned(),
+                event: field("event").as_str().ok_or(DecodeError::Shape("event must be a string"))?.to_owned(),
+                payload: field("payload").clone(),
+            })
+        }
+    }
+}
+
+/// A V2 binary user-broadcast push (kind 3), turned into the equivalent text `broadcast` push.
+/// Only JSON payloads (encoding 1) are accepted: outgoing broadcasts are text.
+pub fn decode_binary(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    let (&kind, rest) = bytes.split_first().ok_or(DecodeError::Binary("empty frame"))?;
+    if kind != 3 {
+        return Err(DecodeError::Binary("only kind 3 (user broadcast push) is accepted"));
+    }
+    if rest.len() < 6 {
+        return Err(DecodeError::Binary("header too short"));
+    }
+    let lengths: Vec<usize> = rest[..5].iter().map(|&b| b as usize).collect();
+    let encoding = rest[5];
+    let mut body = &rest[6..];
+    let mut take = |len: usize| -> Result<&[u8], DecodeError> {
+        if body.len() < len {
+            return Err(DecodeError::Binary("field longer than the frame"));
+        }
+        let (field, tail) = body.split_at(len);
+        body = tail;
+        Ok(field)
+    };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Binary("header field is not UTF-8"));
+    let join_ref = text(take(lengths[0])?)?;
+    let r#ref = text(take(lengths[1])?)?;
+    let topic = text(take(lengths[2])?)?;
+    let user_event = text(take(lengths[3])?)?;
+    let _metadata = take(lengths[4])?;
+    if encoding != 1 {
+        return Err(DecodeError::Binary("only JSON payloads (encoding 1) are accepted"));
+    }
+    let payload: Value = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    Ok(Frame {
+        join_ref: non_empty(join_ref),
+        r#ref: non_empty(r#ref),
+        topic,
+        event: "broadcast".to_owned(),
+        payload: json!({ "type": "broadcast", "event": user_event, "payload": payload }),
+    })
+}
+
+pub fn encode(vsn: Vsn, frame: &Frame) -> String {
+    match vsn {
+        Vsn::V2 => json!([frame.join_ref, frame.r#ref, frame.topic, frame.event, frame.payload]).to_string(),
+        // V1 output never carries join_ref.
+        Vsn::V1 => json!({
+            "topic": frame.topic, "event": frame.event, "payload": frame.payload, "ref": frame.r#ref
+        })
+        .to_string(),
+    }
+}
+
+pub fn reply(request: &Frame, status: &str, response: Value) -> Frame {
+    Frame {
+        join_ref: request.join_ref.clone(),
+        r#ref: request.r#ref.clone(),
+        topic: request.topic.clone(),
+        event: "phx_reply".to_owned(),
+        payload: json!({ "status": status, "response": response }),
+    }
+}
+
+pub fn error_reply(request: &Frame, reason: impl Into<String>) -> Frame {
+    reply(request, "error", json!({ "reason": reason.into() }))
+}
+
+/// A push from the server to everyone on a topic: no refs.
+pub fn push(topic: &str, event: &str, payload: Value) -> Frame {
+    Frame { join_ref: None, r#ref: None, topic: topic.to_owned(), event: event.to_owned(), payload }
+}
+
+/// A push belonging to one join (presence_state, system): join_ref set, no ref.
+pub fn channel_push(topic: &str, join_ref: Option<&str>, event: &str, payload: Value) -> Frame {
+    Frame {
+        join_ref: join_ref.map(str::to_owned),
+        r#ref: None,
+        topic: topic.to_owned(),
+        event: event.to_owned(),
+        payload,
+    }
+}
+
+/// phx_close / phx_error for a join: ref = join_ref, as Phoenix sends them.
+pub fn channel_end(topic: &str, join_ref: Option<&str>, event: &str) -> Frame {
+    Frame {
+        join_ref: join_ref.map(str::to_owned),
+        r#ref: join_ref.map(str::to_owned),
+        topic: topic.to_owned(),
+        event: event.to_owned(),
+        payload: json!({}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_and_v1_text_frames_round_trip() {
+        let frame = decode_text(Vsn::V2, r#"["1","1","realtime:room1","phx_join",{"config":{}}]"#).unwrap();
+        assert_eq!(frame.join_ref.as_deref(), Some("1"));
+        assert_eq!(frame.topic, "realtime:room1");
+        let reply = reply(&frame, "ok", json!({"postgres_changes": []}));
+        assert_eq!(
+            encode(Vsn::V2, &reply),
+            r#"["1","1","realtime:room1","phx_reply",{"response":{"postgres_changes":[]},"status":"ok"}]"#
+        );
+        let v1 = decode_text(Vsn::V1, r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"7"}"#).unwrap();
+        assert_eq!(v1.join_ref, None);
+        let out: Value = serde_json::from_str(&encode(Vsn::V1, &reply_to_heartbeat(&v1))).unwrap();
+        assert_eq!(out["ref"], "7");
+        assert!(out.get("join_ref").is_none(), "V1 output never has join_ref");
+    }
+
+    fn reply_to_heartbeat(frame: &Frame) -> Frame {
+        reply(frame, "ok", json!({}))
+    }
+
+    #[test]
+    fn malformed_text_frames_are_errors_not_panics() {
+        assert!(matches!(decode_text(Vsn::V2, "not json"), Err(DecodeError::Json(_))));
+        assert!(decode_text(Vsn::V2, r#"{"topic":"x"}"#).is_err());
+        assert!(decode_text(Vsn::V2, r#"[null,"1",5,"e",{}]"#).is_err());
+        assert!(decode_text(Vsn::V2, r#"["1","2"]"#).is_err());
+        assert!(decode_text(Vsn::V1, r#"[1,2,3,4,5]"#).is_err());
+        assert!(decode_text(Vsn::V1, r#"{"topic":"t","event":"e","ref":{}}"#).is_err());
+    }
+
+    #[test]
+    fn binary_kind_3_becomes_a_broadcast_push() {
+        let mut bytes = vec![3, 1, 1, 14, 7, 0, 1];
+        bytes.extend_from_slice(b"13realtime:room1message{\"text\":\"hi\"}");
+        let frame = decode_binary(&bytes).unwrap();
+        assert_eq!(frame.join_ref.as_deref(), Some("1"));
+        assert_eq!(frame.r#ref.as_deref(), Some("3"));
+        assert_eq!(frame.topic, "realtime:room1");
+        assert_eq!(frame.event, "broadcast");
+        assert_eq!(frame.payload, json!({"type":"broadcast","event":"message","payload":{"text":"hi"}}));
+    }
+
+    #[test]
+    fn bad_binary_frames_are_refused_with_a_reason() {
+        assert_eq!(decode_binary(&[]), Err(DecodeError::Binary("empty frame")));
+        assert!(decode_binary(&[0, 1, 1, 1, 1]).is_err());
+        assert_eq!(decode_binary(&[3, 9, 0, 0, 0, 0, 1, b'x']), Err(DecodeError::Binary("field longer than the frame")));
+        let mut raw = vec![3, 0, 0, 1, 1, 0, 0];
+        raw.extend_from_slice(b"tebinary");
+        assert!(decode_binary(&raw).is_err(), "encoding 0 (raw binary) is refused");
+    }
+
+    #[test]
+    fn vsn_defaults_to_one() {
+        assert_eq!(Vsn::parse(None), Ok(Vsn::V1));
+        assert_eq!(Vsn::parse(Some("2.0.0")), Ok(Vsn::V2));
+        assert!(Vsn::parse(Some("3.0.0")).is_err());
+    }
+}

@@ -1,0 +1,409 @@
+//! One WebSocket client: a writer task draining its bounded queue, and a reader loop that
+//! handles heartbeats, joins, leaves, broadcasts, presence and token refreshes.
+
+use crate::Relay;
+use crate::auth::{self, AuthError, Identity};
+use crate::db::{DbError, DbEvent};
+use crate::hub::{Join, Outbox};
+use crate::protocol::{self, Frame, Vsn};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// A joined channel, as this connection sees it.
+struct Channel {
+    canonical: String,
+    join_ref: Option<String>,
+    identity: Identity,
+    may_broadcast: bool,
+    may_track: bool,
+    presence_key: String,
+    /// The payload of a typing:start not yet followed by typing:stop, and when it was sent.
+    typing: Option<(Value, Instant)>,
+}
+
+struct Session {
+    relay: Arc<Relay>,
+    outbox: Arc<Outbox>,
+    /// The credential given at connect time (apikey), used by joins that carry none.
+    identity: Identity,
+    channels: HashMap<String, Channel>,
+}
+
+fn sub_topic(topic: &str) -> &str {
+    topic.strip_prefix("realtime:").unwrap_or(topic)
+}
+
+/// A boolean config value: JSON booleans or "true"/"false" in any case.
+fn flag(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::String(s) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// The resume cursor a client passes in its join config: `config.cursor`, a number or a string.
+fn resume_cursor(config: &Value) -> Option<i64> {
+    match &config["cursor"] {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .filter(|c| *c >= 0)
+}
+
+/// Turns a token into an identity: a JWT is verified here, a widget session secret by the
+/// extension.
+pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, (String, String)> {
+    if auth::is_widget_secret(token) {
+        return match relay.db.visitor_claims(token).await {
+            Ok(claims) => Ok(Identity { claims, expires_at: auth::now() + relay.config.visitor_token_ttl_secs }),
+            Err(DbError::Unavailable(e)) => Err(("UnableToConnectToProject".into(), e)),
+            Err(e) => Err((AuthError::BadSecret.code().into(), e.to_string())),
+        };
+    }
+    auth::verify_jwt(relay.config.jwt_secret.as_bytes(), token).map_err(|e| (e.code().to_owned(), e.to_string()))
+}
+
+pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Identity) {
+    let id = relay.next_connection_id();
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(relay.config.send_queue);
+    let outbox = Arc::new(Outbox::new(id, vsn, tx));
+    relay.metrics.connections.inc();
+
+    let writer_outbox = outbox.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = writer_outbox.kill.cancelled() => {
+                    let reason = writer_outbox.close_reason().unwrap_or("closing");
+                    let code = if reason.starts_with("slow consumer") { 1013 } else if reason.starts_with("server") { 1001 } else { 1000 };
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+                message = rx.recv() => match message {
+                    Some(message) => if sink.send(message).await.is_err() { break },
+                    None => break,
+                },
+            }
+        }
+    });
+
+    let mut session = Session { relay: relay.clone(), outbox: outbox.clone(), identity, channels: HashMap::new() };
+    let idle = relay.config.idle_timeout();
+    let mut idle_deadline = tokio::time::Instant::now() + idle;
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    let reason = loop {
+        tokio::select! {
+            message = stream.next() => {
+                idle_deadline = tokio::time::Instant::now() + idle;
+                match message {
+                    Some(Ok(Message::Text(text))) => match protocol::decode_text(vsn, &text) {
+                        Ok(frame) => session.handle(frame).await,
+                        Err(err) => session.malformed(&err.to_string()),
+                    },
+                    Some(Ok(Message::Binary(bytes))) if vsn == Vsn::V2 => match protocol::decode_binary(&bytes) {
+                        Ok(frame) => session.handle(frame).await,
+                        Err(err) => session.malformed(&err.to_string()),
+                    },
+                    Some(Ok(Message::Binary(_))) => session.malformed("binary frames need vsn 2.0.0"),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break "client closed",
+                    Some(Err(_)) => break "transport error",
+                }
+            }
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                outbox.close("idle timeout");
+                break "idle timeout";
+            }
+            _ = outbox.kill.cancelled() => break outbox.close_reason().unwrap_or("closed"),
+            _ = relay.shutdown.cancelled() => {
+                outbox.close("server shutting down");
+                break "server shutting down";
+            }
+            _ = ticker.tick() => session.expire(),
+        }
+    };
+    session.leave_all();
+    relay.metrics.connections.dec();
+    relay.metrics.disconnects.with_label_values(&[reason.split(':').next().unwrap_or(reason)]).inc();
+    outbox.close(reason);
+    let _ = writer.await;
+}
+
+impl Session {
+    fn send(&self, frame: &Frame) {
+        self.outbox.send_frame(&self.relay.metrics, frame);
+    }
+
+    /// Malformed frames are logged and counted, never fatal, as the Realtime server does.
+    fn malformed(&self, reason: &str) {
+        self.relay.metrics.malformed_frames.inc();
+        tracing::debug!(connection = self.outbox.id, reason, "malformed frame ignored");
+    }
+
+    async fn handle(&mut self, frame: Frame) {
+        match (frame.topic.as_str(), frame.event.as_str()) {
+            ("phoenix", "heartbeat") => self.send(&protocol::reply(&frame, "ok", json!({}))),
+            (_, "phx_join") => self.join(frame).await,
+            _ => {
+                let Some(channel) = self.channels.get(&frame.topic) else {
+                    let reply = if frame.event == "phx_leave" {
+                        protocol::reply(&frame, "ok", json!({}))
+                    } else {
+                        protocol::error_reply(&frame, "unmatched topic")
+                    };
+                    return self.send(&reply);
+                };
+                if frame.join_ref.is_some() && frame.join_ref != channel.join_ref {
+                    return; // a push from an earlier join of this topic
+                }
+                match frame.event.as_str() {
+                    "phx_leave" => {
+                        self.send(&protocol::reply(&frame, "ok", json!({})));
+                        self.close_channel(&frame.topic);
+                    }
+                    "broadcast" => self.broadcast(&frame),
+                    "presence" => self.presence(&frame),
+                    "access_token" => self.refresh_token(&frame).await,
+                    other => self.send(&protocol::error_reply(&frame, format!("unknown event {other}"))),
+                }
+            }
+        }
+    }
+
+    async fn join(&mut self, frame: Frame) {
+        let topic = frame.topic.clone();
+        let Some(name) = topic.strip_prefix("realtime:") else {
+            return self.send(&protocol::error_reply(&frame, "unmatched topic"));
+        };
+        if name.is_empty() {
+            return self.send(&protocol::error_reply(&frame, "TopicNameRequired: You must provide a topic name"));
+        }
+        if self.channels.len() >= self.relay.config.max_channels && !self.channels.contains_key(&topic) {
+            return self.send(&protocol::error_reply(&frame, "ChannelRateLimitReached: Too many channels"));
+        }
+        let identity = match frame.payload["access_token"].as_str().filter(|t| !t.starts_with("sb_")) {
+            Some(token) => match resolve_token(&self.relay, token).await {
+                Ok(identity) => identity,
+                Err((code, message)) => return self.send(&protocol::error_reply(&frame, format!("{code}: {message}"))),
+            },
+            None => self.identity.clone(),
+        };
+        let authorization = match self.relay.db.authorize(name, &identity.claims).await {
+            Ok(a) if a.read => a,
+            Ok(a) => {
+                let reason = a.reason.unwrap_or_else(|| "access denied".into());
+                return self.send(&protocol::error_reply(
+                    &frame,
+                    format!("Unauthorized: You do not have permissions to read from this Channel topic: {name} ({reason})"),
+                ));
+            }
+            Err(DbError::InvalidChannel(message)) => {
+                return self.send(&protocol::error_reply(&frame, format!("InvalidChannelName: {message}")));
+            }
+            Err(err) => {
+                tracing::warn!(%err, "authorizing a join failed");
+                return self.send(&protocol::error_reply(&frame, "UnableToConnectToProject: the database is unavailable"));
+            }
+        };
+        // A second join of a topic replaces the first, as Phoenix does.
+        if self.channels.contains_key(&topic) {
+            self.close_channel(&topic);
+        }
+        let config = &frame.payload["config"];
+        let presence_key = config["presence"]["key"]
+            .as_str()
+            .filter(|k| !k.is_empty())
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let cursor = resume_cursor(config);
+        let canonical = authorization.topic.clone();
+        let presence_state = self.relay.hub.join(
+            &canonical,
+            Join {
+                outbox: self.outbox.clone(),
+                join_topic: topic.clone(),
+                self_broadcast: flag(&config["broadcast"]["self"]),
+                cursor: cursor.unwrap_or(0),
+            },
+        );
+        self.channels.insert(
+            topic.clone(),
+            Channel {
+                canonical: canonical.clone(),
+                join_ref: frame.join_ref.clone(),
+                identity,
+                may_broadcast: authorization.broadcast,
+                may_track: authorization.presence,
+                presence_key,
+                typing: None,
+            },
+        );
+        self.send(&protocol::reply(&frame, "ok", json!({ "postgres_changes": [] })));
+        self.send(&protocol::channel_push(&topic, frame.join_ref.as_deref(), "presence_state", presence_state));
+        let replayed = match cursor {
+            Some(cursor) => self.replay(&canonical, cursor).await,
+            None => Vec::new(),
+        };
+        self.relay.hub.finish_resume(&canonical, self.outbox.id, &topic, replayed);
+    }
+
+    /// Everything on the channel after `cursor`, from the log.
+    async fn replay(&self, canonical: &str, mut cursor: i64) -> Vec<DbEvent> {
+        let mut events = Vec::new();
+        loop {
+            match self.relay.db.read_log(cursor, Some(canonical)).await {
+                Ok(page) if page.is_empty() => return events,
+                Ok(page) => {
+                    cursor = page.last().map_or(cursor, |e| e.id);
+                    events.extend(page);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "replaying the log for a resuming client failed");
+                    return events;
+                }
+            }
+        }
+    }
+
+    fn broadcast(&mut self, frame: &Frame) {
+        let Some(event) = frame.payload["event"].as_str().map(str::to_owned) else {
+            return self.send(&protocol::error_reply(frame, "a broadcast needs payload.event (a string)"));
+        };
+        let payload = frame.payload.get("payload").cloned().unwrap_or_else(|| json!({}));
+        let channel = self.channels.get_mut(&frame.topic).expect("checked by handle");
+        if payload.to_string().len() > self.relay.config.max_payload_bytes {
+            self.relay.metrics.drops.with_label_values(&["payload_too_large"]).inc();
+            return self.send(&protocol::error_reply(frame, "payload_size_exceeded"));
+        }
+        if !channel.may_broadcast {
+            self.relay.metrics.drops.with_label_values(&["unauthorized"]).inc();
+            let reason = format!("Unauthorized: you may not broadcast on {}", sub_topic(&frame.topic));
+            return self.send(&protocol::error_reply(frame, reason));
+        }
+        match event.as_str() {
+            "typing:start" => channel.typing = Some((payload.clone(), Instant::now())),
+            "typing:stop" => channel.typing = None,
+            _ => {}
+        }
+        let canonical = channel.canonical.clone();
+        self.relay.metrics.client_broadcasts.inc();
+        self.relay.hub.broadcast(&canonical, Some((self.outbox.id, &frame.topic)), &event, payload);
+        if frame.r#ref.is_some() {
+            // realtime-js only waits for this with `ack`; an unexpected reply is ignored.
+            self.send(&protocol::reply(frame, "ok", json!({})));
+        }
+    }
+
+    fn presence(&mut self, frame: &Frame) {
+        let channel = self.channels.get(&frame.topic).expect("checked by handle");
+        if !channel.may_track {
+            let reason = format!("Unauthorized: you may not track presence on {}", sub_topic(&frame.topic));
+            return self.send(&protocol::error_reply(frame, reason));
+        }
+        match frame.payload["event"].as_str() {
+            Some("track") => {
+                let Some(state) = frame.payload["payload"].as_object().cloned() else {
+                    return self.send(&protocol::error_reply(frame, "Presence track payload must be a map"));
+                };
+                if Value::Object(state.clone()).to_string().len() > self.relay.config.max_payload_bytes {
+                    return self.send(&protocol::error_reply(frame, "Track message size exceeded"));
+                }
+                self.relay.hub.track(&channel.canonical, self.outbox.id, &frame.topic, &channel.presence_key, state);
+            }
+            Some("untrack") => self.relay.hub.untrack(&channel.canonical, self.outbox.id, &frame.topic),
+            _ => return self.send(&protocol::error_reply(frame, "presence event must be track or untrack")),
+        }
+        self.send(&protocol::reply(frame, "ok", json!({})));
+    }
+
+    /// `access_token`: no reply; a token that no longer grants the channel ends it.
+    async fn refresh_token(&mut self, frame: &Frame) {
+        let Some(token) = frame.payload["access_token"].as_str().filter(|t| !t.starts_with("sb_")) else { return };
+        let identity = match resolve_token(&self.relay, token).await {
+            Ok(identity) => identity,
+            Err((_, message)) => return self.end_channel(&frame.topic, &message),
+        };
+        match self.relay.db.authorize(sub_topic(&frame.topic), &identity.claims).await {
+            Ok(a) if a.read => {
+                if let Some(channel) = self.channels.get_mut(&frame.topic) {
+                    channel.identity = identity;
+                    channel.may_broadcast = a.broadcast;
+                    channel.may_track = a.presence;
+                }
+            }
+            Ok(_) | Err(DbError::InvalidChannel(_)) | Err(DbError::Unauthorized(_)) => {
+                let message = format!("You no longer have permission to read from this Channel topic: {}", sub_topic(&frame.topic));
+                self.end_channel(&frame.topic, &message);
+            }
+            Err(err) => tracing::warn!(%err, "re-authorizing after a token refresh failed; keeping the channel"),
+        }
+    }
+
+    /// Once a second: channels whose token expired end; typing indicators left on too long stop.
+    fn expire(&mut self) {
+        let now = auth::now();
+        let expired: Vec<String> =
+            self.channels.iter().filter(|(_, c)| c.identity.expires_at <= now).map(|(t, _)| t.clone()).collect();
+        for topic in expired {
+            self.end_channel(&topic, "Token has expired");
+        }
+        let ttl = self.relay.config.typing_ttl();
+        let stale: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.typing.as_ref().is_some_and(|(_, at)| at.elapsed() >= ttl))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in stale {
+            self.stop_typing(&topic);
+        }
+    }
+
+    /// Ends a channel for a terminal reason: system error, then phx_close.
+    fn end_channel(&mut self, topic: &str, message: &str) {
+        let Some(channel) = self.channels.get(topic) else { return };
+        let join_ref = channel.join_ref.clone();
+        let system = json!({ "extension": "system", "status": "error", "message": message, "channel": sub_topic(topic) });
+        self.send(&protocol::channel_push(topic, join_ref.as_deref(), "system", system));
+        self.close_channel(topic);
+    }
+
+    /// Sends the typing:stop a sender that vanished (or went quiet) never sent.
+    fn stop_typing(&mut self, topic: &str) {
+        let Some(channel) = self.channels.get_mut(topic) else { return };
+        let Some((mut payload, _)) = channel.typing.take() else { return };
+        if let Value::Object(map) = &mut payload {
+            map.insert("isTyping".into(), json!(false));
+            map.insert("endedBy".into(), json!("relay"));
+        }
+        let canonical = channel.canonical.clone();
+        self.relay.hub.broadcast(&canonical, Some((self.outbox.id, topic)), "typing:stop", payload);
+    }
+
+    /// Leaves a channel: typing ends, presence leaves, phx_close goes out.
+    fn close_channel(&mut self, topic: &str) {
+        self.stop_typing(topic);
+        if let Some(channel) = self.channels.remove(topic) {
+            self.relay.hub.leave(&channel.canonical, self.outbox.id, topic);
+            self.send(&protocol::channel_end(topic, channel.join_ref.as_deref(), "phx_close"));
+        }
+    }
+
+    fn leave_all(&mut self) {
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for topic in topics {
+            self.stop_typing(&topic);
+            if let Some(channel) = self.channels.remove(&topic) {
+                self.relay.hub.leave(&channel.canonical, self.outbox.id, &topic);
+            }
+        }
+    }
+}
