@@ -21,6 +21,8 @@ struct Channel {
     identity: Identity,
     may_broadcast: bool,
     may_track: bool,
+    /// `config.broadcast.ack`: reply to each broadcast once it is fanned out.
+    ack: bool,
     presence_key: String,
     /// The payload of a typing:start not yet followed by typing:stop, and when it was sent.
     typing: Option<(Value, Instant)>,
@@ -242,6 +244,7 @@ impl Session {
                 identity,
                 may_broadcast: authorization.broadcast,
                 may_track: authorization.presence,
+                ack: flag(&config["broadcast"]["ack"]),
                 presence_key,
                 typing: None,
             },
@@ -293,11 +296,10 @@ impl Session {
             "typing:stop" => channel.typing = None,
             _ => {}
         }
-        let canonical = channel.canonical.clone();
+        let (canonical, ack) = (channel.canonical.clone(), channel.ack);
         self.relay.metrics.client_broadcasts.inc();
         self.relay.hub.broadcast(&canonical, Some((self.outbox.id, &frame.topic)), &event, payload);
-        if frame.r#ref.is_some() {
-            // realtime-js only waits for this with `ack`; an unexpected reply is ignored.
+        if ack {
             self.send(&protocol::reply(frame, "ok", json!({})));
         }
     }

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use postgres;
 
+pub mod relay;
+
 struct Cluster {
     port: u16,
     /// Set when this process started the cluster and must stop it.
@@ -67,7 +69,14 @@ fn create_template(port: u16) -> Result<(), postgres::Error> {
     let mut admin = try_connect("postgres", port)?;
     admin.batch_execute("DROP DATABASE IF EXISTS campfire_template")?;
     admin.batch_execute("CREATE DATABASE campfire_template")?;
-    try_connect("campfire_template", port)?.batch_execute("CREATE EXTENSION pg_campfire")
+    try_connect("campfire_template", port)?.batch_execute("CREATE EXTENSION pg_campfire")?;
+    admin.batch_execute(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'campfire_relay_test') THEN
+                 CREATE ROLE campfire_relay_test LOGIN IN ROLE campfire_relay;
+             END IF;
+         END $$",
+    )
 }
 
 fn try_connect(database: &str, port: u16) -> Result<Client, postgres::Error> {
@@ -91,6 +100,11 @@ impl TestDb {
         let mut admin = connect_to("postgres", cluster.port);
         admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE campfire_template")).unwrap();
         TestDb { name, port: cluster.port }
+    }
+
+    /// The connection string of the least-privileged relay login (a member of campfire_relay).
+    pub fn relay_url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=campfire_relay_test dbname={}", self.port, self.name)
     }
 
     /// A superuser connection (RLS does not apply to it; the API's claims checks do).
@@ -142,9 +156,14 @@ impl Default for TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut admin) = try_connect("postgres", self.port) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        }
+        // On a thread of its own: the sync client cannot run inside an async test's runtime.
+        let (name, port) = (self.name.clone(), self.port);
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut admin) = try_connect("postgres", port) {
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
     }
 }
 
