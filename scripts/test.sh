@@ -5,9 +5,10 @@
 #   1. unit tests and #[pg_test]s of the extension   (cargo pgrx test)
 #   2. the extension installed into the system PostgreSQL (cargo pgrx install)
 #   3. pg_regress golden tests of the SQL surface    (scripts/regress.sh)
-#   4. end-to-end tests over real connections        (cargo test -p campfire-tests)
-#   5. the relay's tests                             (cargo test -p campfire-relay)
-#   6. JavaScript tests with the real realtime-js     (node --test, when present)
+#   4. the relay's unit tests                        (cargo test -p campfire-relay)
+#   5. end-to-end tests: SQL over real connections, the relay with real WebSocket clients
+#                                                     (cargo test -p campfire-tests)
+#   6. the real @supabase/realtime-js against the relay binary (node --test)
 # Each runner prints its own summary line; the script stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,15 +36,15 @@ step "pg_regress golden tests"
 scripts/cluster.sh start "$work/pg" "$port"
 scripts/regress.sh "$port"
 
-step "end-to-end tests (real connections)"
-CAMPFIRE_TEST_PORT=$port cargo test -p campfire-tests
-
-step "relay tests"
+step "relay unit tests"
 cargo test -p campfire-relay
 
-if [ -f tests/node/package.json ]; then
-    step "JavaScript tests (realtime-js)"
-    (cd tests/node && npm ci --no-audit --no-fund && npm test)
-fi
+step "end-to-end tests (real connections, real WebSocket clients)"
+CAMPFIRE_TEST_PORT=$port cargo test -p campfire-tests
+
+step "JavaScript tests (@supabase/realtime-js from npm)"
+cargo build -p campfire-relay --bin campfire-relay
+(cd tests/node && npm ci --no-audit --no-fund &&
+    CAMPFIRE_TEST_PORT=$port RELAY_BIN="$root/target/debug/campfire-relay" npm test)
 
 step "all tests passed"

@@ -1,0 +1,115 @@
+// The real @supabase/realtime-js, current (vsn 2.0.0) and pre-2.91 (vsn 1.0.0), against the relay.
+import { after, before, describe, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { RealtimeClient as CurrentClient } from '@supabase/realtime-js'
+import { RealtimeClient as LegacyClient } from 'realtime-js-v1'
+import { WebSocket, createFixture, freePort, startRelay, stopRelay, subscribe, waitFor } from '../harness.js'
+
+const versions = [
+  { name: 'realtime-js 2.119 (vsn 2.0.0)', RealtimeClient: CurrentClient, vsn: '2.0.0' },
+  { name: 'realtime-js 2.90 (vsn 1.0.0)', RealtimeClient: LegacyClient, vsn: '1.0.0' },
+]
+
+for (const { name, RealtimeClient, vsn } of versions) {
+  describe(name, () => {
+    let fixture
+    let relay
+    let port
+    const clients = []
+
+    const client = (apikey) => {
+      const c = new RealtimeClient(`ws://127.0.0.1:${port}/realtime/v1`, {
+        params: { apikey },
+        transport: WebSocket,
+        reconnectAfterMs: () => 200,
+      })
+      clients.push(c)
+      return c
+    }
+
+    before(async () => {
+      fixture = await createFixture()
+      port = await freePort()
+      relay = await startRelay(fixture.database, port)
+    })
+
+    after(async () => {
+      for (const c of clients) c.disconnect()
+      await stopRelay(relay)
+      await fixture.drop()
+    })
+
+    test('speaks the expected serializer', () => {
+      const c = client(fixture.agentToken)
+      assert.equal(c.vsn, vsn)
+    })
+
+    test('subscribes and receives message:created after an insert through the SQL API', async () => {
+      const topic = `org:${fixture.org}:conv:${fixture.visitorA.conversation_id}`
+      const channel = client(fixture.agentToken).channel(`bcast:${topic}`, { config: { broadcast: { ack: false } } })
+      const received = waitFor((done) => channel.on('broadcast', { event: 'message:created' }, done), 'message:created')
+      const { status } = await subscribe(channel)
+      assert.equal(status, 'SUBSCRIBED')
+      const seq = await fixture.sendAsAgent(fixture.visitorA.conversation_id, `hello from SQL (${vsn})`)
+      const message = await received
+      assert.equal(message.event, 'message:created')
+      assert.equal(message.payload.message.content, `hello from SQL (${vsn})`)
+      assert.equal(String(message.payload.message.seq), String(seq))
+      assert.ok(message.payload.cursor > 0)
+    })
+
+    test('a typing broadcast from the widget reaches the agent', async () => {
+      const topic = `org:${fixture.org}:conv:${fixture.visitorA.conversation_id}:typing`
+      const agentChannel = client(fixture.agentToken).channel(topic)
+      const typing = waitFor((done) => agentChannel.on('broadcast', { event: 'typing:start' }, done), 'typing:start')
+      assert.equal((await subscribe(agentChannel)).status, 'SUBSCRIBED')
+      const widgetChannel = client(fixture.visitorA.session_secret).channel(topic, { config: { broadcast: { ack: true } } })
+      assert.equal((await subscribe(widgetChannel)).status, 'SUBSCRIBED')
+      const result = await widgetChannel.send({ type: 'broadcast', event: 'typing:start', payload: { userName: 'Val', isTyping: true } })
+      assert.equal(result, 'ok')
+      const event = await typing
+      assert.deepEqual(event.payload, { userName: 'Val', isTyping: true })
+    })
+
+    test('presence syncs between two clients', async () => {
+      const topic = `org:${fixture.org}:agents:presence`
+      const first = client(fixture.agentToken).channel(topic, { config: { presence: { key: 'agent-1' } } })
+      first.on('presence', { event: 'sync' }, () => {})
+      assert.equal((await subscribe(first)).status, 'SUBSCRIBED')
+      assert.equal(await first.track({ name: 'Nadia' }), 'ok')
+      const second = client(fixture.agentToken).channel(topic, { config: { presence: { key: 'agent-2' } } })
+      const synced = waitFor((done) => second.on('presence', { event: 'sync' }, () => {
+        const state = second.presenceState()
+        if (state['agent-1']) done(state)
+      }), 'presence sync')
+      assert.equal((await subscribe(second)).status, 'SUBSCRIBED')
+      const state = await synced
+      assert.equal(state['agent-1'][0].name, 'Nadia')
+    })
+
+    test('an unauthorized join is reported as CHANNEL_ERROR with the reason', async () => {
+      const topic = `org:${fixture.org}:conv:${fixture.visitorA.conversation_id}`
+      const channel = client(fixture.visitorB.session_secret).channel(topic)
+      const { status, err } = await subscribe(channel)
+      assert.equal(status, 'CHANNEL_ERROR')
+      assert.match(String(err?.message ?? err), /visitors may only join their own conversation/)
+      channel.unsubscribe()
+    })
+
+    test('reconnects and rejoins after the relay restarts', async () => {
+      const topic = `org:${fixture.org}:conv:${fixture.visitorA.conversation_id}`
+      const channel = client(fixture.agentToken).channel(topic)
+      let subscribed = 0
+      const rejoined = waitFor((done) => channel.subscribe((status) => {
+        if (status === 'SUBSCRIBED' && ++subscribed === 2) done()
+      }), 'a second SUBSCRIBED')
+      await waitFor((done) => { const t = setInterval(() => { if (subscribed >= 1) { clearInterval(t); done() } }, 20) }, 'first SUBSCRIBED')
+      await stopRelay(relay)
+      relay = await startRelay(fixture.database, port)
+      await rejoined
+      const received = waitFor((done) => channel.on('broadcast', { event: 'message:created' }, done), 'message after restart')
+      await fixture.sendAsAgent(fixture.visitorA.conversation_id, 'after the restart')
+      assert.equal((await received).payload.message.content, 'after the restart')
+    })
+  })
+}
