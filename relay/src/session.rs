@@ -49,9 +49,14 @@ fn flag(value: &Value) -> bool {
     }
 }
 
-/// The resume cursor a client passes in its join config: `config.cursor`, a number or a string.
+/// The resume cursor a client passes in its join config: `config.broadcast.cursor` (the one
+/// place realtime-js forwards unchanged) or `config.cursor`; a number or a numeric string.
 fn resume_cursor(config: &Value) -> Option<i64> {
-    match &config["cursor"] {
+    let cursor = match &config["broadcast"]["cursor"] {
+        Value::Null => &config["cursor"],
+        given => given,
+    };
+    match cursor {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.parse().ok(),
         _ => None,

@@ -164,8 +164,8 @@ impl Client {
         r
     }
 
-    /// Joins `realtime:<name>`; returns the join ref and the reply.
-    pub async fn join(&mut self, name: &str, payload: Value) -> (String, Received) {
+    /// Sends a join of `realtime:<name>` (join_ref = ref) without waiting; returns its ref.
+    pub async fn send_join(&mut self, name: &str, payload: Value) -> String {
         let topic = format!("realtime:{name}");
         let r = self.take_ref();
         let text = if self.v2 {
@@ -174,6 +174,12 @@ impl Client {
             json!({ "join_ref": r, "ref": r, "topic": topic, "event": "phx_join", "payload": payload }).to_string()
         };
         self.send_raw(Message::text(text)).await;
+        r
+    }
+
+    /// Joins `realtime:<name>`; returns the join ref and the reply.
+    pub async fn join(&mut self, name: &str, payload: Value) -> (String, Received) {
+        let r = self.send_join(name, payload).await;
         let reply = self.recv_where(|m| m.event == "phx_reply" && m.r#ref == json!(r)).await;
         (r, reply)
     }

@@ -391,3 +391,59 @@ async fn http_broadcast_health_metrics_and_widget_tokens() {
     let _ = visitor(f.session);
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn channel_lifecycle_leave_duplicate_join_stale_refs_token_refresh_expiry_and_idle() {
+    let f = fixture().await;
+    let relay = RelayHandle::start_with(&f.db, |c| c.idle_timeout_secs = 2).await;
+    let topic = format!("realtime:{}", f.topic());
+    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+
+    // A second join of the same topic closes the first (phx_close with the old join_ref).
+    let (first, _) = client.join(&f.topic(), json!({"config": {}})).await;
+    let second = client.send_join(&f.topic(), json!({"config": {}})).await;
+    let closed = client.recv_where(|m| m.event == "phx_close").await;
+    assert_eq!(closed.join_ref, json!(first), "the old join is closed first");
+    let reply = client.recv_where(|m| m.event == "phx_reply").await;
+    assert_eq!((reply.r#ref.clone(), reply.payload["status"].clone()), (json!(second), json!("ok")));
+
+    // A push carrying a stale join_ref is ignored: no reply at all.
+    let stale = client.push(Some("stale"), &topic, "presence", json!({"type": "presence", "event": "track", "payload": {}})).await;
+    assert!(client.drain(Duration::from_millis(300)).await.iter().all(|m| m.r#ref != json!(stale)));
+
+    // access_token refresh: a valid token keeps the channel (no reply); one for a stranger ends it.
+    client.push(Some(&second), &topic, "access_token", json!({"access_token": agent_token(f.agent)})).await;
+    assert!(client.drain(Duration::from_millis(300)).await.iter().all(|m| m.event != "phx_close"));
+    client.push(Some(&second), &topic, "access_token", json!({"access_token": agent_token(uuid::Uuid::new_v4())})).await;
+    let system = client.recv_where(|m| m.event == "system").await;
+    assert_eq!(system.payload["status"], "error");
+    assert!(system.payload["message"].as_str().unwrap().starts_with("You no longer have permission"));
+    let close = client.recv_where(|m| m.event == "phx_close").await;
+    assert_eq!((close.join_ref.clone(), close.r#ref.clone()), (json!(second), json!(second)));
+
+    // phx_leave: ok reply, then phx_close.
+    let (third, _) = client.join(&f.topic(), json!({"config": {}})).await;
+    let r = client.push(Some(&third), &topic, "phx_leave", json!({})).await;
+    assert_eq!(client.recv_where(|m| m.r#ref == json!(r)).await.payload["status"], "ok");
+    assert_eq!(client.recv_where(|m| m.event == "phx_close").await.join_ref, json!(third));
+
+    // A token that expires while joined ends the channel with a system error.
+    let short = campfire_relay::auth::sign(
+        campfire_tests::relay::JWT_SECRET.as_bytes(),
+        &json!({"role": "authenticated", "sub": f.agent, "exp": campfire_relay::auth::now() + 1}),
+    );
+    client.join(&f.topic(), json!({"config": {}, "access_token": short})).await;
+    let expired = client.recv_where(|m| m.event == "system").await;
+    assert_eq!(expired.payload["message"], "Token has expired");
+
+    // Silence beyond the idle timeout closes the connection.
+    let mut close_reason = None;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut client.ws)).await {
+        if let Message::Close(Some(frame)) = message {
+            close_reason = Some(frame.reason.to_string());
+            break;
+        }
+    }
+    assert_eq!(close_reason.as_deref(), Some("idle timeout"));
+    relay.stop().await;
+}
