@@ -74,7 +74,8 @@ impl Db {
         Db { url, client: Mutex::new(None) }
     }
 
-    async fn client(&self) -> Result<Arc<Client>, DbError> {
+    /// The shared query connection, (re)connected if needed.
+    pub async fn client(&self) -> Result<Arc<Client>, DbError> {
         let mut slot = self.client.lock().await;
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());

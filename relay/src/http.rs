@@ -26,6 +26,8 @@ pub fn router(relay: Arc<Relay>) -> axum::Router {
         .route("/api/broadcast", post(http_broadcast))
         .route("/realtime/v1/api/broadcast", post(http_broadcast))
         .route("/api/widget/token", post(widget_token))
+        .merge(crate::api::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES))
         .layer(CorsLayer::very_permissive());
     axum::Router::new()
         .route("/realtime/v1/websocket", any(websocket))

@@ -4,6 +4,7 @@
 //! PostgreSQL), and replays from the log after any gap. Decisions about data and permissions are
 //! the extension's.
 
+mod api;
 pub mod auth;
 pub mod config;
 mod db;
@@ -40,6 +41,7 @@ pub struct Relay {
     next_connection: AtomicU64,
     shutdown: CancellationToken,
     sessions: TaskTracker,
+    limits: api::Limits,
 }
 
 impl Relay {
@@ -61,6 +63,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         next_connection: AtomicU64::new(1),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
+        limits: api::Limits::default(),
         config,
     });
     let listen = tokio::spawn(db::listen(relay.clone(), relay.shutdown.clone()));
@@ -75,7 +78,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     });
     tracing::info!(address = %listener.local_addr()?, "relay listening");
     let stop = relay.shutdown.clone();
-    axum::serve(listener, http::router(relay.clone()))
+    axum::serve(listener, http::router(relay.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             stop.cancel();

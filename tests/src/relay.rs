@@ -74,6 +74,14 @@ impl RelayHandle {
 
     /// A minimal HTTP/1.1 request; returns (status, body).
     pub async fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+        let response = self.http_raw(method, path, headers, body).await?;
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// The whole response, status line and headers included.
+    pub async fn http_raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = TcpStream::connect(self.addr).await?;
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n", self.addr, body.len());
@@ -85,9 +93,7 @@ impl RelayHandle {
         stream.write_all(request.as_bytes()).await?;
         let mut response = String::new();
         tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await??;
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        Ok((status, body))
+        Ok(response)
     }
 
     pub fn url(&self, vsn: &str, apikey: &str) -> String {

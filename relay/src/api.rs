@@ -1,0 +1,433 @@
+//! The HTTP API of the widget and the dashboard (the seeds' endpoints and what the pages need).
+//! Each endpoint is one call into the extension's SQL API under the caller's claims, so RLS and
+//! the extension's checks decide; SQLSTATEs become HTTP statuses with a JSON body.
+
+use crate::Relay;
+use crate::auth::{self, Identity};
+use crate::session;
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::types::ToSql;
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn routes() -> axum::Router<Arc<Relay>> {
+    axum::Router::new()
+        .route("/api/widget/config", get(widget_config))
+        .route("/api/widget/auth", post(widget_auth))
+        .route("/api/widget/messages", post(widget_send))
+        .route("/api/widget/conversations/{id}/messages", get(history))
+        .route("/api/widget/conversations/{id}/read", post(mark_read))
+        .route("/api/widget/events", get(events_since))
+        .route("/api/dashboard/conversations", get(list_conversations))
+        .route("/api/dashboard/conversations/{id}/messages", get(history).post(dashboard_send))
+        .route("/api/dashboard/conversations/{id}/read", post(mark_read))
+        .route("/api/dashboard/conversations/{id}/assign", post(assign))
+        .route("/api/dashboard/conversations/{id}/claim", post(claim))
+        .route("/api/dashboard/conversations/{id}/status", post(set_status))
+        .route("/api/dashboard/availability", post(set_availability))
+        .route("/api/dashboard/events", get(events_since))
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    code: Option<String>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), code: None, retry_after: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message, "code": self.code }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(err: tokio_postgres::Error) -> ApiError {
+        let Some(db) = err.as_db_error() else {
+            tracing::warn!(%err, "database call failed");
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable");
+        };
+        let code = db.code().code();
+        let status = match code {
+            "22023" | "22001" | "22P02" | "23502" | "22003" => StatusCode::BAD_REQUEST,
+            "28000" => StatusCode::UNAUTHORIZED,
+            "42501" => StatusCode::FORBIDDEN,
+            "P0002" => StatusCode::NOT_FOUND,
+            "55000" | "23505" => StatusCode::CONFLICT,
+            _ => {
+                tracing::warn!(code, message = db.message(), "unexpected database error");
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
+        };
+        ApiError { status, message: db.message().to_owned(), code: Some(code.to_owned()), retry_after: None }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Fixed-window counters: at most `limit` calls per key per window.
+pub struct RateLimiter {
+    limit: u32,
+    window: Duration,
+    counters: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl RateLimiter {
+    pub fn new(limit: u32, window: Duration) -> RateLimiter {
+        RateLimiter { limit, window, counters: Mutex::new(HashMap::new()) }
+    }
+
+    fn check(&self, key: &str, what: &str) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let mut counters = self.counters.lock().expect("rate limiter lock");
+        if counters.len() > 100_000 {
+            counters.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        }
+        let (start, count) = counters.entry(key.to_owned()).or_insert((now, 0));
+        if now.duration_since(*start) >= self.window {
+            (*start, *count) = (now, 0);
+        }
+        *count += 1;
+        if *count > self.limit {
+            let retry = self.window.saturating_sub(now.duration_since(*start)).as_secs().max(1);
+            let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many {what}; retry in {retry} s"));
+            error.retry_after = Some(retry);
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+/// The limits on anonymous and visitor calls.
+pub struct Limits {
+    pub sessions_per_ip: RateLimiter,
+    pub messages_per_session: RateLimiter,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sessions_per_ip: RateLimiter::new(20, Duration::from_secs(3600)),
+            messages_per_session: RateLimiter::new(20, Duration::from_secs(60)),
+        }
+    }
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|rejection| {
+        let status = match rejection {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, rejection.body_text())
+    })
+}
+
+fn parse_uuid(text: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(text).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{what} must be a UUID")))
+}
+
+/// The caller's identity from `Authorization: Bearer` (a JWT or a widget session secret).
+async fn caller(relay: &Relay, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token"))?;
+    session::resolve_token(relay, token).await.map_err(|(_, message)| ApiError::new(StatusCode::UNAUTHORIZED, message))
+}
+
+/// Runs `call` (a set-returning or scalar SQL expression over $2, $3, ...) with the caller's
+/// claims, in one statement: the claims are set first, for that statement's transaction only.
+async fn call_as(relay: &Relay, claims: &Value, call: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Value, ApiError> {
+    let sql = format!(
+        "WITH claims AS MATERIALIZED (SELECT pg_catalog.set_config('request.jwt.claims', $1, true)) \
+         SELECT (SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]'::jsonb) FROM {call} r)::text FROM claims"
+    );
+    let claims = claims.to_string();
+    let mut all: Vec<&(dyn ToSql + Sync)> = vec![&claims];
+    all.extend_from_slice(params);
+    let client = relay.db.client().await.map_err(|err| {
+        tracing::warn!(%err, "no database connection for an API call");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable")
+    })?;
+    let row = client.query_one(&sql, &all).await?;
+    serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn first(rows: Value) -> Value {
+    rows.as_array().and_then(|r| r.first().cloned()).unwrap_or(Value::Null)
+}
+
+fn ok(value: Value) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+// Widget ----------------------------------------------------------------------------------------
+
+fn organization_header(headers: &HeaderMap) -> Result<uuid::Uuid, ApiError> {
+    let value = headers
+        .get("x-organization-id")
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "the x-organization-id header is required"))?;
+    parse_uuid(value.to_str().unwrap_or_default(), "x-organization-id")
+}
+
+async fn widget_config(State(relay): State<Arc<Relay>>, headers: HeaderMap) -> ApiResult {
+    let org = organization_header(&headers)?;
+    let config = first(call_as(&relay, &json!({}), "campfire.widget_config($2)", &[&org]).await?);
+    if config.is_null() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("organization {org} not found")));
+    }
+    ok(config)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AuthRequest {
+    visitor_id: String,
+    customer_email: Option<String>,
+    customer_name: Option<String>,
+    session_secret: Option<String>,
+}
+
+/// POST /api/widget/auth: starts or resumes the visitor's session; returns the conversation,
+/// the session secret (keep it) and a short-lived token for the relay.
+async fn widget_auth(
+    State(relay): State<Arc<Relay>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<AuthRequest>, JsonRejection>,
+) -> ApiResult {
+    let org = organization_header(&headers)?;
+    let request = json_body(body)?;
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let config = first(call_as(&relay, &json!({}), "campfire.widget_config($2)", &[&org]).await?);
+        let allowed: Vec<&str> = config["allowed_origins"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if !allowed.is_empty() && !allowed.contains(&origin) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("origin {origin} may not embed this organization's widget")));
+        }
+    }
+    if request.session_secret.is_none() {
+        relay.limits.sessions_per_ip.check(&peer.ip().to_string(), "new sessions from this address")?;
+    }
+    let session = first(
+        call_as(
+            &relay,
+            &json!({}),
+            "campfire.start_widget_session($2, $3, $4, $5, $6)",
+            &[&org, &request.visitor_id, &request.customer_email, &request.customer_name, &request.session_secret],
+        )
+        .await?,
+    );
+    let secret = session["session_secret"].as_str().unwrap_or_default().to_owned();
+    let identity = session::resolve_token(&relay, &secret)
+        .await
+        .map_err(|(_, message)| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message))?;
+    let mut claims = identity.claims;
+    claims["exp"] = json!(identity.expires_at);
+    ok(json!({
+        "conversationId": session["conversation_id"],
+        "widgetSessionId": session["widget_session_id"],
+        "sessionSecret": secret,
+        "accessToken": auth::sign(relay.config.jwt_secret.as_bytes(), &claims),
+        "expiresAt": identity.expires_at,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SendRequest {
+    conversation_id: Option<String>,
+    content: Option<String>,
+    client_message_id: Option<String>,
+    sender_type: Option<String>,
+    message_type: Option<String>,
+}
+
+async fn send(relay: &Relay, identity: &Identity, conversation: uuid::Uuid, request: SendRequest) -> ApiResult {
+    if let Some(session) = identity.claims["widget_session_id"].as_str() {
+        relay.limits.messages_per_session.check(session, "messages from this session")?;
+    }
+    let message = first(
+        call_as(
+            relay,
+            &identity.claims,
+            "campfire.send_message($2, $3, $4, $5, coalesce($6, 'text'))",
+            &[&conversation, &request.content, &request.sender_type, &request.client_message_id, &request.message_type],
+        )
+        .await?,
+    );
+    Ok((StatusCode::CREATED, Json(json!({ "success": true, "message": message }))).into_response())
+}
+
+/// POST /api/widget/messages {conversationId, content, clientMessageId?}
+async fn widget_send(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Result<Json<SendRequest>, JsonRejection>) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let request = json_body(body)?;
+    let conversation = parse_uuid(request.conversation_id.as_deref().unwrap_or_default(), "conversationId")?;
+    send(&relay, &identity, conversation, request).await
+}
+
+/// POST /api/dashboard/conversations/{id}/messages {content, clientMessageId?, messageType?}
+async fn dashboard_send(
+    State(relay): State<Arc<Relay>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<SendRequest>, JsonRejection>,
+) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let conversation = parse_uuid(&id, "conversation id")?;
+    send(&relay, &identity, conversation, json_body(body)?).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryQuery {
+    before: Option<i64>,
+    limit: Option<i32>,
+}
+
+/// GET …/conversations/{id}/messages?before=&limit=
+async fn history(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap, Query(q): Query<HistoryQuery>) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let conversation = parse_uuid(&id, "conversation id")?;
+    let limit = q.limit.unwrap_or(50);
+    ok(json!({ "messages": call_as(&relay, &identity.claims, "campfire.history($2, $3, $4)", &[&conversation, &q.before, &limit]).await? }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ReadRequest {
+    up_to_seq: Option<i64>,
+}
+
+/// POST …/conversations/{id}/read {upToSeq?}
+async fn mark_read(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap, body: Option<Json<ReadRequest>>) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let conversation = parse_uuid(&id, "conversation id")?;
+    let up_to = body.map(|Json(b)| b).unwrap_or_default().up_to_seq;
+    let rows = call_as(&relay, &identity.claims, "(SELECT campfire.mark_read($2, $3) AS last_read_seq)", &[&conversation, &up_to]).await?;
+    ok(json!({ "lastReadSeq": first(rows)["last_read_seq"] }))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<i64>,
+    topic: Option<String>,
+    limit: Option<i32>,
+}
+
+/// GET …/events?after=&topic=&limit= — catch-up after a gap, and the widget's polling fallback.
+async fn events_since(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<EventsQuery>) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let limit = q.limit.unwrap_or(500);
+    let events = call_as(
+        &relay,
+        &identity.claims,
+        "(SELECT e.id AS cursor, e.topic, e.event, e.payload FROM campfire.events_since($2, $3, $4) e)",
+        &[&q.after.unwrap_or(0), &q.topic, &limit],
+    )
+    .await?;
+    ok(json!({ "events": events }))
+}
+
+// Dashboard ------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    organization_id: String,
+    filter: Option<String>,
+    after_updated_at: Option<String>,
+    after_id: Option<String>,
+    limit: Option<i32>,
+}
+
+/// GET /api/dashboard/conversations?organizationId=&filter=&afterUpdatedAt=&afterId=&limit=
+async fn list_conversations(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<ListQuery>) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let org = parse_uuid(&q.organization_id, "organizationId")?;
+    let after_id = q.after_id.as_deref().map(|id| parse_uuid(id, "afterId")).transpose()?;
+    let filter = q.filter.unwrap_or_else(|| "all".into());
+    let limit = q.limit.unwrap_or(50);
+    let rows = call_as(
+        &relay,
+        &identity.claims,
+        "(SELECT to_jsonb(l.conversation) || jsonb_build_object('unread', l.unread) AS c \
+          FROM campfire.list_conversations($2, $3, $4::text::timestamptz, $5, $6) l)",
+        &[&org, &filter, &q.after_updated_at, &after_id, &limit],
+    )
+    .await?;
+    let conversations: Vec<Value> = rows.as_array().into_iter().flatten().map(|r| r["c"].clone()).collect();
+    ok(json!({ "conversations": conversations }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AssignRequest {
+    assignee_id: Option<String>,
+}
+
+async fn assign(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap, body: Result<Json<AssignRequest>, JsonRejection>) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let conversation = parse_uuid(&id, "conversation id")?;
+    let assignee = json_body(body)?.assignee_id.as_deref().map(|a| parse_uuid(a, "assigneeId")).transpose()?;
+    ok(first(call_as(&relay, &identity.claims, "campfire.assign_conversation($2, $3)", &[&conversation, &assignee]).await?))
+}
+
+async fn claim(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let conversation = parse_uuid(&id, "conversation id")?;
+    ok(first(call_as(&relay, &identity.claims, "campfire.claim_conversation($2)", &[&conversation]).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusRequest {
+    status: String,
+}
+
+async fn set_status(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap, body: Result<Json<StatusRequest>, JsonRejection>) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let conversation = parse_uuid(&id, "conversation id")?;
+    let status = json_body(body)?.status;
+    ok(first(call_as(&relay, &identity.claims, "campfire.set_conversation_status($2, $3)", &[&conversation, &status]).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AvailabilityRequest {
+    organization_id: String,
+    availability: String,
+}
+
+async fn set_availability(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Result<Json<AvailabilityRequest>, JsonRejection>) -> ApiResult {
+    let identity = caller(&relay, &headers).await?;
+    let request = json_body(body)?;
+    let org = parse_uuid(&request.organization_id, "organizationId")?;
+    let member = first(call_as(&relay, &identity.claims, "campfire.set_availability($2, $3)", &[&org, &request.availability]).await?);
+    ok(json!({ "availability": member["availability"], "userId": member["user_id"] }))
+}
