@@ -43,7 +43,7 @@ scripts/cluster.sh psql "$data" "$port" -q -d campfire \
 # A fresh secret per run; the demo agent's token is minted with it.
 secret=$(head -c 32 /dev/urandom | base64 | tr -d '/+=\n')
 export DATABASE_URL="host=127.0.0.1 port=$port user=campfire_relay_demo dbname=campfire"
-export CAMPFIRE_LISTEN=$listen CAMPFIRE_JWT_SECRET=$secret
+export CAMPFIRE_LISTEN=$listen CAMPFIRE_JWT_SECRET=$secret CAMPFIRE_WEB_DIR=$(pwd)/web/public
 echo "==> starting the relay on $listen"
 target/release/campfire-relay &
 relay_pid=$!
@@ -70,10 +70,11 @@ pg_campfire is running.
   Relay:          ws://$listen/realtime/v1/websocket   (health: http://$listen/healthz, metrics: /metrics)
   Organization:   d3000000-0000-4000-8000-000000000001 (Campfire Demo)
   Demo agent:     a9000000-0000-4000-8000-000000000001 (Dana, admin)
-  Agent token:    $agent_token
+  Widget:         http://$listen/widget?org=d3000000-0000-4000-8000-000000000001
+  Dashboard:      http://$listen/dashboard#org=d3000000-0000-4000-8000-000000000001&token=$agent_token
+  Embed:          <script src="http://$listen/static/embed.js" data-organization-id="d3000000-0000-4000-8000-000000000001"></script>
 
-A realtime-js client joins e.g. org:d3000000-0000-4000-8000-000000000001 with the agent token
-as its apikey. In psql, a message appears on the relay at once:
+Open the widget and the dashboard in two windows and chat. From psql, a message appears at once:
   SELECT set_config('request.jwt.claims', '{"role":"authenticated","sub":"a9000000-0000-4000-8000-000000000001"}', false);
   SELECT id, customer_name, status FROM campfire.realtime_conversations;
   SELECT seq FROM campfire.send_message('<conversation id>', 'Hello from Dana');

@@ -3,7 +3,7 @@
 # what is already there. Sourced by scripts/test.sh and scripts/run.sh; safe to run alone.
 #
 #   - Debian packages: PostgreSQL 15 server headers, clang/libclang (bindgen), sudo (cargo pgrx
-#     test --runas), Node.js/npm for the JavaScript tests
+#     test --runas), Chromium (browser tests; a test tool's own browser download fails here)
 #   - cargo-pgrx of the pinned version, initialised against the system PostgreSQL 15
 set -euo pipefail
 
@@ -20,7 +20,7 @@ missing_packages=()
 need_package() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || missing_packages+=("$1")
 }
-for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo ${CAMPFIRE_EXTRA_PACKAGES:-}; do
+for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo curl chromium; do
     need_package "$pkg"
 done
 if [ ${#missing_packages[@]} -gt 0 ]; then
@@ -37,6 +37,9 @@ if [ "$(cargo pgrx --version 2>/dev/null || true)" != "cargo-pgrx $PGRX_VERSION"
 else
     say "cargo-pgrx $PGRX_VERSION present"
 fi
+
+say "installing the web pages' JavaScript (realtime-js bundled locally, no CDN)"
+(cd "$(dirname "${BASH_SOURCE[0]}")/../web" && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
 
 if ! grep -q "pg15" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
     say "pointing cargo-pgrx at the system PostgreSQL 15"

@@ -40,6 +40,11 @@ pub struct Config {
     #[arg(long, env = "CAMPFIRE_TYPING_TTL", default_value_t = 10)]
     pub typing_ttl_secs: u64,
 
+    /// Folder with the widget and dashboard pages (web/public); served at /widget, /dashboard
+    /// and /static when set.
+    #[arg(long, env = "CAMPFIRE_WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
+
     /// Lifetime of visitor tokens minted from widget session secrets, in seconds.
     #[arg(long, env = "CAMPFIRE_VISITOR_TOKEN_TTL", default_value_t = 3600)]
     pub visitor_token_ttl_secs: u64,

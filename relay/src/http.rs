@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tower_http::cors::CorsLayer;
+use tower_http::services::{ServeDir, ServeFile};
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
@@ -29,7 +30,15 @@ pub fn router(relay: Arc<Relay>) -> axum::Router {
         .merge(crate::api::routes())
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES))
         .layer(CorsLayer::very_permissive());
+    let pages = match &relay.config.web_dir {
+        Some(dir) => axum::Router::new()
+            .route_service("/widget", ServeFile::new(dir.join("widget.html")))
+            .route_service("/dashboard", ServeFile::new(dir.join("dashboard.html")))
+            .nest_service("/static", ServeDir::new(dir)),
+        None => axum::Router::new(),
+    };
     axum::Router::new()
+        .merge(pages)
         .route("/realtime/v1/websocket", any(websocket))
         .route("/socket/websocket", any(websocket))
         .route("/websocket", any(websocket))

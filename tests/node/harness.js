@@ -82,7 +82,7 @@ export async function freePort() {
 }
 
 /** Starts the relay binary on `port`; resolves once /healthz says it is listening. */
-export async function startRelay(database, port) {
+export async function startRelay(database, port, extraEnv = {}) {
   const child = spawn(RELAY_BIN, [], {
     env: {
       ...process.env,
@@ -90,6 +90,7 @@ export async function startRelay(database, port) {
       CAMPFIRE_LISTEN: `127.0.0.1:${port}`,
       CAMPFIRE_JWT_SECRET: JWT_SECRET,
       RUST_LOG: 'campfire_relay=warn',
+      ...extraEnv,
     },
     stdio: ['ignore', 'inherit', 'inherit'],
   })

@@ -37,6 +37,7 @@ impl RelayHandle {
             idle_timeout_secs: 60,
             typing_ttl_secs: 10,
             visitor_token_ttl_secs: 3600,
+            web_dir: None,
         };
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
