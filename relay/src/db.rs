@@ -17,7 +17,7 @@ pub const EVENTS_CHANNEL: &str = "campfire_events";
 pub const PEERS_CHANNEL: &str = "campfire_relay";
 /// NOTIFY payloads must stay below 8000 bytes.
 pub const MAX_NOTIFY_BYTES: usize = 7900;
-const PAGE: i32 = 1000;
+pub(crate) const PAGE: i32 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct DbEvent {
@@ -219,6 +219,7 @@ pub async fn listen(relay: Arc<Relay>, shutdown: CancellationToken) {
             Ok(()) => return, // shutdown
             Err(err) => {
                 relay.health.listen_connected.store(false, Ordering::SeqCst);
+                relay.metrics.listen_connected.set(0);
                 tracing::warn!(%err, ?backoff, "LISTEN connection lost; reconnecting");
             }
         }
@@ -261,6 +262,10 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
         catch_up(relay).await?;
     }
     relay.health.listen_connected.store(true, Ordering::SeqCst);
+    relay.metrics.listen_connected.set(1);
+    // Peer messages are not durable: whatever the other relays said while this connection was
+    // down is re-learned from a fresh state exchange.
+    relay.hub.announce();
     tracing::info!(last_event_id = relay.health.last_event_id.load(Ordering::SeqCst), "listening for events");
     let result = loop {
         tokio::select! {

@@ -100,7 +100,9 @@ async fn healthz(State(relay): State<Arc<Relay>>) -> Response {
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> String {
-    relay.metrics.queue_depth.set(relay.hub.queued_frames() as i64);
+    let (total, max) = relay.hub.queued_frames();
+    relay.metrics.queue_depth.set(total as i64);
+    relay.metrics.queue_depth_max.set(max as i64);
     relay.metrics.render()
 }
 

@@ -32,8 +32,33 @@ pub struct Health {
     pub last_event_id: AtomicI64,
 }
 
+/// Tunables that are not flags (tests shorten them).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often this relay tells the others it is alive.
+    pub peer_heartbeat: Duration,
+    /// A peer silent this long is presumed dead: its presence leaves, its typing stops.
+    pub peer_timeout: Duration,
+    /// A resuming client that reads nothing of its replay for this long is disconnected.
+    pub replay_stall_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            peer_heartbeat: Duration::from_secs(5),
+            peer_timeout: Duration::from_secs(20),
+            replay_stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Messages waiting to be NOTIFYed to the other relays; beyond this they are dropped (counted).
+const PEER_QUEUE: usize = 8192;
+
 pub struct Relay {
     config: Config,
+    options: Options,
     db: db::Db,
     hub: hub::Hub,
     metrics: Arc<metrics::Metrics>,
@@ -53,9 +78,20 @@ impl Relay {
 /// Serves until `shutdown` completes, then closes every connection (1001) and waits for them,
 /// at most five seconds.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    run_with(config, Options::default(), listener, shutdown).await
+}
+
+/// [`run`] with explicit [`Options`].
+pub async fn run_with(
+    config: Config,
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let (peers_tx, mut peers_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (peers_tx, mut peers_rx) = tokio::sync::mpsc::channel::<hub::PeerOut>(PEER_QUEUE);
     let relay = Arc::new(Relay {
+        options,
         db: db::Db::new(config.database_url.clone()),
         hub: hub::Hub::new(metrics.clone(), uuid::Uuid::new_v4().to_string(), peers_tx),
         metrics,
@@ -69,10 +105,30 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let listen = tokio::spawn(db::listen(relay.clone(), relay.shutdown.clone()));
     let peers_relay = relay.clone();
     let peers = tokio::spawn(async move {
-        while let Some(message) = peers_rx.recv().await {
-            if let Err(err) = peers_relay.db.notify_peers(&message).await {
-                peers_relay.metrics.drops.with_label_values(&["peer_notify_failed"]).inc();
-                tracing::warn!(%err, "telling peer relays failed");
+        while let Some(out) = peers_rx.recv().await {
+            match out {
+                hub::PeerOut::Message(message) => {
+                    if let Err(err) = peers_relay.db.notify_peers(&message).await {
+                        peers_relay.metrics.drops.with_label_values(&["peer_notify_failed"]).inc();
+                        tracing::warn!(%err, "telling peer relays failed");
+                    }
+                }
+                hub::PeerOut::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    });
+    // Liveness among relays: a heartbeat out, and peers that went silent forgotten (only judged
+    // while this relay can hear them).
+    let heartbeat_relay = relay.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(heartbeat_relay.options.peer_heartbeat);
+        loop {
+            tick.tick().await;
+            heartbeat_relay.hub.heartbeat();
+            if heartbeat_relay.health.listen_connected.load(Ordering::SeqCst) {
+                heartbeat_relay.hub.expire_peers(heartbeat_relay.options.peer_timeout);
             }
         }
     });
@@ -89,6 +145,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         tracing::warn!("connections still open after 5 s; stopping anyway");
     }
     let _ = listen.await;
+    heartbeat.abort();
+    // The connections' presence leaves have been queued for the peers; say goodbye after them
+    // and give it all a moment to go out.
+    relay.hub.goodbye();
+    let (flushed, done) = tokio::sync::oneshot::channel();
+    if relay.hub.flush_peers(hub::PeerOut::Flush(flushed)) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
+    }
     peers.abort();
     Ok(())
 }

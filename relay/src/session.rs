@@ -3,8 +3,8 @@
 
 use crate::Relay;
 use crate::auth::{self, AuthError, Identity};
-use crate::db::{DbError, DbEvent};
-use crate::hub::{Join, Outbox};
+use crate::db::DbError;
+use crate::hub::{self, Join, Outbox};
 use crate::protocol::{self, Frame, Vsn};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -64,6 +64,29 @@ fn resume_cursor(config: &Value) -> Option<i64> {
     .filter(|c| *c >= 0)
 }
 
+/// The join reply's `postgres_changes`: each requested filter echoed in order with an integer
+/// `id` (realtime-js checks the echo and reports SUBSCRIBED). The relay does not stream table
+/// changes; a `system` error says so right after the reply.
+fn echo_postgres_changes(requested: &Value) -> Vec<Value> {
+    let Some(filters) = requested.as_array() else { return Vec::new() };
+    filters
+        .iter()
+        .map(|filter| {
+            let mut filter = filter.clone();
+            if let Value::Object(map) = &mut filter {
+                // FNV-1a of the filter: stable, and exact as a JavaScript number.
+                let id = filter_text(map).bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+                map.insert("id".into(), json!(id));
+            }
+            filter
+        })
+        .collect()
+}
+
+fn filter_text(map: &serde_json::Map<String, Value>) -> String {
+    Value::Object(map.clone()).to_string()
+}
+
 /// Turns a token into an identity: a JWT is verified here, a widget session secret by the
 /// extension.
 pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, (String, String)> {
@@ -85,6 +108,7 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Ide
     relay.metrics.connections.inc();
 
     let writer_outbox = outbox.clone();
+    let writer_metrics = relay.metrics.clone();
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -96,7 +120,11 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Ide
                     break;
                 }
                 message = rx.recv() => match message {
-                    Some(message) => if sink.send(message).await.is_err() { break },
+                    Some(message) => {
+                        writer_outbox.drained.notify_one();
+                        if sink.send(message).await.is_err() { break }
+                        writer_metrics.frames_written.inc();
+                    }
                     None => break,
                 },
             }
@@ -254,29 +282,61 @@ impl Session {
                 typing: None,
             },
         );
-        self.send(&protocol::reply(&frame, "ok", json!({ "postgres_changes": [] })));
+        let postgres_changes = echo_postgres_changes(&config["postgres_changes"]);
+        let unsupported = !postgres_changes.is_empty();
+        self.send(&protocol::reply(&frame, "ok", json!({ "postgres_changes": postgres_changes })));
         self.send(&protocol::channel_push(&topic, frame.join_ref.as_deref(), "presence_state", presence_state));
-        let replayed = match cursor {
-            Some(cursor) => self.replay(&canonical, cursor).await,
-            None => Vec::new(),
+        if unsupported {
+            let system = json!({
+                "extension": "postgres_changes",
+                "status": "error",
+                "message": "postgres_changes is not supported by this relay: listen for the broadcast events the database sends (message:created, ...)",
+                "channel": name,
+            });
+            self.send(&protocol::channel_push(&topic, frame.join_ref.as_deref(), "system", system));
+        }
+        let replayed_to = match cursor {
+            None => 0,
+            Some(cursor) => {
+                self.relay.metrics.resumes.inc();
+                match self.replay(&canonical, &topic, cursor).await {
+                    Ok(last) => last,
+                    Err(err) => {
+                        // The client must not believe it is caught up: the channel errors, and
+                        // realtime-js rejoins (with its cursor) after its backoff.
+                        tracing::warn!(%err, "replaying the log for a resuming client failed");
+                        if let Some(channel) = self.channels.remove(&topic) {
+                            self.relay.hub.leave(&channel.canonical, self.outbox.id, &topic);
+                            self.send(&protocol::channel_end(&topic, channel.join_ref.as_deref(), "phx_error"));
+                        }
+                        return;
+                    }
+                }
+            }
         };
-        self.relay.hub.finish_resume(&canonical, self.outbox.id, &topic, replayed);
+        self.relay.hub.finish_resume(&canonical, self.outbox.id, &topic, replayed_to);
     }
 
-    /// Everything on the channel after `cursor`, from the log.
-    async fn replay(&self, canonical: &str, mut cursor: i64) -> Vec<DbEvent> {
-        let mut events = Vec::new();
+    /// Sends everything on the channel after `cursor` from the log, paced by the client's reading
+    /// so that a long replay neither floods the send queue nor grows memory. Returns the last id
+    /// sent.
+    async fn replay(&self, canonical: &str, join_topic: &str, mut cursor: i64) -> Result<i64, DbError> {
+        let stall = self.relay.options.replay_stall_timeout;
         loop {
-            match self.relay.db.read_log(cursor, Some(canonical)).await {
-                Ok(page) if page.is_empty() => return events,
-                Ok(page) => {
-                    cursor = page.last().map_or(cursor, |e| e.id);
-                    events.extend(page);
+            let page = self.relay.db.read_log(cursor, Some(canonical)).await?;
+            let full = page.len() >= crate::db::PAGE as usize;
+            for event in page {
+                let frame = protocol::push(join_topic, "broadcast", hub::db_payload(&event));
+                if !self.outbox.send_paced(&self.relay.metrics, &frame, stall).await {
+                    return Ok(cursor); // the connection is ending
                 }
-                Err(err) => {
-                    tracing::warn!(%err, "replaying the log for a resuming client failed");
-                    return events;
-                }
+                cursor = event.id;
+                self.relay.metrics.replayed_events.inc();
+            }
+            // A short page is the end of the log as of this read; anything committed since is
+            // held for this subscription by the hub and follows without gaps.
+            if !full {
+                return Ok(cursor);
             }
         }
     }
@@ -386,13 +446,9 @@ impl Session {
     /// Sends the typing:stop a sender that vanished (or went quiet) never sent.
     fn stop_typing(&mut self, topic: &str) {
         let Some(channel) = self.channels.get_mut(topic) else { return };
-        let Some((mut payload, _)) = channel.typing.take() else { return };
-        if let Value::Object(map) = &mut payload {
-            map.insert("isTyping".into(), json!(false));
-            map.insert("endedBy".into(), json!("relay"));
-        }
+        let Some((payload, _)) = channel.typing.take() else { return };
         let canonical = channel.canonical.clone();
-        self.relay.hub.broadcast(&canonical, Some((self.outbox.id, topic)), "typing:stop", payload);
+        self.relay.hub.broadcast(&canonical, Some((self.outbox.id, topic)), "typing:stop", hub::stopped_typing(payload));
     }
 
     /// Leaves a channel: typing ends, presence leaves, phx_close goes out.
