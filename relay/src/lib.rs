@@ -123,7 +123,7 @@ pub async fn run_with(
     // while this relay can hear them).
     let heartbeat_relay = relay.clone();
     let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(heartbeat_relay.options.peer_heartbeat);
+        let mut tick = tokio::time::interval(heartbeat_relay.options.peer_heartbeat.max(Duration::from_millis(10)));
         loop {
             tick.tick().await;
             heartbeat_relay.hub.heartbeat();

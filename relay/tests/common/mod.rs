@@ -1,0 +1,532 @@
+//! Harness for the relay's integration tests: a throwaway PostgreSQL 15 cluster with pg_campfire
+//! (one per test binary, a fresh database per test), relays in-process or as a child process,
+//! and WebSocket clients speaking vsn 1.0.0 or 2.0.0. Every wait is bounded by [`WAIT`].
+//!
+//! The cluster is `CAMPFIRE_TEST_PORT` when set (a running cluster on 127.0.0.1 whose `postgres`
+//! superuser is trusted, with pg_campfire installed); otherwise this harness runs `initdb` and
+//! `pg_ctl` as the `postgres` user under /tmp and stops the cluster when the test binary exits.
+#![allow(dead_code)]
+
+use campfire_relay::{Config, Options, auth};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_postgres::NoTls;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+pub const JWT_SECRET: &str = "relay-itest-secret";
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(15);
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const RELAY_ROLE: &str = "campfire_relay_itest";
+
+struct Cluster {
+    port: u16,
+    /// Set when this process started the cluster and must stop it.
+    data_dir: Option<String>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static NEXT_DATABASE: AtomicUsize = AtomicUsize::new(0);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn as_postgres(program: &str, args: &[&str]) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--", &path]).args(args);
+        command
+    } else {
+        let mut command = Command::new(path);
+        command.args(args);
+        command
+    }
+}
+
+extern "C" fn stop_cluster() {
+    if let Some(Cluster { data_dir: Some(dir), .. }) = CLUSTER.get() {
+        let _ = as_postgres("pg_ctl", &["-D", dir, "-m", "immediate", "-w", "stop"]).stdout(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn start_cluster() -> Cluster {
+    let port = free_port();
+    let dir = format!("/tmp/campfire-relay-itest-{}-{port}", std::process::id());
+    std::fs::create_dir_all(&dir).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        let status = Command::new("chown").args(["postgres:postgres", &dir]).status().unwrap();
+        assert!(status.success(), "chown of the data directory");
+    }
+    let ok = as_postgres("initdb", &["-D", &dir, "-A", "trust", "-U", "postgres", "--no-sync"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("initdb runs");
+    assert!(ok.success(), "initdb failed");
+    let options = format!("-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={dir} -c max_connections=200 -c fsync=off");
+    let log = format!("{dir}/server.log");
+    let ok = as_postgres("pg_ctl", &["-D", &dir, "-l", &log, "-o", &options, "-w", "-t", "60", "start"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("pg_ctl runs");
+    assert!(ok.success(), "starting PostgreSQL failed; see {log}");
+    // SAFETY: registering a plain extern "C" fn.
+    unsafe { libc::atexit(stop_cluster) };
+    Cluster { port, data_dir: Some(dir) }
+}
+
+/// Template database with the extension, and the least-privilege relay login.
+async fn prepare(port: u16) {
+    let admin = connect(port, "postgres", "postgres").await;
+    admin.batch_execute("DROP DATABASE IF EXISTS campfire_relay_itest_template").await.unwrap();
+    admin.batch_execute("CREATE DATABASE campfire_relay_itest_template").await.unwrap();
+    let template = connect(port, "postgres", "campfire_relay_itest_template").await;
+    template
+        .batch_execute("CREATE EXTENSION pg_campfire")
+        .await
+        .expect("CREATE EXTENSION pg_campfire (is the extension installed? cargo pgrx install)");
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{RELAY_ROLE}') THEN
+                     CREATE ROLE {RELAY_ROLE} LOGIN IN ROLE campfire_relay;
+                 END IF;
+             END $$"
+        ))
+        .await
+        .unwrap();
+}
+
+static PREPARED: tokio::sync::OnceCell<u16> = tokio::sync::OnceCell::const_new();
+
+async fn cluster_port() -> u16 {
+    *PREPARED
+        .get_or_init(|| async {
+            let cluster = CLUSTER.get_or_init(|| match std::env::var("CAMPFIRE_TEST_PORT") {
+                Ok(port) => Cluster { port: port.parse().expect("CAMPFIRE_TEST_PORT is a port"), data_dir: None },
+                Err(_) => tokio::task::block_in_place(start_cluster),
+            });
+            prepare(cluster.port).await;
+            cluster.port
+        })
+        .await
+}
+
+pub async fn connect(port: u16, user: &str, database: &str) -> tokio_postgres::Client {
+    let url = format!("host=127.0.0.1 port={port} user={user} dbname={database}");
+    let (client, connection) = tokio::time::timeout(WAIT, tokio_postgres::connect(&url, NoTls))
+        .await
+        .expect("connecting timed out")
+        .unwrap_or_else(|e| panic!("connecting to {database}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A fresh database (copied from the template) with an organization, an agent and one
+/// visitor's conversation.
+pub struct Fixture {
+    pub port: u16,
+    pub database: String,
+    pub org: Uuid,
+    pub agent: Uuid,
+    pub conversation: Uuid,
+    pub session: Uuid,
+    pub secret: String,
+}
+
+impl Fixture {
+    pub async fn new() -> Fixture {
+        let port = cluster_port().await;
+        let database = format!("campfire_relay_itest_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst));
+        let admin = connect(port, "postgres", "postgres").await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database} TEMPLATE campfire_relay_itest_template"))
+            .await
+            .unwrap();
+        let db = connect(port, "postgres", &database).await;
+        db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await.unwrap();
+        let org: Uuid = db.query_one("SELECT campfire.create_organization('Acme', 'acme')", &[]).await.unwrap().get(0);
+        let agent = Uuid::new_v4();
+        db.execute("SELECT campfire.add_member($1, $2, 'agent', 'active', 'Agent')", &[&org, &agent]).await.unwrap();
+        let row = db
+            .query_one("SELECT conversation_id, widget_session_id, session_secret FROM campfire.start_widget_session($1, 'visitor-a')", &[&org])
+            .await
+            .unwrap();
+        Fixture { port, database, org, agent, conversation: row.get(0), session: row.get(1), secret: row.get(2) }
+    }
+
+    pub fn relay_url(&self) -> String {
+        format!("host=127.0.0.1 port={} user={RELAY_ROLE} dbname={}", self.port, self.database)
+    }
+
+    /// A superuser connection to the fixture's database.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        connect(self.port, "postgres", &self.database).await
+    }
+
+    /// A connection acting as `claims` in every transaction.
+    pub async fn db_as(&self, claims: &Value) -> tokio_postgres::Client {
+        let client = self.db().await;
+        client.execute("SELECT set_config('request.jwt.claims', $1, false)", &[&claims.to_string()]).await.unwrap();
+        client
+    }
+
+    pub async fn agent_db(&self) -> tokio_postgres::Client {
+        self.db_as(&json!({"role": "authenticated", "sub": self.agent})).await
+    }
+
+    /// Sends a message as the agent through the SQL API; returns its seq.
+    pub async fn send_as_agent(&self, db: &tokio_postgres::Client, content: &str) -> i64 {
+        let row = tokio::time::timeout(WAIT, db.query_one("SELECT seq FROM campfire.send_message($1, $2)", &[&self.conversation, &content]))
+            .await
+            .expect("send_message timed out")
+            .unwrap();
+        row.get(0)
+    }
+
+    pub fn topic(&self) -> String {
+        format!("org:{}:conv:{}", self.org, self.conversation)
+    }
+
+    pub fn agent_token(&self) -> String {
+        token(json!({ "role": "authenticated", "sub": self.agent, "exp": auth::now() + 3600 }))
+    }
+
+    /// A second active agent of the organization.
+    pub async fn another_agent(&self) -> String {
+        let user = Uuid::new_v4();
+        let db = self.db_as(&json!({"role": "service_role"})).await;
+        db.execute("SELECT campfire.add_member($1, $2, 'agent')", &[&self.org, &user]).await.unwrap();
+        token(json!({ "role": "authenticated", "sub": user, "exp": auth::now() + 3600 }))
+    }
+
+    pub fn config(&self) -> Config {
+        Config {
+            database_url: self.relay_url(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            jwt_secret: JWT_SECRET.into(),
+            max_payload_bytes: 65_536,
+            send_queue: 1024,
+            max_channels: 100,
+            idle_timeout_secs: 60,
+            typing_ttl_secs: 10,
+            visitor_token_ttl_secs: 3600,
+            web_dir: None,
+        }
+    }
+}
+
+pub fn token(claims: Value) -> String {
+    auth::sign(JWT_SECRET.as_bytes(), &claims)
+}
+
+/// A relay serving in this process on a free loopback port.
+pub struct Relay {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub async fn start(fixture: &Fixture) -> Relay {
+        Relay::start_with(fixture.config(), Options::default()).await
+    }
+
+    pub async fn start_with(config: Config, options: Options) -> Relay {
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            campfire_relay::run_with(config, options, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("relay runs");
+        });
+        let relay = Relay { addr, stop: Some(stop), task: Some(task) };
+        wait_healthy(addr).await;
+        relay
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(WAIT, task).await;
+        }
+    }
+
+    pub fn url(&self, vsn: &str, apikey: &str) -> String {
+        ws_url(self.addr, vsn, apikey)
+    }
+
+    pub async fn get(&self, path: &str) -> String {
+        http(self.addr, "GET", path, &[], "").await.1
+    }
+
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        metric(self.addr, line_prefix).await
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The relay binary as a child process (for a relay that dies without saying goodbye).
+pub struct RelayProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl RelayProcess {
+    pub async fn start(fixture: &Fixture, env: &[(&str, &str)]) -> RelayProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_campfire-relay"))
+            .env("DATABASE_URL", fixture.relay_url())
+            .env("CAMPFIRE_LISTEN", addr.to_string())
+            .env("CAMPFIRE_JWT_SECRET", JWT_SECRET)
+            .env("RUST_LOG", "campfire_relay=warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the relay binary starts");
+        let process = RelayProcess { addr, child };
+        wait_healthy(addr).await;
+        process
+    }
+
+    /// SIGKILL: no goodbye, no leaves.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn wait_healthy(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(Ok((200, body))) = tokio::time::timeout(Duration::from_secs(2), try_http(addr, "GET", "/healthz", &[], "")).await
+            && body.contains("\"listen_connected\":true")
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "relay at {addr} did not become healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn ws_url(addr: SocketAddr, vsn: &str, apikey: &str) -> String {
+    format!("ws://{addr}/realtime/v1/websocket?apikey={apikey}&vsn={vsn}")
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    tokio::time::timeout(WAIT, try_http(addr, method, path, headers, body)).await.expect("HTTP timed out").expect("HTTP request")
+}
+
+async fn try_http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of the first /metrics line starting with `line_prefix` (0 when absent).
+pub async fn metric(addr: SocketAddr, line_prefix: &str) -> f64 {
+    let (_, body) = http(addr, "GET", "/metrics", &[], "").await;
+    body.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A decoded server frame.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub join_ref: Value,
+    pub r#ref: Value,
+    pub topic: String,
+    pub event: String,
+    pub payload: Value,
+}
+
+/// How a connection ended, as seen by the client.
+#[derive(Debug)]
+pub enum Ended {
+    Closed(Option<(u16, String)>),
+    TimedOut,
+}
+
+/// A WebSocket client speaking vsn 1.0.0 or 2.0.0.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub v2: bool,
+    next_ref: u64,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, vsn: &str, apikey: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(ws_url(addr, vsn, apikey)))
+            .await
+            .expect("websocket connect timed out")
+            .expect("websocket connects");
+        Client { ws, v2: vsn.starts_with('2'), next_ref: 0 }
+    }
+
+    fn take_ref(&mut self) -> String {
+        self.next_ref += 1;
+        self.next_ref.to_string()
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        tokio::time::timeout(WAIT, self.ws.send(message)).await.expect("send timed out").expect("send");
+    }
+
+    /// Sends a frame; returns its ref.
+    pub async fn push(&mut self, join_ref: Option<&str>, topic: &str, event: &str, payload: Value) -> String {
+        let r = self.take_ref();
+        let text = if self.v2 {
+            json!([join_ref, r, topic, event, payload]).to_string()
+        } else {
+            json!({ "join_ref": join_ref, "ref": r, "topic": topic, "event": event, "payload": payload }).to_string()
+        };
+        self.send_raw(Message::text(text)).await;
+        r
+    }
+
+    /// Sends a join of `realtime:<name>` (join_ref = ref) without waiting; returns its ref.
+    pub async fn send_join(&mut self, name: &str, payload: Value) -> String {
+        let topic = format!("realtime:{name}");
+        let r = self.take_ref();
+        let text = if self.v2 {
+            json!([r, r, topic, "phx_join", payload]).to_string()
+        } else {
+            json!({ "join_ref": r, "ref": r, "topic": topic, "event": "phx_join", "payload": payload }).to_string()
+        };
+        self.send_raw(Message::text(text)).await;
+        r
+    }
+
+    /// Joins `realtime:<name>` (join_ref = ref); returns the join ref and the reply.
+    pub async fn join(&mut self, name: &str, payload: Value) -> (String, Received) {
+        let r = self.send_join(name, payload).await;
+        let reply = self.recv_where(|m| m.event == "phx_reply" && m.r#ref == json!(r)).await;
+        (r, reply)
+    }
+
+    /// Joins and asserts the reply is ok.
+    pub async fn join_ok(&mut self, name: &str, payload: Value) -> String {
+        let (r, reply) = self.join(name, payload).await;
+        assert_eq!(reply.payload["status"], "ok", "join of {name}: {:?}", reply.payload);
+        r
+    }
+
+    /// The next frame, or how the connection ended.
+    pub async fn next(&mut self, wait: Duration) -> Result<Received, Ended> {
+        loop {
+            let message = match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return Err(Ended::TimedOut),
+                Ok(None) | Ok(Some(Err(_))) => return Err(Ended::Closed(None)),
+                Ok(Some(Ok(message))) => message,
+            };
+            let text = match message {
+                Message::Text(t) => t.to_string(),
+                Message::Binary(b) => panic!("the relay sent a binary frame: {b:?}"),
+                Message::Close(frame) => return Err(Ended::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))),
+                _ => continue,
+            };
+            let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
+            return Ok(if self.v2 {
+                let items = v.as_array().expect("V2 frames are arrays");
+                assert_eq!(items.len(), 5, "V2 frames have five elements: {v}");
+                Received {
+                    join_ref: v[0].clone(),
+                    r#ref: v[1].clone(),
+                    topic: v[2].as_str().unwrap().into(),
+                    event: v[3].as_str().unwrap().into(),
+                    payload: v[4].clone(),
+                }
+            } else {
+                assert!(v.get("join_ref").is_none(), "V1 output never carries join_ref: {v}");
+                Received {
+                    join_ref: Value::Null,
+                    r#ref: v["ref"].clone(),
+                    topic: v["topic"].as_str().unwrap().into(),
+                    event: v["event"].as_str().unwrap().into(),
+                    payload: v["payload"].clone(),
+                }
+            });
+        }
+    }
+
+    /// The next frame that satisfies `matches` (others are skipped); panics after WAIT.
+    pub async fn recv_where(&mut self, matches: impl Fn(&Received) -> bool) -> Received {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(remaining).await {
+                Ok(m) if matches(&m) => return m,
+                Ok(_) => continue,
+                Err(ended) => panic!("waiting for a frame: {ended:?}"),
+            }
+        }
+    }
+
+    /// The next broadcast with user event `event`.
+    pub async fn broadcast_event(&mut self, event: &str) -> Received {
+        self.recv_where(|m| m.event == "broadcast" && m.payload["event"] == event).await
+    }
+
+    /// Frames that arrive within `wait` of each other (to check that nothing more comes).
+    pub async fn drain(&mut self, wait: Duration) -> Vec<Received> {
+        let mut frames = Vec::new();
+        while let Ok(m) = self.next(wait).await {
+            frames.push(m);
+        }
+        frames
+    }
+}
+
+/// A kind-3 binary user-broadcast push, as realtime-js sends `channel.send` under vsn 2.0.0.
+pub fn binary_broadcast(join_ref: &str, r#ref: &str, topic: &str, event: &str, encoding: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![3u8, join_ref.len() as u8, r#ref.len() as u8, topic.len() as u8, event.len() as u8, 0, encoding];
+    for part in [join_ref.as_bytes(), r#ref.as_bytes(), topic.as_bytes(), event.as_bytes(), payload] {
+        frame.extend_from_slice(part);
+    }
+    frame
+}
