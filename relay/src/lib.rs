@@ -134,9 +134,11 @@ pub async fn run_with(
     });
     tracing::info!(address = %listener.local_addr()?, "relay listening");
     let stop = relay.shutdown.clone();
-    // tcp_nodelay: small realtime frames must not wait for delayed ACKs (Nagle).
+    // TCP_NODELAY: small realtime frames must not wait for delayed ACKs (Nagle).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, http::router(relay.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .tcp_nodelay(true)
         .with_graceful_shutdown(async move {
             shutdown.await;
             stop.cancel();
