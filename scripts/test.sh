@@ -8,7 +8,9 @@
 #   4. the relay's unit tests                        (cargo test -p campfire-relay)
 #   5. end-to-end tests: SQL over real connections, the relay with real WebSocket clients
 #                                                     (cargo test -p campfire-tests)
-#   6. the real @supabase/realtime-js against the relay binary (node --test)
+#   6. the real @supabase/realtime-js against the relay binary, and the pages in Chromium
+#                                                     (node --test)
+#   7. a smoke run of the benchmark, so that it cannot rot (figures not meaningful)
 # Each runner prints its own summary line; the script stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,5 +48,9 @@ step "JavaScript tests (@supabase/realtime-js from npm)"
 cargo build -p campfire-relay --bin campfire-relay
 (cd tests/node && npm ci --no-audit --no-fund &&
     CAMPFIRE_TEST_PORT=$port RELAY_BIN="$root/target/debug/campfire-relay" npm test)
+
+step "benchmark smoke run"
+cargo build -p campfire-bench
+target/debug/campfire-bench --smoke --relay-bin target/debug/campfire-relay --output "$work/bench-smoke.json"
 
 step "all tests passed"

@@ -1,0 +1,539 @@
+//! campfire-bench: starts a throwaway PostgreSQL with pg_campfire and a relay process, drives
+//! them over loopback from this process, prints a table and writes the figures as JSON.
+//! Every loop is bounded in count and time. Run it with scripts/bench.sh.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks pg_campfire and campfire-relay on this machine")]
+struct Args {
+    /// The relay binary (release build).
+    #[arg(long, default_value = "target/release/campfire-relay")]
+    relay_bin: String,
+    /// Where to write the figures.
+    #[arg(long, default_value = "bench-results.json")]
+    output: String,
+    /// Repetitions of each scenario (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds each throughput / trigger-cost run lasts.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Messages per latency run (sent at --rate per second).
+    #[arg(long, default_value_t = 3000)]
+    latency_messages: usize,
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Subscriber counts for the fan-out scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    fanout: Vec<usize>,
+    /// Idle connection counts for the connections scenario.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    connections: Vec<usize>,
+    /// A short run (a few hundred messages, small counts) that only checks the benchmark works.
+    #[arg(long)]
+    smoke: bool,
+}
+
+const JWT_SECRET: &str = "bench-secret";
+const WAIT: Duration = Duration::from_secs(60);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Cluster {
+    dir: String,
+    port: u16,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("scripts/cluster.sh").args(["stop", &self.dir]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Relay {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Raises this process's open-file limit to its hard limit (children inherit it).
+fn raise_fd_limit() -> u64 {
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        limit.rlim_cur
+    }
+}
+
+async fn connect(port: u16, user: &str) -> Result<Client> {
+    let (client, connection) =
+        tokio_postgres::connect(&format!("host=127.0.0.1 port={port} user={user} dbname=campfire"), NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn start_cluster() -> Result<Cluster> {
+    let port = free_port();
+    let dir = format!("/tmp/campfire-bench-{port}");
+    let status = Command::new("scripts/cluster.sh").args(["start", &dir, &port.to_string()]).status()?;
+    if !status.success() {
+        bail!("starting PostgreSQL failed");
+    }
+    let cluster = Cluster { dir, port };
+    let psql = |sql: &str, db: &str| {
+        Command::new("scripts/cluster.sh").args(["psql", &cluster.dir, &port.to_string(), "-q", "-d", db, "-c", sql]).status()
+    };
+    psql("CREATE DATABASE campfire", "postgres")?;
+    psql("CREATE EXTENSION pg_campfire", "campfire")?;
+    psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'campfire_relay_bench') THEN \
+         CREATE ROLE campfire_relay_bench LOGIN IN ROLE campfire_relay; END IF; END $$",
+        "campfire",
+    )?;
+    // The trigger-cost baseline: an identical table (columns, constraints, indexes), no triggers.
+    psql("CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_seq", "campfire")?;
+    Ok(cluster)
+}
+
+async fn start_relay(args: &Args, cluster: &Cluster) -> Result<Relay> {
+    let port = free_port();
+    let child = Command::new(&args.relay_bin)
+        .env("DATABASE_URL", format!("host=127.0.0.1 port={} user=campfire_relay_bench dbname=campfire", cluster.port))
+        .env("CAMPFIRE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CAMPFIRE_JWT_SECRET", JWT_SECRET)
+        .env("CAMPFIRE_SEND_QUEUE", "8192")
+        .env("RUST_LOG", "campfire_relay=warn")
+        .spawn()
+        .with_context(|| format!("starting {}", args.relay_bin))?;
+    let relay = Relay { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(relay);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the relay did not start")
+}
+
+struct Org {
+    id: uuid::Uuid,
+    agent: uuid::Uuid,
+    conversations: Vec<uuid::Uuid>,
+}
+
+async fn create_org(db: &Client, slug: &str, conversations: usize) -> Result<Org> {
+    db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
+    let id: uuid::Uuid = db.query_one("SELECT campfire.create_organization($1, $1)", &[&slug]).await?.get(0);
+    let agent = uuid::Uuid::new_v4();
+    db.execute("SELECT campfire.add_member($1, $2, 'agent')", &[&id, &agent]).await?;
+    let mut ids = Vec::new();
+    for i in 0..conversations {
+        let visitor = format!("{slug}-{i}");
+        ids.push(db.query_one("SELECT conversation_id FROM campfire.start_widget_session($1, $2)", &[&id, &visitor]).await?.get(0));
+    }
+    Ok(Org { id, agent, conversations: ids })
+}
+
+fn agent_token(agent: uuid::Uuid) -> String {
+    campfire_relay::auth::sign(
+        JWT_SECRET.as_bytes(),
+        &json!({"role": "authenticated", "sub": agent, "exp": campfire_relay::auth::now() + 3600}),
+    )
+}
+
+async fn join(relay: &Relay, vsn: &str, token: &str, topic: &str) -> Result<Ws> {
+    let url = format!("ws://127.0.0.1:{}/realtime/v1/websocket?apikey={token}&vsn={vsn}", relay.port);
+    // disable_nagle: small frames must not wait for delayed ACKs.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    let frame = if vsn == "2.0.0" {
+        json!(["1", "1", format!("realtime:{topic}"), "phx_join", {"config": {}}]).to_string()
+    } else {
+        json!({"join_ref": "1", "ref": "1", "topic": format!("realtime:{topic}"), "event": "phx_join", "payload": {"config": {}}}).to_string()
+    };
+    ws.send(Message::text(frame)).await?;
+    // The reply, then presence_state.
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, ws.next()).await?.context("closed during join")??;
+    }
+    Ok(ws)
+}
+
+/// The payload of a broadcast frame in either serializer.
+fn broadcast_payload(text: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    let (event, payload) = if v.is_array() { (v[3].clone(), v[4].clone()) } else { (v["event"].clone(), v["payload"].clone()) };
+    (event == "broadcast").then_some(payload)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    percentile(&values, 0.5)
+}
+
+/// 1. Commit → frame latency at a fixed rate over many conversations.
+async fn latency(args: &Args, cluster: &Cluster, relay: &Relay, vsn: &str, org: &Org) -> Result<Value> {
+    let messages = args.latency_messages;
+    // Client message ids unique to this run: a repeated id would be an idempotent no-op.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut ws = join(relay, vsn, &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await?;
+    let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let writers = 4;
+    let interval = Duration::from_nanos(1_000_000_000 * writers as u64 / args.rate);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (db, sent, conversations, run) = (connect(cluster.port, "postgres").await?, sent.clone(), org.conversations.clone(), run.clone());
+        db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
+        let statement = db.prepare("SELECT campfire.send_message($1, 'latency probe', 'agent', $2)").await?;
+        tasks.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            for i in (w..messages).step_by(writers) {
+                ticker.tick().await;
+                let id = format!("{run}-{i}");
+                let conversation = conversations[i % conversations.len()];
+                db.query_one(&statement, &[&conversation, &id]).await?;
+                sent.lock().unwrap().insert(id, Instant::now());
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(messages);
+    let mut arrived: HashMap<String, Instant> = HashMap::new();
+    let deadline = Instant::now() + WAIT + Duration::from_secs(messages as u64 / args.rate);
+    while arrived.len() < messages && Instant::now() < deadline {
+        let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(WAIT, ws.next()).await else { break };
+        if let Some(payload) = broadcast_payload(&text)
+            && let Some(id) = payload["payload"]["message"]["client_message_id"].as_str()
+        {
+            arrived.insert(id.to_owned(), Instant::now());
+        }
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let sent = sent.lock().unwrap();
+    for (id, at) in &arrived {
+        if let Some(committed) = sent.get(id) {
+            // A frame can beat the writer's own commit acknowledgement: that counts as 0.
+            latencies.push(at.saturating_duration_since(*committed).as_secs_f64() * 1000.0);
+        }
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(json!({
+        "messages": messages, "received": arrived.len(), "rate": args.rate,
+        "p50_ms": percentile(&latencies, 0.5), "p95_ms": percentile(&latencies, 0.95),
+        "p99_ms": percentile(&latencies, 0.99), "max_ms": latencies.last().copied().unwrap_or(f64::NAN),
+    }))
+}
+
+/// 2. / 5. The most messages `writers` commit in `seconds`, one transaction each (or `per_tx`
+/// per transaction), through `statement`; with `org`, also counted as delivered by the relay.
+async fn write_rate(
+    cluster: &Cluster, relay: Option<&Relay>, org: &Org, writers: usize, per_tx: usize, seconds: u64, plain: bool,
+) -> Result<Value> {
+    let mut listener = match relay {
+        Some(relay) => Some(join(relay, "2.0.0", &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await?),
+        None => None,
+    };
+    let committed = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (db, committed, conversations) = (connect(cluster.port, "postgres").await?, committed.clone(), org.conversations.clone());
+        db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
+        let sql = if plain {
+            "INSERT INTO plain_messages (conversation_id, organization_id, seq, content, sender_type) \
+             SELECT $1, organization_id, nextval('plain_seq'), 'throughput', 'agent' \
+             FROM campfire.conversations WHERE id = $1"
+        } else {
+            "SELECT campfire.send_message($1, 'throughput', 'agent')"
+        };
+        let statement = db.prepare(sql).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < stop {
+                let conversation = conversations[i % conversations.len()];
+                i += writers;
+                if per_tx == 1 {
+                    db.execute(&statement, &[&conversation]).await?;
+                } else {
+                    db.batch_execute("BEGIN").await?;
+                    for _ in 0..per_tx {
+                        db.execute(&statement, &[&conversation]).await?;
+                    }
+                    db.batch_execute("COMMIT").await?;
+                }
+                committed.fetch_add(per_tx as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let started = Instant::now();
+    let mut delivered = 0u64;
+    let mut last_delivery = started;
+    let wanted = |committed: &AtomicU64| committed.load(Ordering::Relaxed);
+    if let Some(ws) = &mut listener {
+        loop {
+            let done_writing = Instant::now() >= stop;
+            if done_writing && delivered >= wanted(&committed) && tasks.iter().all(|t| t.is_finished()) {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    if broadcast_payload(&text).is_some_and(|p| p["event"] == "message:created") {
+                        delivered += 1;
+                        last_delivery = Instant::now();
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let committed = wanted(&committed);
+    let elapsed = if listener.is_some() { last_delivery.duration_since(started) } else { started.elapsed() };
+    Ok(json!({
+        "writers": writers, "per_transaction": per_tx, "committed": committed,
+        "delivered": if listener.is_some() { json!(delivered) } else { Value::Null },
+        "lost": if listener.is_some() { json!(committed.saturating_sub(delivered)) } else { Value::Null },
+        "per_second": committed as f64 / elapsed.as_secs_f64(),
+    }))
+}
+
+/// 3. One topic, many subscribers: deliveries per second and time until the last one has it.
+async fn fanout(cluster: &Cluster, relay: &Relay, org: &Org, subscribers: usize, messages: usize) -> Result<Value> {
+    let topic = format!("org:{}:conversations", org.id);
+    let token = agent_token(org.agent);
+    let mut sockets = Vec::with_capacity(subscribers);
+    for chunk in 0..subscribers.div_ceil(200) {
+        let count = 200.min(subscribers - chunk * 200);
+        let joins = (0..count).map(|_| join(relay, "2.0.0", &token, &topic));
+        for ws in futures_util::future::join_all(joins).await {
+            sockets.push(ws?);
+        }
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    for mut ws in sockets {
+        let (received, done_tx) = (received.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let mut mine = 0;
+            while mine < messages {
+                match tokio::time::timeout(WAIT, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) if text.contains("message:created") => {
+                        mine += 1;
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => return,
+                }
+            }
+            let _ = done_tx.send(Instant::now());
+        });
+    }
+    drop(done_tx);
+    let db = connect(cluster.port, "postgres").await?;
+    db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
+    let started = Instant::now();
+    for i in 0..messages {
+        db.execute("SELECT campfire.send_message($1, 'fan-out', 'agent')", &[&org.conversations[i % org.conversations.len()]]).await?;
+    }
+    let mut last = started;
+    let mut finished = 0;
+    while let Ok(Some(at)) = tokio::time::timeout(WAIT, done_rx.recv()).await {
+        last = last.max(at);
+        finished += 1;
+        if finished == subscribers {
+            break;
+        }
+    }
+    let deliveries = received.load(Ordering::Relaxed);
+    let seconds = last.duration_since(started).as_secs_f64();
+    Ok(json!({
+        "subscribers": subscribers, "messages": messages, "deliveries": deliveries,
+        "expected": (subscribers * messages) as u64, "deliveries_per_second": deliveries as f64 / seconds,
+        "last_subscriber_ms": seconds * 1000.0 / messages as f64,
+    }))
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn socket_memory_kb() -> u64 {
+    // "TCP: inuse … mem N" counts pages of kernel socket buffers, machine-wide.
+    std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("TCP:")).and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4)
+}
+
+/// 4. Idle connections, each joined to a conversation topic: memory per connection.
+async fn connections(relay: &Relay, org: &Org, count: usize) -> Result<Value> {
+    let token = agent_token(org.agent);
+    let (rss_before, socket_before) = (rss_kb(relay.child.id()), socket_memory_kb());
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(count);
+    for chunk in 0..count.div_ceil(250) {
+        let n = 250.min(count - chunk * 250);
+        let joins = (0..n).map(|i| {
+            let topic = format!("org:{}:conv:{}", org.id, org.conversations[(chunk * 250 + i) % org.conversations.len()]);
+            let token = token.clone();
+            async move { join(relay, "2.0.0", &token, &topic).await }
+        });
+        for ws in futures_util::future::join_all(joins).await {
+            sockets.push(ws?);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_kb(relay.child.id()).saturating_sub(rss_before);
+    let kernel = socket_memory_kb().saturating_sub(socket_before);
+    drop(sockets);
+    Ok(json!({
+        "connections": count, "connect_and_join_seconds": seconds,
+        "relay_rss_kb_per_connection": rss as f64 / count as f64,
+        "kernel_socket_kb_per_connection_both_ends": kernel as f64 / count as f64,
+    }))
+}
+
+fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    json!({ "cores": cores, "memory_mb": memory / 1024, "cpu": cpu })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        (args.runs, args.seconds, args.latency_messages, args.rate) = (1, 1, 200, 200);
+        (args.fanout, args.connections) = (vec![20], vec![50]);
+    }
+    let fd_limit = raise_fd_limit();
+    let cluster = start_cluster()?;
+    let relay = start_relay(&args, &cluster).await?;
+    let db = connect(cluster.port, "postgres").await?;
+    let settings: Vec<(String, String)> = db
+        .query("SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync', 'shared_buffers', 'max_connections', 'wal_level') ORDER BY name", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let org = create_org(&db, "bench", 100).await?;
+    let mut results = json!({
+        "machine": machine(), "postgresql": settings.into_iter().collect::<HashMap<_, _>>(),
+        "fd_limit": fd_limit, "runs": args.runs, "smoke": args.smoke,
+    });
+
+    for vsn in ["2.0.0", "1.0.0"] {
+        let mut runs = Vec::new();
+        for _ in 0..args.runs {
+            runs.push(latency(&args, &cluster, &relay, vsn, &org).await?);
+        }
+        let m = |k: &str| median(runs.iter().map(|r| r[k].as_f64().unwrap_or(f64::NAN)).collect());
+        println!("latency vsn {vsn} @ {}/s: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms", args.rate, m("p50_ms"), m("p95_ms"), m("p99_ms"), m("max_ms"));
+        results[format!("latency_{vsn}")] = json!({ "median": { "p50_ms": m("p50_ms"), "p95_ms": m("p95_ms"), "p99_ms": m("p99_ms"), "max_ms": m("max_ms") }, "runs": runs });
+    }
+
+    let mut throughput = Vec::new();
+    for (writers, per_tx) in [(1, 1), (8, 1), (32, 1), (8, 10)] {
+        let mut runs = Vec::new();
+        for _ in 0..args.runs {
+            runs.push(write_rate(&cluster, Some(&relay), &org, writers, per_tx, args.seconds, false).await?);
+        }
+        let rate = median(runs.iter().map(|r| r["per_second"].as_f64().unwrap()).collect());
+        let lost: u64 = runs.iter().map(|r| r["lost"].as_u64().unwrap_or(0)).sum();
+        println!("throughput {writers} writers x {per_tx}/tx: {rate:.0} messages/s delivered, {lost} lost");
+        throughput.push(json!({ "writers": writers, "per_transaction": per_tx, "median_per_second": rate, "lost": lost, "runs": runs }));
+    }
+    results["throughput"] = json!(throughput);
+
+    let mut cost = Vec::new();
+    for writers in [1, 8] {
+        let mut plain = Vec::new();
+        let mut campfire = Vec::new();
+        for _ in 0..args.runs {
+            plain.push(write_rate(&cluster, None, &org, writers, 1, args.seconds, true).await?["per_second"].as_f64().unwrap());
+            campfire.push(write_rate(&cluster, None, &org, writers, 1, args.seconds, false).await?["per_second"].as_f64().unwrap());
+        }
+        let (plain, campfire) = (median(plain), median(campfire));
+        println!("trigger cost, {writers} writers: plain {plain:.0}/s, through pg_campfire {campfire:.0}/s = {:.2}x", campfire / plain);
+        cost.push(json!({ "writers": writers, "plain_per_second": plain, "campfire_per_second": campfire, "ratio": campfire / plain }));
+    }
+    results["trigger_cost"] = json!(cost);
+
+    let mut fan = Vec::new();
+    for &subscribers in &args.fanout {
+        let messages = if args.smoke { 5 } else { 20 };
+        let r = fanout(&cluster, &relay, &org, subscribers, messages).await?;
+        println!(
+            "fan-out {subscribers} subscribers: {:.0} deliveries/s, last subscriber {:.1} ms per message ({} of {} delivered)",
+            r["deliveries_per_second"].as_f64().unwrap(), r["last_subscriber_ms"].as_f64().unwrap(), r["deliveries"], r["expected"]
+        );
+        fan.push(r);
+    }
+    results["fanout"] = json!(fan);
+
+    let mut idle = Vec::new();
+    for &count in &args.connections {
+        let r = connections(&relay, &org, count).await?;
+        println!(
+            "{count} idle joined connections in {:.1} s: relay {:.1} kB RSS per connection, kernel {:.1} kB per connection (both ends)",
+            r["connect_and_join_seconds"].as_f64().unwrap(), r["relay_rss_kb_per_connection"].as_f64().unwrap(),
+            r["kernel_socket_kb_per_connection_both_ends"].as_f64().unwrap()
+        );
+        idle.push(r);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    results["connections"] = json!(idle);
+
+    std::fs::write(&args.output, serde_json::to_string_pretty(&results)?)?;
+    println!("figures written to {}", args.output);
+    Ok(())
+}
