@@ -69,14 +69,19 @@ async fn websocket(
         Ok(identity) => identity,
         Err((_, message)) => return error(StatusCode::UNAUTHORIZED, message),
     };
-    let max = relay.config.max_payload_bytes + 4096;
+    // Frames up to 1 MiB (or twice the payload limit) are read, so that an oversized broadcast
+    // or track gets an error reply naming the limit instead of a dropped connection.
+    let max_in = (relay.config.max_payload_bytes * 2).max(1 << 20);
     upgrade
-        // Small buffers: an idle connection should cost little.
+        // Small buffers: an idle connection should cost little (the read buffer grows only
+        // while a large frame is being read; frames are written straight through).
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_write_buffer_size(max * 4)
-        .max_message_size(max)
-        .max_frame_size(max)
+        // A ceiling for one unflushed outgoing frame (a big presence_state), not an allocation:
+        // what a connection may hold is bounded by its send queue.
+        .max_write_buffer_size(16 << 20)
+        .max_message_size(max_in)
+        .max_frame_size(max_in)
         .on_upgrade(move |socket| {
             let tracker = relay.sessions.clone();
             tracker.track_future(session::serve(socket, relay, vsn, identity))

@@ -347,9 +347,11 @@ impl Session {
         };
         let payload = frame.payload.get("payload").cloned().unwrap_or_else(|| json!({}));
         let channel = self.channels.get_mut(&frame.topic).expect("checked by handle");
-        if payload.to_string().len() > self.relay.config.max_payload_bytes {
+        let size = payload.to_string().len();
+        if size > self.relay.config.max_payload_bytes {
             self.relay.metrics.drops.with_label_values(&["payload_too_large"]).inc();
-            return self.send(&protocol::error_reply(frame, "payload_size_exceeded"));
+            let limit = self.relay.config.max_payload_bytes;
+            return self.send(&protocol::error_reply(frame, format!("payload_size_exceeded: the payload is {size} bytes, the limit is {limit}")));
         }
         if !channel.may_broadcast {
             self.relay.metrics.drops.with_label_values(&["unauthorized"]).inc();

@@ -159,6 +159,12 @@ async fn broadcast_self_and_ack_in_both_serializers_and_bad_frames_change_nothin
     let r = v1.push(Some(&v1_ref), &topic, "broadcast", json!({"type": "broadcast", "payload": {}})).await;
     let reply = v1.recv_where(|m| m.r#ref == json!(r)).await;
     assert_eq!(reply.payload["status"], "error");
+    // An oversized payload: a clear error to the sender, and the connection lives on.
+    let big = "x".repeat(200_000);
+    let r = v2.push(Some(&v2_ref), &topic, "broadcast", json!({"type": "broadcast", "event": "typing:start", "payload": {"big": big}})).await;
+    let reply = v2.recv_where(|m| m.r#ref == json!(r)).await;
+    assert_eq!(reply.payload["status"], "error");
+    assert!(reply.payload["response"]["reason"].as_str().unwrap().starts_with("payload_size_exceeded: "), "{:?}", reply.payload);
     for client in [&mut v1, &mut v2] {
         let hb = client.push(None, "phoenix", "heartbeat", json!({})).await;
         let reply = client.recv_where(|m| m.r#ref == json!(hb)).await;
