@@ -39,6 +39,9 @@ pub enum DecodeError {
     Shape(&'static str),
     #[error("binary frame: {0}")]
     Binary(&'static str),
+    /// The header was readable (so the sender can be answered) but the payload is refused.
+    #[error("{reason}")]
+    Payload { frame: Box<Frame>, reason: &'static str },
 }
 
 fn opt_string(value: &Value) -> Result<Option<String>, DecodeError> {
@@ -107,18 +110,25 @@ pub fn decode_binary(bytes: &[u8]) -> Result<Frame, DecodeError> {
     let topic = text(take(lengths[2])?)?;
     let user_event = text(take(lengths[3])?)?;
     let _metadata = take(lengths[4])?;
-    if encoding != 1 {
-        return Err(DecodeError::Binary("only JSON payloads (encoding 1) are accepted"));
-    }
-    let payload: Value = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
-    Ok(Frame {
+    let mut frame = Frame {
         join_ref: non_empty(join_ref),
         r#ref: non_empty(r#ref),
         topic,
         event: "broadcast".to_owned(),
-        payload: json!({ "type": "broadcast", "event": user_event, "payload": payload }),
-    })
+        payload: json!({ "type": "broadcast", "event": user_event }),
+    };
+    let refuse = |frame: Frame, reason| Err(DecodeError::Payload { frame: Box::new(frame), reason });
+    if encoding != 1 {
+        return refuse(frame, "only JSON broadcast payloads (encoding 1) are accepted, not raw binary");
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(payload) => {
+            frame.payload["payload"] = payload;
+            Ok(frame)
+        }
+        Err(_) => refuse(frame, "the broadcast payload is not valid JSON"),
+    }
 }
 
 pub fn encode(vsn: Vsn, frame: &Frame) -> String {
@@ -227,7 +237,10 @@ mod tests {
         assert_eq!(decode_binary(&[3, 9, 0, 0, 0, 0, 1, b'x']), Err(DecodeError::Binary("field longer than the frame")));
         let mut raw = vec![3, 0, 0, 1, 1, 0, 0];
         raw.extend_from_slice(b"tebinary");
-        assert!(decode_binary(&raw).is_err(), "encoding 0 (raw binary) is refused");
+        match decode_binary(&raw) {
+            Err(DecodeError::Payload { frame, .. }) => assert_eq!((frame.topic.as_str(), frame.r#ref), ("t", None)),
+            other => panic!("encoding 0 (raw binary) is refused with an answerable frame: {other:?}"),
+        }
     }
 
     #[test]

@@ -146,6 +146,7 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Ide
                     },
                     Some(Ok(Message::Binary(bytes))) if vsn == Vsn::V2 => match protocol::decode_binary(&bytes) {
                         Ok(frame) => session.handle(frame).await,
+                        Err(protocol::DecodeError::Payload { frame, reason }) => session.refuse_payload(&frame, reason),
                         Err(err) => session.malformed(&err.to_string()),
                     },
                     Some(Ok(Message::Binary(_))) => session.malformed("binary frames need vsn 2.0.0"),
@@ -182,6 +183,19 @@ impl Session {
     fn malformed(&self, reason: &str) {
         self.relay.metrics.malformed_frames.inc();
         tracing::debug!(connection = self.outbox.id, reason, "malformed frame ignored");
+    }
+
+    /// A broadcast whose header could be read but whose payload is refused: the sender hears why
+    /// (when it joined the topic with that join_ref), as it would for any refused broadcast.
+    fn refuse_payload(&self, frame: &Frame, reason: &str) {
+        self.relay.metrics.malformed_frames.inc();
+        let Some(channel) = self.channels.get(&frame.topic) else {
+            return self.send(&protocol::error_reply(frame, "unmatched topic"));
+        };
+        if frame.join_ref.is_some() && frame.join_ref != channel.join_ref {
+            return;
+        }
+        self.send(&protocol::error_reply(frame, reason));
     }
 
     async fn handle(&mut self, frame: Frame) {

@@ -151,7 +151,11 @@ async fn broadcast_self_and_ack_in_both_serializers_and_bad_frames_change_nothin
     // a broadcast without an event. Nothing crashes, other clients are undisturbed.
     v2.send_raw(Message::binary(vec![3, 200, 0, 0, 0, 0, 1])).await;
     v2.send_raw(Message::binary(binary_broadcast(&v2_ref, "8", &topic, "x", 0, &[0xff, 0x00]))).await;
+    let reply = v2.recv_where(|m| m.r#ref == json!("8")).await;
+    assert_eq!(reply.payload["response"]["reason"], "only JSON broadcast payloads (encoding 1) are accepted, not raw binary");
     v2.send_raw(Message::binary(binary_broadcast(&v2_ref, "9", &topic, "x", 1, b"{not json"))).await;
+    let reply = v2.recv_where(|m| m.r#ref == json!("9")).await;
+    assert_eq!(reply.payload["response"]["reason"], "the broadcast payload is not valid JSON");
     v2.send_raw(Message::text("[1,2,3]")).await;
     v2.send_raw(Message::text(r#"["1","2","realtime:x","phx_join",{}"#)).await;
     v1.send_raw(Message::binary(vec![3, 0, 0, 0, 0, 0, 1])).await;
