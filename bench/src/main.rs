@@ -410,6 +410,7 @@ fn socket_memory_kb() -> u64 {
 async fn connections(relay: &Relay, org: &Org, count: usize) -> Result<Value> {
     let token = agent_token(org.agent);
     let (rss_before, socket_before) = (rss_kb(relay.child.id()), socket_memory_kb());
+    let baseline_kb = rss_before;
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(count);
     for chunk in 0..count.div_ceil(250) {
@@ -431,6 +432,7 @@ async fn connections(relay: &Relay, org: &Org, count: usize) -> Result<Value> {
     Ok(json!({
         "connections": count, "connect_and_join_seconds": seconds,
         "relay_rss_kb_per_connection": rss as f64 / count as f64,
+        "relay_rss_kb_before": baseline_kb, "relay_rss_kb_with_connections": baseline_kb + rss,
         "kernel_socket_kb_per_connection_both_ends": kernel as f64 / count as f64,
     }))
 }
@@ -522,7 +524,10 @@ async fn main() -> Result<()> {
 
     let mut idle = Vec::new();
     for &count in &args.connections {
-        let r = connections(&relay, &org, count).await?;
+        // A fresh relay: memory freed by earlier scenarios would hide the cost of new connections.
+        let fresh = start_relay(&args, &cluster).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = connections(&fresh, &org, count).await?;
         println!(
             "{count} idle joined connections in {:.1} s: relay {:.1} kB RSS per connection, kernel {:.1} kB per connection (both ends)",
             r["connect_and_join_seconds"].as_f64().unwrap(), r["relay_rss_kb_per_connection"].as_f64().unwrap(),
