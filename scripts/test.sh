@@ -5,7 +5,7 @@
 #   1. unit tests and #[pg_test]s of the extension   (cargo pgrx test)
 #   2. the extension installed into the system PostgreSQL (cargo pgrx install)
 #   3. pg_regress golden tests of the SQL surface    (scripts/regress.sh)
-#   4. the relay's unit tests                        (cargo test -p campfire-relay)
+#   4. the relay's own tests, unit and integration   (cargo test -p campfire-relay)
 #   5. end-to-end tests: SQL over real connections, the relay with real WebSocket clients
 #                                                     (cargo test -p campfire-tests)
 #   6. the real @supabase/realtime-js against the relay binary, and the pages in Chromium
@@ -38,7 +38,7 @@ step "pg_regress golden tests"
 scripts/cluster.sh start "$work/pg" "$port"
 scripts/regress.sh "$port"
 
-step "relay unit tests"
+step "relay tests (unit, and integration against a cluster they start)"
 cargo test -p campfire-relay
 
 step "end-to-end tests (real connections, real WebSocket clients)"
