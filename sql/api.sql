@@ -606,19 +606,27 @@ CREATE FUNCTION log_head() RETURNS bigint
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
     AS $$ SELECT coalesce(max(e.id), 0) FROM campfire.events e $$;
 
--- Deletes events older than `older_than`; returns how many. Clients further behind than the
--- retention must reload history instead of resuming.
+-- The id through which the log has been pruned (0 if never). A client resuming from an older cursor has missed events for good and must
+-- reload history.
+CREATE FUNCTION log_tail() RETURNS bigint
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    AS $$ SELECT pruned_through FROM campfire.log_state $$;
+
+-- Deletes events older than `older_than`; returns how many, and records how far the log now
+-- starts (log_tail). Clients further behind than the retention must reload history.
 CREATE FUNCTION prune_events(older_than interval) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
     AS $$
 DECLARE
     deleted bigint;
+    through bigint;
 BEGIN
     IF NOT campfire.is_service() THEN
         PERFORM campfire.raise_error('42501', 'only the service role may prune the event log');
     END IF;
-    DELETE FROM campfire.events e WHERE e.created_at < now() - older_than;
-    GET DIAGNOSTICS deleted = ROW_COUNT;
+    WITH gone AS (DELETE FROM campfire.events e WHERE e.created_at < now() - older_than RETURNING e.id)
+    SELECT count(*), max(id) INTO deleted, through FROM gone;
+    UPDATE campfire.log_state SET pruned_through = greatest(pruned_through, coalesce(through, 0));
     RETURN deleted;
 END
 $$;

@@ -222,6 +222,13 @@ CREATE TABLE events (
 CREATE INDEX events_topic_idx ON events (topic, id);
 CREATE INDEX events_conversation_idx ON events (conversation_id) WHERE conversation_id IS NOT NULL;
 
+-- How far the log has been pruned: a cursor at or below this id can no longer be resumed from.
+CREATE TABLE log_state (
+    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pruned_through bigint NOT NULL DEFAULT 0
+);
+INSERT INTO log_state DEFAULT VALUES;
+
 -- Private server key for widget session secrets; no role but the owner can read it.
 CREATE TABLE server_keys (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),

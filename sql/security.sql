@@ -9,7 +9,7 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['organizations', 'organization_members', 'widget_sessions', 'conversations',
-                             'realtime_conversations', 'messages', 'conversation_reads', 'events', 'server_keys']
+                             'realtime_conversations', 'messages', 'conversation_reads', 'events', 'server_keys', 'log_state']
     LOOP
         EXECUTE format('ALTER TABLE campfire.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE campfire.%I FORCE ROW LEVEL SECURITY', t);
@@ -117,7 +117,7 @@ CREATE POLICY events_read ON events FOR SELECT
            OR (conversation_id = ANY ((SELECT campfire.visitor_conversations())::uuid[])
                AND topic = 'org:' || organization_id || ':conv:' || conversation_id));
 
--- server_keys has no policy at all: nobody but the owner reads it.
+-- server_keys and log_state have no policy at all: only the owner and definer functions read them.
 
 -- Privileges ---------------------------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ GRANT EXECUTE ON FUNCTION
 TO campfire_client;
 
 -- The relay reads the whole log and decides joins.
-GRANT EXECUTE ON FUNCTION read_log(bigint, integer, text), log_head(), authorize_channel(text, jsonb),
+GRANT EXECUTE ON FUNCTION read_log(bigint, integer, text), log_head(), log_tail(), authorize_channel(text, jsonb),
                           visitor_claims(text) TO campfire_relay;
 
 -- Custom events straight into the log.
@@ -172,6 +172,7 @@ SELECT pg_catalog.pg_extension_config_dump('campfire.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.conversation_reads', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.events', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.server_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('campfire.log_state', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.events_id_seq', '');
 
 -- broadcast writes to the log itself: it runs as the owner, for the service role only.

@@ -131,6 +131,11 @@ impl Db {
             .collect()
     }
 
+    /// The id through which the log has been pruned: older cursors cannot be resumed.
+    pub async fn log_tail(&self) -> Result<i64, DbError> {
+        Ok(self.client().await?.query_one("SELECT campfire.log_tail()", &[]).await?.get(0))
+    }
+
     pub async fn log_head(&self) -> Result<i64, DbError> {
         Ok(self.client().await?.query_one("SELECT campfire.log_head()", &[]).await?.get(0))
     }

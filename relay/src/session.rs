@@ -313,7 +313,23 @@ impl Session {
             None => 0,
             Some(cursor) => {
                 self.relay.metrics.resumes.inc();
-                match self.replay(&canonical, &topic, cursor).await {
+                let replay = match self.relay.db.log_tail().await {
+                    // Events the client missed were pruned: say so (it must reload history), then
+                    // replay what the log still holds.
+                    Ok(tail) if cursor < tail => {
+                        let system = json!({
+                            "extension": "campfire",
+                            "status": "error",
+                            "message": format!("cursor_too_old: the log was pruned through {tail}, after cursor {cursor}: reload history"),
+                            "channel": name,
+                        });
+                        self.send(&protocol::channel_push(&topic, frame.join_ref.as_deref(), "system", system));
+                        self.replay(&canonical, &topic, tail).await
+                    }
+                    Ok(_) => self.replay(&canonical, &topic, cursor).await,
+                    Err(err) => Err(err),
+                };
+                match replay {
                     Ok(last) => last,
                     Err(err) => {
                         // The client must not believe it is caught up: the channel errors, and

@@ -447,3 +447,29 @@ async fn channel_lifecycle_leave_duplicate_join_stale_refs_token_refresh_expiry_
     assert_eq!(close_reason.as_deref(), Some("idle timeout"));
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cursor_older_than_the_pruned_log_is_told_to_reload_history() {
+    let f = fixture().await;
+    let relay = RelayHandle::start(&f.db).await;
+    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    client.join(&f.topic(), json!({"config": {}})).await;
+    f.send_as_agent("old news").await;
+    let cursor = client.broadcast_event("message:created").await.payload["payload"]["cursor"].as_i64().unwrap();
+    drop(client);
+    f.send_as_agent("pruned before anyone resumed").await;
+    let db = f.db.clone();
+    blocking(move || {
+        db.connect_as(&campfire_tests::service()).query_one("SELECT campfire.prune_events(interval '0 seconds')", &[]).unwrap();
+    })
+    .await;
+    f.send_as_agent("after the prune").await;
+
+    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    client.join(&f.topic(), json!({"config": {"broadcast": {"cursor": cursor}}})).await;
+    let system = client.recv_where(|m| m.event == "system").await;
+    assert!(system.payload["message"].as_str().unwrap().starts_with("cursor_too_old:"), "{:?}", system.payload);
+    let next = client.broadcast_event("message:created").await;
+    assert_eq!(next.payload["payload"]["message"]["content"], "after the prune");
+    relay.stop().await;
+}
