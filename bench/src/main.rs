@@ -259,8 +259,9 @@ async fn latency(args: &Args, cluster: &Cluster, relay: &Relay, vsn: &str, org: 
     }))
 }
 
-/// 2. / 5. The most messages `writers` commit in `seconds`, one transaction each (or `per_tx`
-/// per transaction), through `statement`; with `org`, also counted as delivered by the relay.
+/// Scenarios 2 and 5: the most messages `writers` commit in `seconds`, `per_tx` per transaction,
+/// through the SQL API or (`plain`) into the trigger-less copy of the table; with a relay, each is
+/// also counted as delivered to a subscriber.
 async fn write_rate(
     cluster: &Cluster, relay: Option<&Relay>, org: &Org, writers: usize, per_tx: usize, seconds: u64, plain: bool,
 ) -> Result<Value> {
