@@ -42,6 +42,9 @@ struct Args {
     /// Idle connection counts for the connections scenario.
     #[arg(long, value_delimiter = ',', default_value = "10000")]
     connections: Vec<usize>,
+    /// Scenarios to run (latency, throughput, cost, fanout, connections); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// A short run (a few hundred messages, small counts) that only checks the benchmark works.
     #[arg(long)]
     smoke: bool,
@@ -370,6 +373,7 @@ async fn fanout(cluster: &Cluster, relay: &Relay, org: &Org, subscribers: usize,
     drop(done_tx);
     let db = connect(cluster.port, "postgres").await?;
     db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
+    let relay_cpu_before = cpu_seconds(relay.child.id());
     let started = Instant::now();
     for i in 0..messages {
         db.execute("SELECT campfire.send_message($1, 'fan-out', 'agent')", &[&org.conversations[i % org.conversations.len()]]).await?;
@@ -385,11 +389,26 @@ async fn fanout(cluster: &Cluster, relay: &Relay, org: &Org, subscribers: usize,
     }
     let deliveries = received.load(Ordering::Relaxed);
     let seconds = last.duration_since(started).as_secs_f64();
+    // What the relay alone could sustain: deliveries per second of its own CPU time.
+    let relay_cpu = cpu_seconds(relay.child.id()) - relay_cpu_before;
     Ok(json!({
         "subscribers": subscribers, "messages": messages, "deliveries": deliveries,
+        "relay_cpu_seconds": relay_cpu, "deliveries_per_relay_cpu_second": deliveries as f64 / relay_cpu,
         "expected": (subscribers * messages) as u64, "deliveries_per_second": deliveries as f64 / seconds,
         "last_subscriber_ms": seconds * 1000.0 / messages as f64,
     }))
+}
+
+/// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -474,7 +493,8 @@ async fn main() -> Result<()> {
         "fd_limit": fd_limit, "runs": args.runs, "smoke": args.smoke,
     });
 
-    for vsn in ["2.0.0", "1.0.0"] {
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    for vsn in ["2.0.0", "1.0.0"].into_iter().filter(|_| wanted("latency")) {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
             runs.push(latency(&args, &cluster, &relay, vsn, &org).await?);
@@ -485,7 +505,7 @@ async fn main() -> Result<()> {
     }
 
     let mut throughput = Vec::new();
-    for (writers, per_tx) in [(1, 1), (8, 1), (32, 1), (8, 10)] {
+    for (writers, per_tx) in [(1, 1), (8, 1), (32, 1), (8, 10)].into_iter().filter(|_| wanted("throughput")) {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
             runs.push(write_rate(&cluster, Some(&relay), &org, writers, per_tx, args.seconds, false).await?);
@@ -498,7 +518,7 @@ async fn main() -> Result<()> {
     results["throughput"] = json!(throughput);
 
     let mut cost = Vec::new();
-    for writers in [1, 8] {
+    for writers in [1, 8].into_iter().filter(|_| wanted("cost")) {
         let mut plain = Vec::new();
         let mut campfire = Vec::new();
         for _ in 0..args.runs {
@@ -512,19 +532,20 @@ async fn main() -> Result<()> {
     results["trigger_cost"] = json!(cost);
 
     let mut fan = Vec::new();
-    for &subscribers in &args.fanout {
+    for &subscribers in args.fanout.iter().filter(|_| wanted("fanout")) {
         let messages = if args.smoke { 5 } else { 20 };
         let r = fanout(&cluster, &relay, &org, subscribers, messages).await?;
         println!(
-            "fan-out {subscribers} subscribers: {:.0} deliveries/s, last subscriber {:.1} ms per message ({} of {} delivered)",
-            r["deliveries_per_second"].as_f64().unwrap(), r["last_subscriber_ms"].as_f64().unwrap(), r["deliveries"], r["expected"]
+            "fan-out {subscribers} subscribers: {:.0} deliveries/s ({:.0} per relay CPU second), last subscriber {:.1} ms per message ({} of {} delivered)",
+            r["deliveries_per_second"].as_f64().unwrap(), r["deliveries_per_relay_cpu_second"].as_f64().unwrap_or(f64::NAN),
+            r["last_subscriber_ms"].as_f64().unwrap(), r["deliveries"], r["expected"]
         );
         fan.push(r);
     }
     results["fanout"] = json!(fan);
 
     let mut idle = Vec::new();
-    for &count in &args.connections {
+    for &count in args.connections.iter().filter(|_| wanted("connections")) {
         // A fresh relay: memory freed by earlier scenarios would hide the cost of new connections.
         let fresh = start_relay(&args, &cluster).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
