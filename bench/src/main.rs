@@ -51,6 +51,8 @@ struct Args {
 }
 
 const JWT_SECRET: &str = "bench-secret";
+/// Connections made from 127.0.0.x source addresses so far (see join_from).
+static SOURCES_USED: AtomicU64 = AtomicU64::new(0);
 const WAIT: Duration = Duration::from_secs(60);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -83,13 +85,19 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Raises this process's open-file limit to its hard limit (children inherit it).
+/// Raises this process's open-file limit (children inherit it): to 200,000 where allowed (root
+/// may raise the hard limit too), else to the hard limit. Returns the limit in force.
 fn raise_fd_limit() -> u64 {
     unsafe {
+        let wanted = libc::rlimit { rlim_cur: 200_000, rlim_max: 200_000 };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         limit.rlim_cur
     }
 }
@@ -172,9 +180,22 @@ fn agent_token(agent: uuid::Uuid) -> String {
 }
 
 async fn join(relay: &Relay, vsn: &str, token: &str, topic: &str) -> Result<Ws> {
+    join_from(relay, vsn, token, topic, [127, 0, 0, 1]).await
+}
+
+/// Joins from a given loopback source address: one address has only ~28,000 ephemeral ports,
+/// so tens of thousands of connections spread over 127.0.0.x.
+async fn join_from(relay: &Relay, vsn: &str, token: &str, topic: &str, source: [u8; 4]) -> Result<Ws> {
     let url = format!("ws://127.0.0.1:{}/realtime/v1/websocket?apikey={token}&vsn={vsn}", relay.port);
-    // disable_nagle: small frames must not wait for delayed ACKs.
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // Ports of earlier runs may linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind((std::net::Ipv4Addr::from(source), 0).into())?;
+    let stream = socket.connect(([127, 0, 0, 1], relay.port).into()).await?;
+    // Small frames must not wait for delayed ACKs; small buffers keep 50,000 clients affordable.
+    stream.set_nodelay(true)?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).await?;
     let frame = if vsn == "2.0.0" {
         json!(["1", "1", format!("realtime:{topic}"), "phx_join", {"config": {}}]).to_string()
     } else {
@@ -436,9 +457,12 @@ async fn connections(relay: &Relay, org: &Org, count: usize) -> Result<Value> {
     for chunk in 0..count.div_ceil(250) {
         let n = 250.min(count - chunk * 250);
         let joins = (0..n).map(|i| {
-            let topic = format!("org:{}:conv:{}", org.id, org.conversations[(chunk * 250 + i) % org.conversations.len()]);
+            let index = chunk * 250 + i;
+            let topic = format!("org:{}:conv:{}", org.id, org.conversations[index % org.conversations.len()]);
             let token = token.clone();
-            async move { join(relay, "2.0.0", &token, &topic).await }
+            // 10,000 connections per source address, never reusing one within the process.
+            let source = [127, 0, 0, 2 + (SOURCES_USED.fetch_add(1, Ordering::Relaxed) / 10_000) as u8];
+            async move { join_from(relay, "2.0.0", &token, &topic, source).await }
         });
         for ws in futures_util::future::join_all(joins).await {
             sockets.push(ws?);
