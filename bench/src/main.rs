@@ -118,7 +118,9 @@ fn start_cluster() -> Result<Cluster> {
     }
     let cluster = Cluster { dir, port };
     let psql = |sql: &str, db: &str| {
-        Command::new("scripts/cluster.sh").args(["psql", &cluster.dir, &port.to_string(), "-q", "-d", db, "-c", sql]).status()
+        Command::new("scripts/cluster.sh")
+            .args(["psql", &cluster.dir, &port.to_string(), "-q", "-d", db, "-c", sql])
+            .status()
     };
     psql("CREATE DATABASE campfire", "postgres")?;
     psql("CREATE EXTENSION pg_campfire", "campfire")?;
@@ -167,7 +169,11 @@ async fn create_org(db: &Client, slug: &str, conversations: usize) -> Result<Org
     let mut ids = Vec::new();
     for i in 0..conversations {
         let visitor = format!("{slug}-{i}");
-        ids.push(db.query_one("SELECT conversation_id FROM campfire.start_widget_session($1, $2)", &[&id, &visitor]).await?.get(0));
+        ids.push(
+            db.query_one("SELECT conversation_id FROM campfire.start_widget_session($1, $2)", &[&id, &visitor])
+                .await?
+                .get(0),
+        );
     }
     Ok(Org { id, agent, conversations: ids })
 }
@@ -195,7 +201,8 @@ async fn join_from(relay: &Relay, vsn: &str, token: &str, topic: &str, source: [
     // Small frames must not wait for delayed ACKs; small buffers keep 50,000 clients affordable.
     stream.set_nodelay(true)?;
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).await?;
     let frame = if vsn == "2.0.0" {
         json!(["1", "1", format!("realtime:{topic}"), "phx_join", {"config": {}}]).to_string()
     } else {
@@ -212,7 +219,8 @@ async fn join_from(relay: &Relay, vsn: &str, token: &str, topic: &str, source: [
 /// The payload of a broadcast frame in either serializer.
 fn broadcast_payload(text: &str) -> Option<Value> {
     let v: Value = serde_json::from_str(text).ok()?;
-    let (event, payload) = if v.is_array() { (v[3].clone(), v[4].clone()) } else { (v["event"].clone(), v["payload"].clone()) };
+    let (event, payload) =
+        if v.is_array() { (v[3].clone(), v[4].clone()) } else { (v["event"].clone(), v["payload"].clone()) };
     (event == "broadcast").then_some(payload)
 }
 
@@ -239,7 +247,8 @@ async fn latency(args: &Args, cluster: &Cluster, relay: &Relay, vsn: &str, org: 
     let interval = Duration::from_nanos(1_000_000_000 * writers as u64 / args.rate);
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (db, sent, conversations, run) = (connect(cluster.port, "postgres").await?, sent.clone(), org.conversations.clone(), run.clone());
+        let (db, sent, conversations, run) =
+            (connect(cluster.port, "postgres").await?, sent.clone(), org.conversations.clone(), run.clone());
         db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
         let statement = db.prepare("SELECT campfire.send_message($1, 'latency probe', 'agent', $2)").await?;
         tasks.push(tokio::spawn(async move {
@@ -287,17 +296,26 @@ async fn latency(args: &Args, cluster: &Cluster, relay: &Relay, vsn: &str, org: 
 /// through the SQL API or (`plain`) into the trigger-less copy of the table; with a relay, each is
 /// also counted as delivered to a subscriber.
 async fn write_rate(
-    cluster: &Cluster, relay: Option<&Relay>, org: &Org, writers: usize, per_tx: usize, seconds: u64, plain: bool,
+    cluster: &Cluster,
+    relay: Option<&Relay>,
+    org: &Org,
+    writers: usize,
+    per_tx: usize,
+    seconds: u64,
+    plain: bool,
 ) -> Result<Value> {
     let mut listener = match relay {
-        Some(relay) => Some(join(relay, "2.0.0", &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await?),
+        Some(relay) => {
+            Some(join(relay, "2.0.0", &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await?)
+        }
         None => None,
     };
     let committed = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (db, committed, conversations) = (connect(cluster.port, "postgres").await?, committed.clone(), org.conversations.clone());
+        let (db, committed, conversations) =
+            (connect(cluster.port, "postgres").await?, committed.clone(), org.conversations.clone());
         db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
         let sql = if plain {
             "INSERT INTO plain_messages (conversation_id, organization_id, seq, content, sender_type) \
@@ -397,7 +415,11 @@ async fn fanout(cluster: &Cluster, relay: &Relay, org: &Org, subscribers: usize,
     let relay_cpu_before = cpu_seconds(relay.child.id());
     let started = Instant::now();
     for i in 0..messages {
-        db.execute("SELECT campfire.send_message($1, 'fan-out', 'agent')", &[&org.conversations[i % org.conversations.len()]]).await?;
+        db.execute(
+            "SELECT campfire.send_message($1, 'fan-out', 'agent')",
+            &[&org.conversations[i % org.conversations.len()]],
+        )
+        .await?;
     }
     let mut last = started;
     let mut finished = 0;
@@ -435,7 +457,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -443,7 +467,9 @@ fn socket_memory_kb() -> u64 {
     // "TCP: inuse … mem N" counts pages of kernel socket buffers, machine-wide.
     std::fs::read_to_string("/proc/net/sockstat")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("TCP:")).and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("TCP:")).and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4)
 }
 
@@ -489,7 +515,9 @@ fn machine() -> Value {
         .unwrap_or(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     json!({ "cores": cores, "memory_mb": memory / 1024, "cpu": cpu })
 }
@@ -524,7 +552,14 @@ async fn main() -> Result<()> {
             runs.push(latency(&args, &cluster, &relay, vsn, &org).await?);
         }
         let m = |k: &str| median(runs.iter().map(|r| r[k].as_f64().unwrap_or(f64::NAN)).collect());
-        println!("latency vsn {vsn} @ {}/s: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms", args.rate, m("p50_ms"), m("p95_ms"), m("p99_ms"), m("max_ms"));
+        println!(
+            "latency vsn {vsn} @ {}/s: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            args.rate,
+            m("p50_ms"),
+            m("p95_ms"),
+            m("p99_ms"),
+            m("max_ms")
+        );
         results[format!("latency_{vsn}")] = json!({ "median": { "p50_ms": m("p50_ms"), "p95_ms": m("p95_ms"), "p99_ms": m("p99_ms"), "max_ms": m("max_ms") }, "runs": runs });
     }
 
@@ -546,11 +581,20 @@ async fn main() -> Result<()> {
         let mut plain = Vec::new();
         let mut campfire = Vec::new();
         for _ in 0..args.runs {
-            plain.push(write_rate(&cluster, None, &org, writers, 1, args.seconds, true).await?["per_second"].as_f64().unwrap());
-            campfire.push(write_rate(&cluster, None, &org, writers, 1, args.seconds, false).await?["per_second"].as_f64().unwrap());
+            plain.push(
+                write_rate(&cluster, None, &org, writers, 1, args.seconds, true).await?["per_second"].as_f64().unwrap(),
+            );
+            campfire.push(
+                write_rate(&cluster, None, &org, writers, 1, args.seconds, false).await?["per_second"]
+                    .as_f64()
+                    .unwrap(),
+            );
         }
         let (plain, campfire) = (median(plain), median(campfire));
-        println!("trigger cost, {writers} writers: plain {plain:.0}/s, through pg_campfire {campfire:.0}/s = {:.2}x", campfire / plain);
+        println!(
+            "trigger cost, {writers} writers: plain {plain:.0}/s, through pg_campfire {campfire:.0}/s = {:.2}x",
+            campfire / plain
+        );
         cost.push(json!({ "writers": writers, "plain_per_second": plain, "campfire_per_second": campfire, "ratio": campfire / plain }));
     }
     results["trigger_cost"] = json!(cost);
@@ -561,8 +605,11 @@ async fn main() -> Result<()> {
         let r = fanout(&cluster, &relay, &org, subscribers, messages).await?;
         println!(
             "fan-out {subscribers} subscribers: {:.0} deliveries/s ({:.0} per relay CPU second), last subscriber {:.1} ms per message ({} of {} delivered)",
-            r["deliveries_per_second"].as_f64().unwrap(), r["deliveries_per_relay_cpu_second"].as_f64().unwrap_or(f64::NAN),
-            r["last_subscriber_ms"].as_f64().unwrap(), r["deliveries"], r["expected"]
+            r["deliveries_per_second"].as_f64().unwrap(),
+            r["deliveries_per_relay_cpu_second"].as_f64().unwrap_or(f64::NAN),
+            r["last_subscriber_ms"].as_f64().unwrap(),
+            r["deliveries"],
+            r["expected"]
         );
         fan.push(r);
     }
@@ -576,7 +623,8 @@ async fn main() -> Result<()> {
         let r = connections(&fresh, &org, count).await?;
         println!(
             "{count} idle joined connections in {:.1} s: relay {:.1} kB RSS per connection, kernel {:.1} kB per connection (both ends)",
-            r["connect_and_join_seconds"].as_f64().unwrap(), r["relay_rss_kb_per_connection"].as_f64().unwrap(),
+            r["connect_and_join_seconds"].as_f64().unwrap(),
+            r["relay_rss_kb_per_connection"].as_f64().unwrap(),
             r["kernel_socket_kb_per_connection_both_ends"].as_f64().unwrap()
         );
         idle.push(r);

@@ -88,7 +88,9 @@ pub enum ChannelError {
     BadUuid(String),
     #[error("visitor id must be 1-128 characters of A-Z a-z 0-9 . _ -")]
     BadVisitorId,
-    #[error("unknown channel \"{0}\": expected org:{{o}}[:conversations|:agents:presence|:conv:{{c}}[:typing|:presence]|:widget:session:{{s}}|:widget:visitor:{{v}}]")]
+    #[error(
+        "unknown channel \"{0}\": expected org:{{o}}[:conversations|:agents:presence|:conv:{{c}}[:typing|:presence]|:widget:session:{{s}}|:widget:visitor:{{v}}]"
+    )]
     UnknownShape(String),
 }
 
@@ -123,9 +125,7 @@ pub fn parse(topic: &str) -> Result<Channel, ChannelError> {
         ["agents", "presence"] => Channel::AgentsPresence { org },
         ["conv", c] => Channel::Conversation { org, conversation: parse_uuid(c)? },
         ["conv", c, "typing"] => Channel::ConversationTyping { org, conversation: parse_uuid(c)? },
-        ["conv", c, "presence"] => {
-            Channel::ConversationPresence { org, conversation: parse_uuid(c)? }
-        }
+        ["conv", c, "presence"] => Channel::ConversationPresence { org, conversation: parse_uuid(c)? },
         ["widget", "session", s] => Channel::WidgetSession { org, session: parse_uuid(s)? },
         ["widget", "visitor", v] => {
             if !is_valid_visitor_id(v) {
@@ -157,11 +157,7 @@ fn parse_channel(
     let channel = match parse(topic) {
         Ok(channel) => channel,
         Err(err) => {
-            ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("invalid channel name: {err}")
-            );
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid channel name: {err}"));
         }
     };
     let to_pg = |id: Uuid| pgrx::Uuid::from_bytes(*id.as_bytes());
@@ -204,10 +200,7 @@ mod tests {
             (format!("org:{ORG}:conversations"), Channel::Conversations { org: org() }),
             (format!("org:{ORG}:agents:presence"), Channel::AgentsPresence { org: org() }),
             (format!("org:{ORG}:conv:{CONV}"), Channel::Conversation { org: org(), conversation: conv() }),
-            (
-                format!("org:{ORG}:conv:{CONV}:typing"),
-                Channel::ConversationTyping { org: org(), conversation: conv() },
-            ),
+            (format!("org:{ORG}:conv:{CONV}:typing"), Channel::ConversationTyping { org: org(), conversation: conv() }),
             (
                 format!("org:{ORG}:conv:{CONV}:presence"),
                 Channel::ConversationPresence { org: org(), conversation: conv() },

@@ -8,9 +8,9 @@
 //! A rolled-back transaction or savepoint discards its queued events; NOTIFY limits can never fail
 //! a write, because an oversized notification only points at the log.
 
+use pgrx::PgOid;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::PgOid;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde::Serialize;
@@ -158,7 +158,13 @@ pub fn flush() -> i64 {
         let rows = INSERT_EVENTS.with(|cell| -> Result<_, pgrx::spi::Error> {
             let mut cached = cell.borrow_mut();
             if cached.is_none() {
-                let types = [pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID];
+                let types = [
+                    pg_sys::UUIDARRAYOID,
+                    pg_sys::UUIDARRAYOID,
+                    pg_sys::TEXTARRAYOID,
+                    pg_sys::TEXTARRAYOID,
+                    pg_sys::JSONBARRAYOID,
+                ];
                 let types: Vec<PgOid> = types.into_iter().map(PgOid::from).collect();
                 *cached = Some(client.prepare_mut(INSERT_EVENTS_SQL, &types)?.keep());
             }
@@ -186,10 +192,7 @@ fn notify(ids: &[i64], events: &[PendingEvent]) {
         serde_json::json!({ "first": first, "last": last }).to_string()
     };
     unsafe {
-        pgrx::direct_function_call::<()>(
-            pg_sys::pg_notify,
-            &[NOTIFY_CHANNEL.into_datum(), payload.into_datum()],
-        );
+        pgrx::direct_function_call::<()>(pg_sys::pg_notify, &[NOTIFY_CHANNEL.into_datum(), payload.into_datum()]);
     }
 }
 

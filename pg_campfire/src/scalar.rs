@@ -38,8 +38,7 @@ impl Row {
 
     fn datum(&self, index: usize) -> Option<pg_sys::Datum> {
         let mut is_null = false;
-        let datum =
-            unsafe { pg_sys::heap_getattr(self.tuple, index as i32 + 1, self.tupdesc, &mut is_null) };
+        let datum = unsafe { pg_sys::heap_getattr(self.tuple, index as i32 + 1, self.tupdesc, &mut is_null) };
         (!is_null).then_some(datum)
     }
 
@@ -141,19 +140,15 @@ unsafe fn scalar_value(datum: pg_sys::Datum, typid: pg_sys::Oid, enums: Enums) -
             pg_sys::FLOAT8OID => number(f64::from_polymorphic_datum(datum, false, base)?),
             pg_sys::NUMERICOID => {
                 let text = output_text(datum, base);
-                serde_json::from_str::<serde_json::Number>(&text)
-                    .map_or(Value::String(text), Value::Number)
+                serde_json::from_str::<serde_json::Number>(&text).map_or(Value::String(text), Value::Number)
             }
             pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => {
                 Value::String(String::from_polymorphic_datum(datum, false, pg_sys::TEXTOID)?)
             }
-            pg_sys::UUIDOID => {
-                Value::String(pgrx::Uuid::from_polymorphic_datum(datum, false, base)?.to_string())
+            pg_sys::UUIDOID => Value::String(pgrx::Uuid::from_polymorphic_datum(datum, false, base)?.to_string()),
+            pg_sys::TIMESTAMPTZOID => {
+                serde_json::to_value(TimestampWithTimeZone::from_polymorphic_datum(datum, false, base)?).ok()?
             }
-            pg_sys::TIMESTAMPTZOID => serde_json::to_value(
-                TimestampWithTimeZone::from_polymorphic_datum(datum, false, base)?,
-            )
-            .ok()?,
             pg_sys::TIMESTAMPOID => {
                 serde_json::to_value(Timestamp::from_polymorphic_datum(datum, false, base)?).ok()?
             }

@@ -3,11 +3,11 @@
 
 use crate::events;
 use crate::scalar::{Enums, Row};
+use pgrx::PgOid;
 use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{PgTrigger, PgTriggerOperation};
 use serde_json::{Map, Value, json};
-use pgrx::PgOid;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -26,9 +26,7 @@ impl Change {
         let data = trigger.trigger_data();
         let op = trigger.op().unwrap_or_else(|e| pgrx::error!("{e}"));
         let tupdesc = unsafe { (*data.tg_relation).rd_att };
-        let row = |tuple: *mut pg_sys::HeapTupleData| {
-            (!tuple.is_null()).then(|| unsafe { Row::new(tuple, tupdesc) })
-        };
+        let row = |tuple: *mut pg_sys::HeapTupleData| (!tuple.is_null()).then(|| unsafe { Row::new(tuple, tupdesc) });
         let (old, new) = match op {
             PgTriggerOperation::Insert => (None, row(data.tg_trigtuple)),
             PgTriggerOperation::Update => (row(data.tg_trigtuple), row(data.tg_newtuple)),

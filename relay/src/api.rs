@@ -112,7 +112,8 @@ impl RateLimiter {
         *count += 1;
         if *count > self.limit {
             let retry = self.window.saturating_sub(now.duration_since(*start)).as_secs().max(1);
-            let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many {what}; retry in {retry} s"));
+            let mut error =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many {what}; retry in {retry} s"));
             error.retry_after = Some(retry);
             return Err(error);
         }
@@ -175,7 +176,8 @@ async fn call_as(relay: &Relay, claims: &Value, call: &str, params: &[&(dyn ToSq
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable")
     })?;
     let row = client.query_one(&sql, &all).await?;
-    serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    serde_json::from_str(row.get::<_, &str>(0))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 fn first(rows: Value) -> Value {
@@ -225,9 +227,13 @@ async fn widget_auth(
     let request = json_body(body)?;
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let config = first(call_as(&relay, &json!({}), "campfire.widget_config($2)", &[&org]).await?);
-        let allowed: Vec<&str> = config["allowed_origins"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let allowed: Vec<&str> =
+            config["allowed_origins"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         if !allowed.is_empty() && !allowed.contains(&origin) {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("origin {origin} may not embed this organization's widget")));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("origin {origin} may not embed this organization's widget"),
+            ));
         }
     }
     if request.session_secret.is_none() {
@@ -284,7 +290,11 @@ async fn send(relay: &Relay, identity: &Identity, conversation: uuid::Uuid, requ
 }
 
 /// POST /api/widget/messages {conversationId, content, clientMessageId?}
-async fn widget_send(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Result<Json<SendRequest>, JsonRejection>) -> ApiResult {
+async fn widget_send(
+    State(relay): State<Arc<Relay>>,
+    headers: HeaderMap,
+    body: Result<Json<SendRequest>, JsonRejection>,
+) -> ApiResult {
     let identity = caller(&relay, &headers).await?;
     let request = json_body(body)?;
     let conversation = parse_uuid(request.conversation_id.as_deref().unwrap_or_default(), "conversationId")?;
@@ -311,11 +321,18 @@ struct HistoryQuery {
 }
 
 /// GET …/conversations/{id}/messages?before=&limit=
-async fn history(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap, Query(q): Query<HistoryQuery>) -> ApiResult {
+async fn history(
+    State(relay): State<Arc<Relay>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult {
     let identity = caller(&relay, &headers).await?;
     let conversation = parse_uuid(&id, "conversation id")?;
     let limit = q.limit.unwrap_or(50);
-    ok(json!({ "messages": call_as(&relay, &identity.claims, "campfire.history($2, $3, $4)", &[&conversation, &q.before, &limit]).await? }))
+    ok(
+        json!({ "messages": call_as(&relay, &identity.claims, "campfire.history($2, $3, $4)", &[&conversation, &q.before, &limit]).await? }),
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -325,11 +342,22 @@ struct ReadRequest {
 }
 
 /// POST …/conversations/{id}/read {upToSeq?}
-async fn mark_read(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap, body: Option<Json<ReadRequest>>) -> ApiResult {
+async fn mark_read(
+    State(relay): State<Arc<Relay>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<ReadRequest>>,
+) -> ApiResult {
     let identity = caller(&relay, &headers).await?;
     let conversation = parse_uuid(&id, "conversation id")?;
     let up_to = body.map(|Json(b)| b).unwrap_or_default().up_to_seq;
-    let rows = call_as(&relay, &identity.claims, "(SELECT campfire.mark_read($2, $3) AS last_read_seq)", &[&conversation, &up_to]).await?;
+    let rows = call_as(
+        &relay,
+        &identity.claims,
+        "(SELECT campfire.mark_read($2, $3) AS last_read_seq)",
+        &[&conversation, &up_to],
+    )
+    .await?;
     ok(json!({ "lastReadSeq": first(rows)["last_read_seq"] }))
 }
 
@@ -367,7 +395,11 @@ struct ListQuery {
 }
 
 /// GET /api/dashboard/conversations?organizationId=&filter=&afterUpdatedAt=&afterId=&limit=
-async fn list_conversations(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<ListQuery>) -> ApiResult {
+async fn list_conversations(
+    State(relay): State<Arc<Relay>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
     let identity = caller(&relay, &headers).await?;
     let org = parse_uuid(&q.organization_id, "organizationId")?;
     let after_id = q.after_id.as_deref().map(|id| parse_uuid(id, "afterId")).transpose()?;
@@ -391,11 +423,18 @@ struct AssignRequest {
     assignee_id: Option<String>,
 }
 
-async fn assign(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap, body: Result<Json<AssignRequest>, JsonRejection>) -> ApiResult {
+async fn assign(
+    State(relay): State<Arc<Relay>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<AssignRequest>, JsonRejection>,
+) -> ApiResult {
     let identity = caller(&relay, &headers).await?;
     let conversation = parse_uuid(&id, "conversation id")?;
     let assignee = json_body(body)?.assignee_id.as_deref().map(|a| parse_uuid(a, "assigneeId")).transpose()?;
-    ok(first(call_as(&relay, &identity.claims, "campfire.assign_conversation($2, $3)", &[&conversation, &assignee]).await?))
+    ok(first(
+        call_as(&relay, &identity.claims, "campfire.assign_conversation($2, $3)", &[&conversation, &assignee]).await?,
+    ))
 }
 
 async fn claim(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
@@ -410,11 +449,19 @@ struct StatusRequest {
     status: String,
 }
 
-async fn set_status(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap, body: Result<Json<StatusRequest>, JsonRejection>) -> ApiResult {
+async fn set_status(
+    State(relay): State<Arc<Relay>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<StatusRequest>, JsonRejection>,
+) -> ApiResult {
     let identity = caller(&relay, &headers).await?;
     let conversation = parse_uuid(&id, "conversation id")?;
     let status = json_body(body)?.status;
-    ok(first(call_as(&relay, &identity.claims, "campfire.set_conversation_status($2, $3)", &[&conversation, &status]).await?))
+    ok(first(
+        call_as(&relay, &identity.claims, "campfire.set_conversation_status($2, $3)", &[&conversation, &status])
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -424,10 +471,16 @@ struct AvailabilityRequest {
     availability: String,
 }
 
-async fn set_availability(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Result<Json<AvailabilityRequest>, JsonRejection>) -> ApiResult {
+async fn set_availability(
+    State(relay): State<Arc<Relay>>,
+    headers: HeaderMap,
+    body: Result<Json<AvailabilityRequest>, JsonRejection>,
+) -> ApiResult {
     let identity = caller(&relay, &headers).await?;
     let request = json_body(body)?;
     let org = parse_uuid(&request.organization_id, "organizationId")?;
-    let member = first(call_as(&relay, &identity.claims, "campfire.set_availability($2, $3)", &[&org, &request.availability]).await?);
+    let member = first(
+        call_as(&relay, &identity.claims, "campfire.set_availability($2, $3)", &[&org, &request.availability]).await?,
+    );
     ok(json!({ "availability": member["availability"], "userId": member["user_id"] }))
 }

@@ -65,7 +65,9 @@ pub struct Db {
     client: Mutex<Option<Arc<Client>>>,
 }
 
-async fn connect(url: &str) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>), DbError> {
+async fn connect(
+    url: &str,
+) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>), DbError> {
     tokio_postgres::connect(url, NoTls).await.map_err(|e| DbError::Unavailable(e.to_string()))
 }
 
@@ -97,7 +99,8 @@ impl Db {
             .await?
             .query_one("SELECT campfire.authorize_channel($1, $2::text::jsonb)::text", &[&topic, &claims.to_string()])
             .await?;
-        let decision: Value = serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| DbError::Unavailable(e.to_string()))?;
+        let decision: Value =
+            serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| DbError::Unavailable(e.to_string()))?;
         let flag = |name: &str| decision[name].as_bool().unwrap_or(false);
         Ok(Authorization {
             read: flag("read"),
@@ -117,7 +120,10 @@ impl Db {
         let rows = self
             .client()
             .await?
-            .query("SELECT id, topic, event, payload::text FROM campfire.read_log($1, $2, $3)", &[&after, &PAGE, &topic])
+            .query(
+                "SELECT id, topic, event, payload::text FROM campfire.read_log($1, $2, $3)",
+                &[&after, &PAGE, &topic],
+            )
             .await?;
         rows.iter()
             .map(|row| {
@@ -125,7 +131,8 @@ impl Db {
                     id: row.get(0),
                     topic: row.get(1),
                     event: row.get(2),
-                    payload: serde_json::from_str(row.get::<_, &str>(3)).map_err(|e| DbError::Unavailable(e.to_string()))?,
+                    payload: serde_json::from_str(row.get::<_, &str>(3))
+                        .map_err(|e| DbError::Unavailable(e.to_string()))?,
                 })
             })
             .collect()

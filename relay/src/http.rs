@@ -156,7 +156,10 @@ async fn http_broadcast(
     let mut checked = Vec::with_capacity(batch.messages.len());
     for message in batch.messages {
         if !message.payload.is_object() {
-            return error(StatusCode::UNPROCESSABLE_ENTITY, format!("payload for {} must be a JSON object", message.topic));
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("payload for {} must be a JSON object", message.topic),
+            );
         }
         if message.payload.to_string().len() > relay.config.max_payload_bytes {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "Payload size exceeds the limit");

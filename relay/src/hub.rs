@@ -28,7 +28,14 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(id: ConnId, vsn: Vsn, tx: mpsc::Sender<Message>) -> Outbox {
-        Outbox { id, vsn, tx, kill: CancellationToken::new(), kill_reason: Mutex::new(None), drained: tokio::sync::Notify::new() }
+        Outbox {
+            id,
+            vsn,
+            tx,
+            kill: CancellationToken::new(),
+            kill_reason: Mutex::new(None),
+            drained: tokio::sync::Notify::new(),
+        }
     }
 
     /// Queues a frame; a full queue means the client cannot keep up, and it is disconnected.
@@ -179,7 +186,9 @@ impl<'a> EncodeCache<'a> {
     fn get(&mut self, vsn: Vsn, join_topic: &str) -> Utf8Bytes {
         self.encoded
             .entry((vsn, join_topic.to_owned()))
-            .or_insert_with(|| protocol::encode(vsn, &protocol::push(join_topic, self.event, self.payload.clone())).into())
+            .or_insert_with(|| {
+                protocol::encode(vsn, &protocol::push(join_topic, self.event, self.payload.clone())).into()
+            })
             .clone()
     }
 }
@@ -199,7 +208,13 @@ pub fn db_payload(event: &DbEvent) -> Value {
 
 impl Hub {
     pub fn new(metrics: Arc<Metrics>, relay_id: String, peers: mpsc::Sender<PeerOut>) -> Hub {
-        Hub { rooms: Mutex::new(HashMap::new()), metrics, relay_id, peers, peer_state: Mutex::new(PeerState::default()) }
+        Hub {
+            rooms: Mutex::new(HashMap::new()),
+            metrics,
+            relay_id,
+            peers,
+            peer_state: Mutex::new(PeerState::default()),
+        }
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, Room>> {
@@ -230,7 +245,8 @@ impl Hub {
     /// id once and in order. Returns false if the subscription is gone.
     pub fn finish_resume(&self, topic: &str, conn: ConnId, join_topic: &str, replayed_to: i64) -> bool {
         let mut rooms = self.rooms();
-        let Some(sub) = rooms.get_mut(topic).and_then(|r| r.subscriptions.get_mut(&(conn, join_topic.to_owned()))) else {
+        let Some(sub) = rooms.get_mut(topic).and_then(|r| r.subscriptions.get_mut(&(conn, join_topic.to_owned())))
+        else {
             return false;
         };
         sub.cursor = sub.cursor.max(replayed_to);
@@ -392,7 +408,9 @@ impl Hub {
         for (topic, room) in rooms.iter() {
             let local: Vec<&Meta> = room.presence.iter().filter(|m| matches!(m.owner, Owner::Local(..))).collect();
             if !local.is_empty() {
-                self.tell_peers(json!({ "kind": "state", "sync": sync, "topic": topic, "metas": presence_entries(&local) }));
+                self.tell_peers(
+                    json!({ "kind": "state", "sync": sync, "topic": topic, "metas": presence_entries(&local) }),
+                );
             }
         }
         self.tell_peers(json!({ "kind": "state_done", "sync": sync }));
@@ -405,8 +423,13 @@ impl Hub {
     /// Peers not heard from within `timeout` are presumed dead: their presence leaves and their
     /// clients' typing indicators stop, as if each of their connections had closed.
     pub fn expire_peers(&self, timeout: std::time::Duration) {
-        let dead: Vec<String> =
-            self.peer_state().last_seen.iter().filter(|(_, seen)| seen.elapsed() >= timeout).map(|(o, _)| o.clone()).collect();
+        let dead: Vec<String> = self
+            .peer_state()
+            .last_seen
+            .iter()
+            .filter(|(_, seen)| seen.elapsed() >= timeout)
+            .map(|(o, _)| o.clone())
+            .collect();
         for origin in &dead {
             tracing::warn!(peer = %origin, "peer relay went silent; dropping its presence");
         }
@@ -543,7 +566,11 @@ impl Hub {
                     for (key, entry) in joins {
                         for meta in entry["metas"].as_array().into_iter().flatten() {
                             room.presence.retain(|m| m.meta["phx_ref"] != meta["phx_ref"]);
-                            room.presence.push(Meta { owner: Owner::Peer(origin.to_owned()), key: key.clone(), meta: meta.clone() });
+                            room.presence.push(Meta {
+                                owner: Owner::Peer(origin.to_owned()),
+                                key: key.clone(),
+                                meta: meta.clone(),
+                            });
                         }
                     }
                 }

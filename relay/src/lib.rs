@@ -77,7 +77,11 @@ impl Relay {
 
 /// Serves until `shutdown` completes, then closes every connection (1001) and waits for them,
 /// at most five seconds.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     run_with(config, Options::default(), listener, shutdown).await
 }
 

@@ -1,6 +1,6 @@
 use campfire_relay::{Config, Options};
-use std::time::Duration;
 use clap::Parser;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -20,7 +20,9 @@ fn options_from_env() -> anyhow::Result<Options> {
     let mut options = Options::default();
     let millis = |name: &str| -> anyhow::Result<Option<Duration>> {
         match std::env::var(name) {
-            Ok(value) => Ok(Some(Duration::from_millis(value.parse().map_err(|_| anyhow::anyhow!("{name} must be a number of milliseconds"))?))),
+            Ok(value) => Ok(Some(Duration::from_millis(
+                value.parse().map_err(|_| anyhow::anyhow!("{name} must be a number of milliseconds"))?,
+            ))),
             Err(_) => Ok(None),
         }
     };
@@ -33,13 +35,17 @@ fn options_from_env() -> anyhow::Result<Options> {
     if let Some(d) = millis("CAMPFIRE_REPLAY_STALL_MS")? {
         options.replay_stall_timeout = d;
     }
-    anyhow::ensure!(options.peer_timeout > options.peer_heartbeat, "CAMPFIRE_PEER_TIMEOUT_MS must exceed CAMPFIRE_PEER_HEARTBEAT_MS");
+    anyhow::ensure!(
+        options.peer_timeout > options.peer_heartbeat,
+        "CAMPFIRE_PEER_TIMEOUT_MS must exceed CAMPFIRE_PEER_HEARTBEAT_MS"
+    );
     Ok(options)
 }
 
 /// SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

@@ -48,21 +48,36 @@ impl Metrics {
             channels: gauge("campfire_channels", "Joined channels across all connections"),
             events_in: counter("campfire_events_in_total", "Events read from the database log"),
             client_broadcasts: counter("campfire_client_broadcasts_total", "Broadcasts received from clients"),
-            deliveries: counter("campfire_deliveries_total", "Frames queued to connections (events, broadcasts, presence, replies)"),
+            deliveries: counter(
+                "campfire_deliveries_total",
+                "Frames queued to connections (events, broadcasts, presence, replies)",
+            ),
             drops: counter_vec("campfire_drops_total", "Messages not delivered, by reason", "reason"),
             disconnects: counter_vec("campfire_disconnects_total", "Closed connections, by reason", "reason"),
             malformed_frames: counter("campfire_malformed_frames_total", "Client frames that could not be decoded"),
-            listen_reconnects: counter("campfire_listen_reconnects_total", "Times the LISTEN connection was re-established"),
+            listen_reconnects: counter(
+                "campfire_listen_reconnects_total",
+                "Times the LISTEN connection was re-established",
+            ),
             queue_depth: gauge("campfire_send_queue_depth", "Frames waiting in connection send queues"),
             last_event_id: gauge("campfire_last_event_id", "Newest event id the relay has routed"),
-            queue_depth_max: gauge("campfire_send_queue_max_depth", "Frames waiting in the fullest connection send queue"),
+            queue_depth_max: gauge(
+                "campfire_send_queue_max_depth",
+                "Frames waiting in the fullest connection send queue",
+            ),
             listen_connected: gauge("campfire_listen_connected", "1 while the LISTEN connection is up"),
             frames_written: counter("campfire_frames_written_total", "Frames written to WebSocket connections"),
             resumes: counter("campfire_resumes_total", "Joins that resumed from a cursor"),
-            replayed_events: counter("campfire_replayed_events_total", "Events replayed from the log to resuming clients"),
+            replayed_events: counter(
+                "campfire_replayed_events_total",
+                "Events replayed from the log to resuming clients",
+            ),
             peer_messages_in: counter("campfire_peer_messages_in_total", "Messages received from other relays"),
             peer_messages_out: counter("campfire_peer_messages_out_total", "Messages queued for other relays"),
-            peers_expired: counter("campfire_peers_expired_total", "Other relays presumed gone (silent or said goodbye)"),
+            peers_expired: counter(
+                "campfire_peers_expired_total",
+                "Other relays presumed gone (silent or said goodbye)",
+            ),
             registry,
         }
     }

@@ -57,7 +57,8 @@ pub fn decode_text(vsn: Vsn, text: &str) -> Result<Frame, DecodeError> {
     let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     match vsn {
         Vsn::V2 => {
-            let items = value.as_array().ok_or(DecodeError::Shape("expected [join_ref, ref, topic, event, payload]"))?;
+            let items =
+                value.as_array().ok_or(DecodeError::Shape("expected [join_ref, ref, topic, event, payload]"))?;
             if items.len() < 5 {
                 return Err(DecodeError::Shape("expected [join_ref, ref, topic, event, payload]"));
             }
@@ -234,7 +235,10 @@ mod tests {
     fn bad_binary_frames_are_refused_with_a_reason() {
         assert_eq!(decode_binary(&[]), Err(DecodeError::Binary("empty frame")));
         assert!(decode_binary(&[0, 1, 1, 1, 1]).is_err());
-        assert_eq!(decode_binary(&[3, 9, 0, 0, 0, 0, 1, b'x']), Err(DecodeError::Binary("field longer than the frame")));
+        assert_eq!(
+            decode_binary(&[3, 9, 0, 0, 0, 0, 1, b'x']),
+            Err(DecodeError::Binary("field longer than the frame"))
+        );
         let mut raw = vec![3, 0, 0, 1, 1, 0, 0];
         raw.extend_from_slice(b"tebinary");
         match decode_binary(&raw) {

@@ -252,7 +252,9 @@ impl Session {
                 let reason = a.reason.unwrap_or_else(|| "access denied".into());
                 return self.send(&protocol::error_reply(
                     &frame,
-                    format!("Unauthorized: You do not have permissions to read from this Channel topic: {name} ({reason})"),
+                    format!(
+                        "Unauthorized: You do not have permissions to read from this Channel topic: {name} ({reason})"
+                    ),
                 ));
             }
             Err(DbError::InvalidChannel(message)) => {
@@ -260,7 +262,8 @@ impl Session {
             }
             Err(err) => {
                 tracing::warn!(%err, "authorizing a join failed");
-                return self.send(&protocol::error_reply(&frame, "UnableToConnectToProject: the database is unavailable"));
+                return self
+                    .send(&protocol::error_reply(&frame, "UnableToConnectToProject: the database is unavailable"));
             }
         };
         // A second join of a topic replaces the first, as Phoenix does.
@@ -381,7 +384,10 @@ impl Session {
         if size > self.relay.config.max_payload_bytes {
             self.relay.metrics.drops.with_label_values(&["payload_too_large"]).inc();
             let limit = self.relay.config.max_payload_bytes;
-            return self.send(&protocol::error_reply(frame, format!("payload_size_exceeded: the payload is {size} bytes, the limit is {limit}")));
+            return self.send(&protocol::error_reply(
+                frame,
+                format!("payload_size_exceeded: the payload is {size} bytes, the limit is {limit}"),
+            ));
         }
         if !channel.may_broadcast {
             self.relay.metrics.drops.with_label_values(&["unauthorized"]).inc();
@@ -439,7 +445,10 @@ impl Session {
                 }
             }
             Ok(_) | Err(DbError::InvalidChannel(_)) | Err(DbError::Unauthorized(_)) => {
-                let message = format!("You no longer have permission to read from this Channel topic: {}", sub_topic(&frame.topic));
+                let message = format!(
+                    "You no longer have permission to read from this Channel topic: {}",
+                    sub_topic(&frame.topic)
+                );
                 self.end_channel(&frame.topic, &message);
             }
             Err(err) => tracing::warn!(%err, "re-authorizing after a token refresh failed; keeping the channel"),
@@ -470,7 +479,8 @@ impl Session {
     fn end_channel(&mut self, topic: &str, message: &str) {
         let Some(channel) = self.channels.get(topic) else { return };
         let join_ref = channel.join_ref.clone();
-        let system = json!({ "extension": "system", "status": "error", "message": message, "channel": sub_topic(topic) });
+        let system =
+            json!({ "extension": "system", "status": "error", "message": message, "channel": sub_topic(topic) });
         self.send(&protocol::channel_push(topic, join_ref.as_deref(), "system", system));
         self.close_channel(topic);
     }
@@ -480,7 +490,12 @@ impl Session {
         let Some(channel) = self.channels.get_mut(topic) else { return };
         let Some((payload, _)) = channel.typing.take() else { return };
         let canonical = channel.canonical.clone();
-        self.relay.hub.broadcast(&canonical, Some((self.outbox.id, topic)), "typing:stop", hub::stopped_typing(payload));
+        self.relay.hub.broadcast(
+            &canonical,
+            Some((self.outbox.id, topic)),
+            "typing:stop",
+            hub::stopped_typing(payload),
+        );
     }
 
     /// Leaves a channel: typing ends, presence leaves, phx_close goes out.

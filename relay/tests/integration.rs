@@ -32,7 +32,9 @@ async fn a_resume_longer_than_the_send_queue_arrives_whole_in_order_then_live_ev
     let mut client = Client::connect(relay.addr, "2.0.0", &f.agent_token()).await;
     // The cursor goes where realtime-js forwards it unchanged: config.broadcast.cursor, and the
     // bcast: prefix the seeds use is accepted.
-    client.join_ok(&format!("bcast:{}", f.topic()), json!({"config": {"broadcast": {"self": false, "cursor": cursor}}})).await;
+    client
+        .join_ok(&format!("bcast:{}", f.topic()), json!({"config": {"broadcast": {"self": false, "cursor": cursor}}}))
+        .await;
     let live_db = f.agent_db().await;
     let mut seqs = Vec::new();
     let mut cursors = Vec::new();
@@ -48,7 +50,10 @@ async fn a_resume_longer_than_the_send_queue_arrives_whole_in_order_then_live_ev
     let expected: Vec<i64> = (first + 2..=first + 2 + missed as i64).collect();
     assert_eq!(seqs, expected, "every missed message once and in order, then the live one");
     assert!(cursors.windows(2).all(|w| w[0] < w[1]));
-    assert!(client.drain(Duration::from_millis(300)).await.iter().all(|m| m.payload["event"] != "message:created"), "no duplicates");
+    assert!(
+        client.drain(Duration::from_millis(300)).await.iter().all(|m| m.payload["event"] != "message:created"),
+        "no duplicates"
+    );
     assert_eq!(relay.metric("campfire_replayed_events_total").await, missed as f64);
     assert_eq!(relay.metric("campfire_disconnects_total{reason=\"slow consumer\"}").await, 0.0);
     relay.stop().await;
@@ -123,7 +128,14 @@ async fn broadcast_self_and_ack_in_both_serializers_and_bad_frames_change_nothin
     let v2_ref = v2.join_ok(&typing, json!({"config": {"broadcast": {"ack": "TRUE"}}})).await;
 
     // V1 text broadcast with self and ack: the sender gets the ack and its own echo.
-    let r = v1.push(Some(&v1_ref), &topic, "broadcast", json!({"type": "broadcast", "event": "typing:start", "payload": {"who": "agent"}})).await;
+    let r = v1
+        .push(
+            Some(&v1_ref),
+            &topic,
+            "broadcast",
+            json!({"type": "broadcast", "event": "typing:start", "payload": {"who": "agent"}}),
+        )
+        .await;
     let (mut ack, mut echo) = (None, None);
     while ack.is_none() || echo.is_none() {
         let frame = v1.next(WAIT).await.expect("the ack and the echo");
@@ -152,7 +164,10 @@ async fn broadcast_self_and_ack_in_both_serializers_and_bad_frames_change_nothin
     v2.send_raw(Message::binary(vec![3, 200, 0, 0, 0, 0, 1])).await;
     v2.send_raw(Message::binary(binary_broadcast(&v2_ref, "8", &topic, "x", 0, &[0xff, 0x00]))).await;
     let reply = v2.recv_where(|m| m.r#ref == json!("8")).await;
-    assert_eq!(reply.payload["response"]["reason"], "only JSON broadcast payloads (encoding 1) are accepted, not raw binary");
+    assert_eq!(
+        reply.payload["response"]["reason"],
+        "only JSON broadcast payloads (encoding 1) are accepted, not raw binary"
+    );
     v2.send_raw(Message::binary(binary_broadcast(&v2_ref, "9", &topic, "x", 1, b"{not json"))).await;
     let reply = v2.recv_where(|m| m.r#ref == json!("9")).await;
     assert_eq!(reply.payload["response"]["reason"], "the broadcast payload is not valid JSON");
@@ -165,10 +180,21 @@ async fn broadcast_self_and_ack_in_both_serializers_and_bad_frames_change_nothin
     assert_eq!(reply.payload["status"], "error");
     // An oversized payload: a clear error to the sender, and the connection lives on.
     let big = "x".repeat(200_000);
-    let r = v2.push(Some(&v2_ref), &topic, "broadcast", json!({"type": "broadcast", "event": "typing:start", "payload": {"big": big}})).await;
+    let r = v2
+        .push(
+            Some(&v2_ref),
+            &topic,
+            "broadcast",
+            json!({"type": "broadcast", "event": "typing:start", "payload": {"big": big}}),
+        )
+        .await;
     let reply = v2.recv_where(|m| m.r#ref == json!(r)).await;
     assert_eq!(reply.payload["status"], "error");
-    assert!(reply.payload["response"]["reason"].as_str().unwrap().starts_with("payload_size_exceeded: "), "{:?}", reply.payload);
+    assert!(
+        reply.payload["response"]["reason"].as_str().unwrap().starts_with("payload_size_exceeded: "),
+        "{:?}",
+        reply.payload
+    );
     for client in [&mut v1, &mut v2] {
         let hb = client.push(None, "phoenix", "heartbeat", json!({})).await;
         let reply = client.recv_where(|m| m.r#ref == json!(hb)).await;
@@ -182,11 +208,23 @@ async fn broadcast_self_and_ack_in_both_serializers_and_bad_frames_change_nothin
 async fn track_and_type(f: &Fixture, on_a: &mut Client, key: &str) {
     let presence = format!("{}:presence", f.topic());
     let p_ref = on_a.join_ok(&presence, json!({"config": {"presence": {"key": key}}})).await;
-    on_a.push(Some(&p_ref), &format!("realtime:{presence}"), "presence", json!({"type": "presence", "event": "track", "payload": {"name": key}})).await;
+    on_a.push(
+        Some(&p_ref),
+        &format!("realtime:{presence}"),
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": {"name": key}}),
+    )
+    .await;
     on_a.recv_where(|m| m.event == "presence_diff").await;
     let typing = format!("{}:typing", f.topic());
     let t_ref = on_a.join_ok(&typing, json!({"config": {}})).await;
-    on_a.push(Some(&t_ref), &format!("realtime:{typing}"), "broadcast", json!({"type": "broadcast", "event": "typing:start", "payload": {"userId": key, "isTyping": true}})).await;
+    on_a.push(
+        Some(&t_ref),
+        &format!("realtime:{typing}"),
+        "broadcast",
+        json!({"type": "broadcast", "event": "typing:start", "payload": {"userId": key, "isTyping": true}}),
+    )
+    .await;
 }
 
 /// A client on `relay` watching the conversation's typing and presence channels.
@@ -219,7 +257,8 @@ impl Presence {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !(self.synced && done(&self.keys)) {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let frame = watcher.next(remaining).await.unwrap_or_else(|e| panic!("waiting for presence {self:?}: {e:?}"));
+            let frame =
+                watcher.next(remaining).await.unwrap_or_else(|e| panic!("waiting for presence {self:?}: {e:?}"));
             if !frame.topic.ends_with(":presence") {
                 continue;
             }
@@ -242,8 +281,13 @@ impl Presence {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relay_that_crashes_has_its_presence_and_typing_ended_by_the_others() {
     let f = Fixture::new().await;
-    let mut a = RelayProcess::start(&f, &[("CAMPFIRE_PEER_HEARTBEAT_MS", "200"), ("CAMPFIRE_PEER_TIMEOUT_MS", "1000")]).await;
-    let options = Options { peer_heartbeat: Duration::from_millis(200), peer_timeout: Duration::from_millis(1500), ..Options::default() };
+    let mut a =
+        RelayProcess::start(&f, &[("CAMPFIRE_PEER_HEARTBEAT_MS", "200"), ("CAMPFIRE_PEER_TIMEOUT_MS", "1000")]).await;
+    let options = Options {
+        peer_heartbeat: Duration::from_millis(200),
+        peer_timeout: Duration::from_millis(1500),
+        ..Options::default()
+    };
     let b = Relay::start_with(f.config(), options).await;
     let (mut watcher, mut seen) = watch(&f, b.addr).await;
     seen.until(&mut watcher, |_| true).await;

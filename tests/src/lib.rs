@@ -115,23 +115,16 @@ impl TestDb {
     /// A connection that acts as `claims` for every transaction.
     pub fn connect_as(&self, claims: &serde_json::Value) -> Client {
         let mut client = self.connect();
-        client
-            .execute("SELECT set_config('request.jwt.claims', $1, false)", &[&claims.to_string()])
-            .unwrap();
+        client.execute("SELECT set_config('request.jwt.claims', $1, false)", &[&claims.to_string()]).unwrap();
         client
     }
 
     /// An organization with one active agent; returns (organization id, agent user id).
     pub fn organization_with_agent(&self, slug: &str) -> (uuid::Uuid, uuid::Uuid) {
         let mut client = self.connect_as(&service());
-        let org: uuid::Uuid = client
-            .query_one("SELECT campfire.create_organization($1, $1)", &[&slug])
-            .unwrap()
-            .get(0);
+        let org: uuid::Uuid = client.query_one("SELECT campfire.create_organization($1, $1)", &[&slug]).unwrap().get(0);
         let agent = uuid::Uuid::new_v4();
-        client
-            .execute("SELECT campfire.add_member($1, $2, 'agent', 'active', 'Agent')", &[&org, &agent])
-            .unwrap();
+        client.execute("SELECT campfire.add_member($1, $2, 'agent', 'active', 'Agent')", &[&org, &agent]).unwrap();
         (org, agent)
     }
 

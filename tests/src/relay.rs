@@ -74,7 +74,13 @@ impl RelayHandle {
     }
 
     /// A minimal HTTP/1.1 request; returns (status, body).
-    pub async fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
         let response = self.http_raw(method, path, headers, body).await?;
         let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
@@ -82,10 +88,20 @@ impl RelayHandle {
     }
 
     /// The whole response, status line and headers included.
-    pub async fn http_raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<String> {
+    pub async fn http_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = TcpStream::connect(self.addr).await?;
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n", self.addr, body.len());
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -208,10 +224,22 @@ impl Client {
             };
             let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
             return Some(if self.v2 {
-                Received { join_ref: v[0].clone(), r#ref: v[1].clone(), topic: v[2].as_str().unwrap().into(), event: v[3].as_str().unwrap().into(), payload: v[4].clone() }
+                Received {
+                    join_ref: v[0].clone(),
+                    r#ref: v[1].clone(),
+                    topic: v[2].as_str().unwrap().into(),
+                    event: v[3].as_str().unwrap().into(),
+                    payload: v[4].clone(),
+                }
             } else {
                 assert!(v.get("join_ref").is_none(), "V1 output never carries join_ref: {v}");
-                Received { join_ref: Value::Null, r#ref: v["ref"].clone(), topic: v["topic"].as_str().unwrap().into(), event: v["event"].as_str().unwrap().into(), payload: v["payload"].clone() }
+                Received {
+                    join_ref: Value::Null,
+                    r#ref: v["ref"].clone(),
+                    topic: v["topic"].as_str().unwrap().into(),
+                    event: v["event"].as_str().unwrap().into(),
+                    payload: v["payload"].clone(),
+                }
             });
         }
     }

@@ -52,7 +52,10 @@ fn retries_with_one_client_message_id_store_one_message() {
         let db = db.clone();
         move |_| {
             db.connect_as(&agent(agent_id))
-                .query_one("SELECT id, seq FROM campfire.send_message($1, 'hi', client_message_id => 'click-1')", &[&conversation])
+                .query_one(
+                    "SELECT id, seq FROM campfire.send_message($1, 'hi', client_message_id => 'click-1')",
+                    &[&conversation],
+                )
                 .map(|row| (row.get::<_, uuid::Uuid>(0), row.get::<_, i64>(1)))
                 .unwrap()
         }
@@ -80,7 +83,9 @@ fn concurrent_writers_get_gap_free_sequence_numbers_and_commit_ordered_cursors()
         move |w| {
             let mut client = db.connect_as(&agent(agent_id));
             for i in 0..per_writer {
-                client.query_one("SELECT campfire.send_message($1, $2)", &[&conversation, &format!("{w}-{i}")]).unwrap();
+                client
+                    .query_one("SELECT campfire.send_message($1, $2)", &[&conversation, &format!("{w}-{i}")])
+                    .unwrap();
             }
         }
     });

@@ -78,7 +78,12 @@ fn oversized_batches_point_at_the_log_and_still_commit() {
     assert_eq!(last - first + 1, 9);
 
     let mut relay = db.connect();
-    let rows = relay.query("SELECT id, event, payload FROM campfire.read_log($1, $2)", &[&(first - 1), &((last - first + 1) as i32)]).unwrap();
+    let rows = relay
+        .query(
+            "SELECT id, event, payload FROM campfire.read_log($1, $2)",
+            &[&(first - 1), &((last - first + 1) as i32)],
+        )
+        .unwrap();
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, (first..=last).collect::<Vec<_>>());
     let contents: Vec<String> = rows

@@ -31,7 +31,8 @@ async fn fixture() -> Fixture {
 
 impl Fixture {
     async fn send_as_agent(&self, content: &str) -> i64 {
-        let (db, agent_id, conversation, content) = (self.db.clone(), self.agent, self.conversation, content.to_owned());
+        let (db, agent_id, conversation, content) =
+            (self.db.clone(), self.agent, self.conversation, content.to_owned());
         blocking(move || {
             db.connect_as(&agent(agent_id))
                 .query_one("SELECT seq FROM campfire.send_message($1, $2)", &[&conversation, &content])
@@ -51,11 +52,15 @@ async fn a_committed_message_reaches_a_v2_subscriber_as_a_broadcast() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
     let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
-    let (join_ref, reply) = client.join(&format!("bcast:{}", f.topic()), json!({"config": {"broadcast": {"self": false}}})).await;
+    let (join_ref, reply) =
+        client.join(&format!("bcast:{}", f.topic()), json!({"config": {"broadcast": {"self": false}}})).await;
     assert_eq!(reply.payload, json!({"status": "ok", "response": {"postgres_changes": []}}));
     assert_eq!(reply.join_ref, json!(join_ref));
     let state = client.recv().await.unwrap();
-    assert_eq!((state.event.as_str(), &state.payload, &state.join_ref), ("presence_state", &json!({}), &json!(join_ref)));
+    assert_eq!(
+        (state.event.as_str(), &state.payload, &state.join_ref),
+        ("presence_state", &json!({}), &json!(join_ref))
+    );
 
     let seq = f.send_as_agent("hello from the database").await;
     let frame = client.broadcast_event("message:created").await;
@@ -96,14 +101,23 @@ async fn joins_are_refused_with_clear_reasons() {
     // Visitor B (by its secret-derived claims) may not join visitor A's conversation.
     let other_secret: String = {
         let db = f.db.clone();
-        blocking(move || db.connect().query_one("SELECT session_secret FROM campfire.start_widget_session($1, 'visitor-b')", &[&org]).unwrap().get(0)).await
+        blocking(move || {
+            db.connect()
+                .query_one("SELECT session_secret FROM campfire.start_widget_session($1, 'visitor-b')", &[&org])
+                .unwrap()
+                .get(0)
+        })
+        .await
     };
     let _ = other_session;
     let mut intruder = Client::connect(&relay, "2.0.0", &other_secret).await;
     let (_, reply) = intruder.join(&f.topic(), json!({"config": {}})).await;
     assert_eq!(reply.payload["status"], "error");
     let reason = reply.payload["response"]["reason"].as_str().unwrap();
-    assert!(reason.starts_with("Unauthorized:") && reason.contains("visitors may only join their own conversation"), "{reason}");
+    assert!(
+        reason.starts_with("Unauthorized:") && reason.contains("visitors may only join their own conversation"),
+        "{reason}"
+    );
 
     // The owner may, with the same kind of credential.
     let mut owner = Client::connect(&relay, "2.0.0", &f.secret).await;
@@ -111,13 +125,27 @@ async fn joins_are_refused_with_clear_reasons() {
 
     let mut agent = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
     let (_, reply) = agent.join("org:not-a-uuid", json!({"config": {}})).await;
-    assert!(reply.payload["response"]["reason"].as_str().unwrap().starts_with("InvalidChannelName:"), "{:?}", reply.payload);
+    assert!(
+        reply.payload["response"]["reason"].as_str().unwrap().starts_with("InvalidChannelName:"),
+        "{:?}",
+        reply.payload
+    );
     let (_, reply) = agent.join(&f.topic(), json!({"config": {}, "access_token": "not-a-jwt"})).await;
     assert_eq!(reply.payload["response"]["reason"], "MalformedJWT: The token provided is not a valid JWT");
-    let expired = campfire_relay::auth::sign(campfire_tests::relay::JWT_SECRET.as_bytes(), &json!({"role": "authenticated", "sub": f.agent, "exp": 1}));
+    let expired = campfire_relay::auth::sign(
+        campfire_tests::relay::JWT_SECRET.as_bytes(),
+        &json!({"role": "authenticated", "sub": f.agent, "exp": 1}),
+    );
     let (_, reply) = agent.join(&f.topic(), json!({"config": {}, "access_token": expired})).await;
     assert_eq!(reply.payload["response"]["reason"], "InvalidJWTToken: Token has expired");
-    let r = agent.push(Some("99"), "realtime:never-joined", "broadcast", json!({"type": "broadcast", "event": "x", "payload": {}})).await;
+    let r = agent
+        .push(
+            Some("99"),
+            "realtime:never-joined",
+            "broadcast",
+            json!({"type": "broadcast", "event": "x", "payload": {}}),
+        )
+        .await;
     let reply = agent.recv_where(|m| m.r#ref == json!(r)).await;
     assert_eq!(reply.payload["response"]["reason"], "unmatched topic");
     // Malformed frames are ignored and the connection lives on.
@@ -156,7 +184,10 @@ async fn typing_broadcasts_reach_the_other_side_and_end_when_the_sender_vanishes
     assert_eq!((ack.r#ref, ack.payload["status"].clone()), (json!("42"), json!("ok")));
     let started = agent.broadcast_event("typing:start").await;
     assert_eq!(started.payload["payload"], json!({"userId": "visitor-a", "isTyping": true}));
-    assert!(widget.drain(Duration::from_millis(300)).await.iter().all(|m| m.event != "broadcast"), "self is false: no echo");
+    assert!(
+        widget.drain(Duration::from_millis(300)).await.iter().all(|m| m.event != "broadcast"),
+        "self is false: no echo"
+    );
 
     // The widget disappears mid-typing: the relay ends the indicator.
     drop(widget);
@@ -166,7 +197,14 @@ async fn typing_broadcasts_reach_the_other_side_and_end_when_the_sender_vanishes
 
     // A viewer-less agent channel for typing only: broadcasting on the conversation channel is refused.
     let (conv_join, _) = agent.join(&f.topic(), json!({"config": {}})).await;
-    let r = agent.push(Some(&conv_join), &format!("realtime:{}", f.topic()), "broadcast", json!({"type": "broadcast", "event": "message:created", "payload": {"forged": true}})).await;
+    let r = agent
+        .push(
+            Some(&conv_join),
+            &format!("realtime:{}", f.topic()),
+            "broadcast",
+            json!({"type": "broadcast", "event": "message:created", "payload": {"forged": true}}),
+        )
+        .await;
     let reply = agent.recv_where(|m| m.r#ref == json!(r)).await;
     assert!(reply.payload["response"]["reason"].as_str().unwrap().starts_with("Unauthorized: you may not broadcast"));
     relay.stop().await;
@@ -179,7 +217,14 @@ async fn presence_syncs_between_clients_and_leaves_when_a_connection_dies() {
     let room = format!("org:{}:agents:presence", f.org);
     let mut first = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
     let (first_ref, _) = first.join(&room, json!({"config": {"presence": {"key": "agent-1"}}})).await;
-    let r = first.push(Some(&first_ref), &format!("realtime:{room}"), "presence", json!({"type": "presence", "event": "track", "payload": {"name": "Ann"}})).await;
+    let r = first
+        .push(
+            Some(&first_ref),
+            &format!("realtime:{room}"),
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"name": "Ann"}}),
+        )
+        .await;
     // The diff (to everyone, the tracker included) and the reply, in either order.
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -193,7 +238,9 @@ async fn presence_syncs_between_clients_and_leaves_when_a_connection_dies() {
     let second_agent = uuid::Uuid::new_v4();
     let (db, org) = (f.db.clone(), f.org);
     blocking(move || {
-        db.connect_as(&campfire_tests::service()).execute("SELECT campfire.add_member($1, $2, 'agent')", &[&org, &second_agent]).unwrap();
+        db.connect_as(&campfire_tests::service())
+            .execute("SELECT campfire.add_member($1, $2, 'agent')", &[&org, &second_agent])
+            .unwrap();
     })
     .await;
     let mut second = Client::connect(&relay, "2.0.0", &agent_token(second_agent)).await;
@@ -226,7 +273,9 @@ async fn a_client_resuming_from_a_cursor_gets_what_it_missed_in_order_then_live_
     let (db, sender, conversation) = (f.db.clone(), f.agent, f.conversation);
     let live = tokio::spawn(async move {
         blocking(move || {
-            db.connect_as(&agent(sender)).query_one("SELECT campfire.send_message($1, 'live')", &[&conversation]).unwrap();
+            db.connect_as(&agent(sender))
+                .query_one("SELECT campfire.send_message($1, 'live')", &[&conversation])
+                .unwrap();
         })
         .await
     });
@@ -240,7 +289,10 @@ async fn a_client_resuming_from_a_cursor_gets_what_it_missed_in_order_then_live_
     live.await.unwrap();
     assert_eq!(contents, ["missed 1", "missed 2", "missed 3", "missed 4", "missed 5", "live"]);
     assert!(cursors.windows(2).all(|w| w[0] < w[1]), "in cursor order: {cursors:?}");
-    assert!(client.drain(Duration::from_millis(300)).await.iter().all(|m| m.payload["event"] != "message:created"), "no duplicates");
+    assert!(
+        client.drain(Duration::from_millis(300)).await.iter().all(|m| m.payload["event"] != "message:created"),
+        "no duplicates"
+    );
     relay.stop().await;
 }
 
@@ -292,17 +344,32 @@ async fn two_relays_on_one_database_behave_as_one() {
     let mut events_b = Client::connect(&b, "2.0.0", &agent_token(f.agent)).await;
     events_b.join(&f.topic(), json!({"config": {}})).await;
 
-    on_a.push(Some(&a_ref), &format!("realtime:{typing}"), "broadcast", json!({"type": "broadcast", "event": "typing:start", "payload": {"who": "visitor"}})).await;
+    on_a.push(
+        Some(&a_ref),
+        &format!("realtime:{typing}"),
+        "broadcast",
+        json!({"type": "broadcast", "event": "typing:start", "payload": {"who": "visitor"}}),
+    )
+    .await;
     assert_eq!(on_b.broadcast_event("typing:start").await.payload["payload"]["who"], "visitor");
 
     f.send_as_agent("to both relays").await;
-    assert_eq!(events_b.broadcast_event("message:created").await.payload["payload"]["message"]["content"], "to both relays");
+    assert_eq!(
+        events_b.broadcast_event("message:created").await.payload["payload"]["message"]["content"],
+        "to both relays"
+    );
 
     let presence = format!("{}:presence", f.topic());
     let (p_ref, _) = on_a.join(&presence, json!({"config": {"presence": {"key": "visitor-a"}}})).await;
     let mut watcher = Client::connect(&b, "2.0.0", &agent_token(f.agent)).await;
     watcher.join(&presence, json!({"config": {}})).await;
-    on_a.push(Some(&p_ref), &format!("realtime:{presence}"), "presence", json!({"type": "presence", "event": "track", "payload": {"online": true}})).await;
+    on_a.push(
+        Some(&p_ref),
+        &format!("realtime:{presence}"),
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": {"online": true}}),
+    )
+    .await;
     let diff = watcher.recv_where(|m| m.event == "presence_diff").await;
     assert_eq!(diff.payload["joins"]["visitor-a"]["metas"][0]["online"], true);
     let mut late = Client::connect(&b, "2.0.0", &agent_token(f.agent)).await;
@@ -325,7 +392,13 @@ async fn a_client_too_slow_to_read_is_disconnected_with_a_reason() {
     // The slow client never reads; a large burst overflows its queue (and the socket buffers).
     let big = "x".repeat(60_000);
     for _ in 0..200 {
-        fast.push(Some(&r), &format!("realtime:{room}"), "broadcast", json!({"type": "broadcast", "event": "burst", "payload": {"data": big}})).await;
+        fast.push(
+            Some(&r),
+            &format!("realtime:{room}"),
+            "broadcast",
+            json!({"type": "broadcast", "event": "burst", "payload": {"data": big}}),
+        )
+        .await;
     }
     let mut close_reason = None;
     loop {
@@ -355,21 +428,59 @@ async fn http_broadcast_health_metrics_and_widget_tokens() {
     let mut listener = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
     listener.join(&typing, json!({"config": {}})).await;
 
-    let body = json!({"messages": [{"topic": typing, "event": "typing:start", "payload": {"from": "http"}}]}).to_string();
+    let body =
+        json!({"messages": [{"topic": typing, "event": "typing:start", "payload": {"from": "http"}}]}).to_string();
     let auth = format!("Bearer {}", service_token());
-    let (status, _) = relay.http("POST", "/realtime/v1/api/broadcast?apikey=x&vsn=2.0.0", &[("Authorization", &auth), ("Content-Type", "application/json")], &body).await.unwrap();
+    let (status, _) = relay
+        .http(
+            "POST",
+            "/realtime/v1/api/broadcast?apikey=x&vsn=2.0.0",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &body,
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 202);
     assert_eq!(listener.broadcast_event("typing:start").await.payload["payload"]["from"], "http");
 
-    let (status, response) = relay.http("POST", "/api/broadcast", &[("Content-Type", "application/json")], &body).await.unwrap();
+    let (status, response) =
+        relay.http("POST", "/api/broadcast", &[("Content-Type", "application/json")], &body).await.unwrap();
     assert_eq!(status, 401, "{response}");
     let forbidden = json!({"messages": [{"topic": f.topic(), "event": "message:created", "payload": {}}]}).to_string();
     let agent_auth = format!("Bearer {}", agent_token(f.agent));
-    let (status, response) = relay.http("POST", "/api/broadcast", &[("Authorization", &agent_auth), ("Content-Type", "application/json")], &forbidden).await.unwrap();
+    let (status, response) = relay
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("Authorization", &agent_auth), ("Content-Type", "application/json")],
+            &forbidden,
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 403, "{response}");
-    let (status, _) = relay.http("POST", "/api/broadcast", &[("Authorization", &agent_auth), ("Content-Type", "application/json")], "{oops").await.unwrap();
+    let (status, _) = relay
+        .http(
+            "POST",
+            "/api/broadcast",
+            &[("Authorization", &agent_auth), ("Content-Type", "application/json")],
+            "{oops",
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 422);
-    let (status, _) = relay.http("OPTIONS", "/api/broadcast", &[("Origin", "https://shop.example"), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "apikey, authorization, content-type")], "").await.unwrap();
+    let (status, _) = relay
+        .http(
+            "OPTIONS",
+            "/api/broadcast",
+            &[
+                ("Origin", "https://shop.example"),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "apikey, authorization, content-type"),
+            ],
+            "",
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 200);
 
     let (status, health) = relay.http("GET", "/healthz", &[], "").await.unwrap();
@@ -380,13 +491,33 @@ async fn http_broadcast_health_metrics_and_widget_tokens() {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }
 
-    let (status, token) = relay.http("POST", "/api/widget/token", &[("Content-Type", "application/json")], &json!({"sessionSecret": f.secret}).to_string()).await.unwrap();
+    let (status, token) = relay
+        .http(
+            "POST",
+            "/api/widget/token",
+            &[("Content-Type", "application/json")],
+            &json!({"sessionSecret": f.secret}).to_string(),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{token}");
     let token: Value = serde_json::from_str(&token).unwrap();
-    let claims = campfire_relay::auth::verify_jwt(campfire_tests::relay::JWT_SECRET.as_bytes(), token["access_token"].as_str().unwrap()).unwrap();
+    let claims = campfire_relay::auth::verify_jwt(
+        campfire_tests::relay::JWT_SECRET.as_bytes(),
+        token["access_token"].as_str().unwrap(),
+    )
+    .unwrap();
     assert_eq!(claims.claims["role"], "visitor");
     assert_eq!(claims.claims["widget_session_id"], json!(f.session));
-    let (status, _) = relay.http("POST", "/api/widget/token", &[("Content-Type", "application/json")], r#"{"sessionSecret":"cfws_forged_x"}"#).await.unwrap();
+    let (status, _) = relay
+        .http(
+            "POST",
+            "/api/widget/token",
+            &[("Content-Type", "application/json")],
+            r#"{"sessionSecret":"cfws_forged_x"}"#,
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 401);
     let _ = visitor(f.session);
     relay.stop().await;
@@ -408,13 +539,17 @@ async fn channel_lifecycle_leave_duplicate_join_stale_refs_token_refresh_expiry_
     assert_eq!((reply.r#ref.clone(), reply.payload["status"].clone()), (json!(second), json!("ok")));
 
     // A push carrying a stale join_ref is ignored: no reply at all.
-    let stale = client.push(Some("stale"), &topic, "presence", json!({"type": "presence", "event": "track", "payload": {}})).await;
+    let stale = client
+        .push(Some("stale"), &topic, "presence", json!({"type": "presence", "event": "track", "payload": {}}))
+        .await;
     assert!(client.drain(Duration::from_millis(300)).await.iter().all(|m| m.r#ref != json!(stale)));
 
     // access_token refresh: a valid token keeps the channel (no reply); one for a stranger ends it.
     client.push(Some(&second), &topic, "access_token", json!({"access_token": agent_token(f.agent)})).await;
     assert!(client.drain(Duration::from_millis(300)).await.iter().all(|m| m.event != "phx_close"));
-    client.push(Some(&second), &topic, "access_token", json!({"access_token": agent_token(uuid::Uuid::new_v4())})).await;
+    client
+        .push(Some(&second), &topic, "access_token", json!({"access_token": agent_token(uuid::Uuid::new_v4())}))
+        .await;
     let system = client.recv_where(|m| m.event == "system").await;
     assert_eq!(system.payload["status"], "error");
     assert!(system.payload["message"].as_str().unwrap().starts_with("You no longer have permission"));
@@ -438,7 +573,9 @@ async fn channel_lifecycle_leave_duplicate_join_stale_refs_token_refresh_expiry_
 
     // Silence beyond the idle timeout closes the connection.
     let mut close_reason = None;
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut client.ws)).await {
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut client.ws)).await
+    {
         if let Message::Close(Some(frame)) = message {
             close_reason = Some(frame.reason.to_string());
             break;
@@ -460,7 +597,9 @@ async fn a_cursor_older_than_the_pruned_log_is_told_to_reload_history() {
     f.send_as_agent("pruned before anyone resumed").await;
     let db = f.db.clone();
     blocking(move || {
-        db.connect_as(&campfire_tests::service()).query_one("SELECT campfire.prune_events(interval '0 seconds')", &[]).unwrap();
+        db.connect_as(&campfire_tests::service())
+            .query_one("SELECT campfire.prune_events(interval '0 seconds')", &[])
+            .unwrap();
     })
     .await;
     f.send_as_agent("after the prune").await;

@@ -74,7 +74,9 @@ fn start_cluster() -> Cluster {
         .status()
         .expect("initdb runs");
     assert!(ok.success(), "initdb failed");
-    let options = format!("-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={dir} -c max_connections=200 -c fsync=off");
+    let options = format!(
+        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={dir} -c max_connections=200 -c fsync=off"
+    );
     let log = format!("{dir}/server.log");
     let ok = as_postgres("pg_ctl", &["-D", &dir, "-l", &log, "-o", &options, "-w", "-t", "60", "start"])
         .stdout(Stdio::null())
@@ -148,14 +150,17 @@ pub struct Fixture {
 impl Fixture {
     pub async fn new() -> Fixture {
         let port = cluster_port().await;
-        let database = format!("campfire_relay_itest_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst));
+        let database =
+            format!("campfire_relay_itest_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst));
         let admin = connect(port, "postgres", "postgres").await;
         admin
             .batch_execute(&format!("CREATE DATABASE {database} TEMPLATE campfire_relay_itest_template"))
             .await
             .unwrap();
         let db = connect(port, "postgres", &database).await;
-        db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await.unwrap();
+        db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)")
+            .await
+            .unwrap();
         let org: Uuid = db.query_one("SELECT campfire.create_organization('Acme', 'acme')", &[]).await.unwrap().get(0);
         let agent = Uuid::new_v4();
         db.execute("SELECT campfire.add_member($1, $2, 'agent', 'active', 'Agent')", &[&org, &agent]).await.unwrap();
@@ -188,10 +193,13 @@ impl Fixture {
 
     /// Sends a message as the agent through the SQL API; returns its seq.
     pub async fn send_as_agent(&self, db: &tokio_postgres::Client, content: &str) -> i64 {
-        let row = tokio::time::timeout(WAIT, db.query_one("SELECT seq FROM campfire.send_message($1, $2)", &[&self.conversation, &content]))
-            .await
-            .expect("send_message timed out")
-            .unwrap();
+        let row = tokio::time::timeout(
+            WAIT,
+            db.query_one("SELECT seq FROM campfire.send_message($1, $2)", &[&self.conversation, &content]),
+        )
+        .await
+        .expect("send_message timed out")
+        .unwrap();
         row.get(0)
     }
 
@@ -329,7 +337,8 @@ impl Drop for RelayProcess {
 pub async fn wait_healthy(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Ok(Ok((200, body))) = tokio::time::timeout(Duration::from_secs(2), try_http(addr, "GET", "/healthz", &[], "")).await
+        if let Ok(Ok((200, body))) =
+            tokio::time::timeout(Duration::from_secs(2), try_http(addr, "GET", "/healthz", &[], "")).await
             && body.contains("\"listen_connected\":true")
         {
             return;
@@ -345,13 +354,23 @@ pub fn ws_url(addr: SocketAddr, vsn: &str, apikey: &str) -> String {
 
 /// A minimal HTTP/1.1 request; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    tokio::time::timeout(WAIT, try_http(addr, method, path, headers, body)).await.expect("HTTP timed out").expect("HTTP request")
+    tokio::time::timeout(WAIT, try_http(addr, method, path, headers, body))
+        .await
+        .expect("HTTP timed out")
+        .expect("HTTP request")
 }
 
-async fn try_http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -467,7 +486,9 @@ impl Client {
             let text = match message {
                 Message::Text(t) => t.to_string(),
                 Message::Binary(b) => panic!("the relay sent a binary frame: {b:?}"),
-                Message::Close(frame) => return Err(Ended::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))),
+                Message::Close(frame) => {
+                    return Err(Ended::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string()))));
+                }
                 _ => continue,
             };
             let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
@@ -523,8 +544,16 @@ impl Client {
 }
 
 /// A kind-3 binary user-broadcast push, as realtime-js sends `channel.send` under vsn 2.0.0.
-pub fn binary_broadcast(join_ref: &str, r#ref: &str, topic: &str, event: &str, encoding: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![3u8, join_ref.len() as u8, r#ref.len() as u8, topic.len() as u8, event.len() as u8, 0, encoding];
+pub fn binary_broadcast(
+    join_ref: &str,
+    r#ref: &str,
+    topic: &str,
+    event: &str,
+    encoding: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut frame =
+        vec![3u8, join_ref.len() as u8, r#ref.len() as u8, topic.len() as u8, event.len() as u8, 0, encoding];
     for part in [join_ref.as_bytes(), r#ref.as_bytes(), topic.as_bytes(), event.as_bytes(), payload] {
         frame.extend_from_slice(part);
     }
