@@ -132,3 +132,14 @@ export function subscribe(channel) {
 }
 
 export { WebSocket }
+
+/** A realtime-js client of the given version for the relay on `port`, remembered in `clients`. */
+export function realtimeClient(RealtimeClient, port, apikey, clients) {
+  const client = new RealtimeClient(`ws://127.0.0.1:${port}/realtime/v1`, {
+    params: { apikey },
+    transport: WebSocket,
+    reconnectAfterMs: () => 200,
+  })
+  clients.push(client)
+  return client
+}

@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { RealtimeClient as CurrentClient } from '@supabase/realtime-js'
 import { RealtimeClient as LegacyClient } from 'realtime-js-v1'
-import { WebSocket, createFixture, freePort, startRelay, stopRelay, subscribe, waitFor } from '../harness.js'
+import { createFixture, realtimeClient, freePort, startRelay, stopRelay, subscribe, waitFor } from '../harness.js'
 
 const versions = [
   { name: 'realtime-js 2.119 (vsn 2.0.0)', RealtimeClient: CurrentClient, vsn: '2.0.0' },
@@ -17,15 +17,7 @@ for (const { name, RealtimeClient, vsn } of versions) {
     let port
     const clients = []
 
-    const client = (apikey) => {
-      const c = new RealtimeClient(`ws://127.0.0.1:${port}/realtime/v1`, {
-        params: { apikey },
-        transport: WebSocket,
-        reconnectAfterMs: () => 200,
-      })
-      clients.push(c)
-      return c
-    }
+    const client = (apikey) => realtimeClient(RealtimeClient, port, apikey, clients)
 
     before(async () => {
       fixture = await createFixture()

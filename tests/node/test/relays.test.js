@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { RealtimeClient as CurrentClient } from '@supabase/realtime-js'
 import { RealtimeClient as LegacyClient } from 'realtime-js-v1'
-import { WebSocket, createFixture, freePort, startRelay, stopRelay, subscribe, waitFor } from '../harness.js'
+import { createFixture, realtimeClient, freePort, startRelay, stopRelay, subscribe, waitFor } from '../harness.js'
 
 describe('two relays, current and legacy realtime-js', () => {
   let fixture
@@ -12,15 +12,7 @@ describe('two relays, current and legacy realtime-js', () => {
   const ports = []
   const clients = []
 
-  const client = (RealtimeClient, port, apikey) => {
-    const c = new RealtimeClient(`ws://127.0.0.1:${port}/realtime/v1`, {
-      params: { apikey },
-      transport: WebSocket,
-      reconnectAfterMs: () => 200,
-    })
-    clients.push(c)
-    return c
-  }
+  const client = (RealtimeClient, port, apikey) => realtimeClient(RealtimeClient, port, apikey, clients)
 
   before(async () => {
     fixture = await createFixture()
