@@ -76,8 +76,8 @@ fn message_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
 }
 
 /// `conversation:created` / `conversation:updated` / `conversation:deleted` on the organization
-/// channel, carrying the scalar-only mirror of the row. An UPDATE that changes nothing scalar
-/// announces nothing.
+/// channel, carrying the scalar-only mirror of the row. (Every UPDATE moves updated_at, so there
+/// is no "nothing changed" case worth comparing the old row for on this per-message path.)
 #[pg_trigger]
 fn conversation_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let change = Change::of(trigger);
@@ -87,13 +87,7 @@ fn conversation_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let mirror = row.to_scalar_json(Enums::AsText);
     let (event, payload) = match change.op {
         PgTriggerOperation::Insert => ("conversation:created", envelope("conversation", mirror, org, conversation)),
-        PgTriggerOperation::Update => {
-            let before = change.old.as_ref().map(|old| old.to_scalar_json(Enums::AsText));
-            if before.as_ref() == Some(&mirror) {
-                return Ok(None);
-            }
-            ("conversation:updated", envelope("conversation", mirror, org, conversation))
-        }
+        PgTriggerOperation::Update => ("conversation:updated", envelope("conversation", mirror, org, conversation)),
         // Ids only: a deletion (such as a GDPR erasure) must not copy personal data into the log.
         _ => (
             "conversation:deleted",
