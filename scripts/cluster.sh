@@ -32,6 +32,9 @@ port = $port
 unix_socket_directories = '$dir'
 max_connections = 200
 fsync = on
+# The event sequencer (one background worker per database with events) needs the preload.
+shared_preload_libraries = 'pg_campfire'
+max_worker_processes = 40
 EOF
     fi
     echo "==> starting PostgreSQL on 127.0.0.1:$port (data $dir)"

@@ -593,7 +593,7 @@ $$;
 -- The whole log after a cursor, for the relay (which routes each event to the subscribers
 -- allowed to read it), optionally one channel only (a client resuming after a gap).
 CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, topic text DEFAULT NULL)
-    RETURNS TABLE (id bigint, topic text, event text, payload jsonb)
+    RETURNS TABLE (id bigint, topic text, event text, payload json)
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
     AS $$
         SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
@@ -642,6 +642,7 @@ CREATE FUNCTION erase_visitor(organization_id uuid, visitor_id text) RETURNS jso
 DECLARE
     conversations uuid[];
     erased_events bigint;
+    erased_queued bigint;
     erased_messages bigint;
     erased_sessions bigint;
 BEGIN
@@ -652,14 +653,19 @@ BEGIN
     SELECT coalesce(array_agg(c.id), '{}') INTO conversations FROM campfire.conversations c
     WHERE c.organization_id = erase_visitor.organization_id AND c.visitor_id = erase_visitor.visitor_id;
     SELECT count(*) INTO erased_messages FROM campfire.messages m WHERE m.conversation_id = ANY (conversations);
+    -- The log lock (events.rs) pauses the sequencer, so no queued event slips into the log
+    -- between the two deletes.
+    PERFORM pg_advisory_xact_lock(1667329392, 1);
     DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
     GET DIAGNOSTICS erased_events = ROW_COUNT;
+    DELETE FROM campfire.event_queue q WHERE q.conversation_id = ANY (conversations);
+    GET DIAGNOSTICS erased_queued = ROW_COUNT;
     DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
     DELETE FROM campfire.widget_sessions s
     WHERE s.organization_id = erase_visitor.organization_id AND s.visitor_id = erase_visitor.visitor_id;
     GET DIAGNOSTICS erased_sessions = ROW_COUNT;
     RETURN jsonb_build_object('conversations', cardinality(conversations), 'messages', erased_messages,
-                              'events', erased_events, 'sessions', erased_sessions);
+                              'events', erased_events + erased_queued, 'sessions', erased_sessions);
 END
 $$;
 

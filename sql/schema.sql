@@ -206,9 +206,10 @@ CREATE TABLE conversation_reads (
 
 -- Event log ---------------------------------------------------------------------------------------
 
--- The durable log every realtime event goes through. `id` is the cursor: it is allocated at
--- commit time under a transaction-scoped advisory lock, so ids become visible in increasing order
--- and a reader that asks for `id > cursor` never skips an event that commits later.
+-- The durable log every realtime event goes through. `id` is the cursor. Ids are allocated by
+-- one writer at a time (the sequencer, or a transaction draining the queue itself), under a
+-- transaction-scoped advisory lock held until its commit is visible, so ids become visible in
+-- increasing order and a reader that asks for `id > cursor` never skips an event.
 CREATE SEQUENCE events_id_seq AS bigint;
 CREATE TABLE events (
     id              bigint PRIMARY KEY,
@@ -216,11 +217,30 @@ CREATE TABLE events (
     conversation_id uuid,
     topic           text NOT NULL,
     event           text NOT NULL,
-    payload         jsonb NOT NULL,
+    -- json, not jsonb: payloads are written once and sent as text, never searched inside.
+    payload         json NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX events_topic_idx ON events (topic, id);
 CREATE INDEX events_conversation_idx ON events (conversation_id) WHERE conversation_id IS NOT NULL;
+
+-- Committed events waiting for their cursor. Writers append here without any shared lock, so
+-- their commits group; the sequencer background worker moves them into `events` in queue order.
+CREATE TABLE event_queue (
+    id              bigserial PRIMARY KEY,
+    organization_id uuid NOT NULL,
+    conversation_id uuid,
+    topic           text NOT NULL,
+    event           text NOT NULL,
+    payload         text NOT NULL -- JSON written by the extension; checked when it enters the log
+) WITH (
+    -- Every row is deleted within moments of its insert: vacuum often, without throttling, so
+    -- the sequencer's scans stay short.
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0
+);
+CREATE INDEX event_queue_conversation_idx ON event_queue (conversation_id) WHERE conversation_id IS NOT NULL;
 
 -- How far the log has been pruned: a cursor at or below this id can no longer be resumed from.
 CREATE TABLE log_state (

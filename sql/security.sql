@@ -9,7 +9,8 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['organizations', 'organization_members', 'widget_sessions', 'conversations',
-                             'realtime_conversations', 'messages', 'conversation_reads', 'events', 'server_keys', 'log_state']
+                             'realtime_conversations', 'messages', 'conversation_reads', 'events', 'event_queue', 'server_keys',
+                             'log_state']
     LOOP
         EXECUTE format('ALTER TABLE campfire.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE campfire.%I FORCE ROW LEVEL SECURITY', t);
@@ -117,7 +118,7 @@ CREATE POLICY events_read ON events FOR SELECT
            OR (conversation_id = ANY ((SELECT campfire.visitor_conversations())::uuid[])
                AND topic = 'org:' || organization_id || ':conv:' || conversation_id));
 
--- server_keys and log_state have no policy at all: only the owner and definer functions read them.
+-- event_queue, server_keys and log_state have no policy at all: only the owner and definer functions read them.
 
 -- Privileges ---------------------------------------------------------------------------------------
 
@@ -171,9 +172,11 @@ SELECT pg_catalog.pg_extension_config_dump('campfire.realtime_conversations', ''
 SELECT pg_catalog.pg_extension_config_dump('campfire.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.conversation_reads', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.events', '');
+SELECT pg_catalog.pg_extension_config_dump('campfire.event_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.server_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.log_state', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('campfire.event_queue_id_seq', '');
 
 -- broadcast writes to the log itself: it runs as the owner, for the service role only.
 ALTER FUNCTION broadcast(uuid, text, text, jsonb) SECURITY DEFINER SET search_path = pg_catalog, campfire;

@@ -1,19 +1,21 @@
 //! Transactional realtime events.
 //!
 //! Triggers queue events in backend memory while a transaction runs. At commit, the deferred
-//! constraint trigger `campfire.flush_events()` writes them to `campfire.events` and issues one
-//! small `NOTIFY campfire_events`. Event ids (the cursor) are allocated there, under a
-//! transaction-scoped advisory lock held until the commit is visible, so ids become visible in
-//! increasing order: a reader asking for `id > cursor` never skips an event that commits later.
-//! A rolled-back transaction or savepoint discards its queued events; NOTIFY limits can never fail
-//! a write, because an oversized notification only points at the log.
+//! constraint trigger `campfire.flush_events()` hands them on: to `campfire.event_queue` when the
+//! sequencer (see `sequencer.rs`) serves the database, otherwise straight to `campfire.events`.
+//! Whoever writes to the log allocates the event ids (the cursor) under a transaction-scoped
+//! advisory lock held until its commit is visible, so ids become visible in increasing order: a
+//! reader asking for `id > cursor` never skips an event that commits later. Writing to the log
+//! sends `NOTIFY campfire_events` with the events inline (`{"first","last","events"}`), split over
+//! several notifications when they do not fit; an event too large for one is announced by its id
+//! alone (`{"first","last"}`), so NOTIFY limits can never fail a write. A rolled-back
+//! transaction or savepoint discards its queued events.
 
 use pgrx::PgOid;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
-use serde::Serialize;
 use serde_json::Value;
 use std::cell::RefCell;
 
@@ -25,14 +27,6 @@ const LOG_LOCK: (i32, i32) = (0x6361_6d70, 1); // "camp", 1
 
 /// Inline events in the NOTIFY payload up to this many bytes (PostgreSQL's hard limit is 7999).
 pub static NOTIFY_INLINE_MAX: GucSetting<i32> = GucSetting::<i32>::new(7000);
-
-#[derive(Serialize)]
-struct LoggedEvent<'a> {
-    id: i64,
-    topic: &'a str,
-    event: &'a str,
-    payload: &'a Value,
-}
 
 struct PendingEvent {
     subtransaction: pg_sys::SubTransactionId,
@@ -102,9 +96,13 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
                 );
             }
         }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => crate::sequencer::on_transaction_end(true),
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             PENDING.with(|pending| pending.borrow_mut().clear());
+            crate::sequencer::on_transaction_end(false);
         }
+        // A prepared transaction commits later, elsewhere: the sequencer's idle poll finds it.
+        pg_sys::XactEvent::XACT_EVENT_PREPARE => crate::sequencer::on_transaction_end(false),
         _ => {}
     }
 }
@@ -123,76 +121,222 @@ unsafe extern "C-unwind" fn on_subtransaction_end(
     }
 }
 
-thread_local! {
-    /// The log insert, planned once per backend. Ids come from the sequence in queue order;
-    /// the advisory lock taken just before makes that order the commit order.
-    static INSERT_EVENTS: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+/// An event as written to the log, its payload already JSON text.
+struct Logged {
+    id: i64,
+    topic: String,
+    event: String,
+    payload: String,
 }
 
-const INSERT_EVENTS_SQL: &str = "\
-    INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-    SELECT pg_catalog.nextval('campfire.events_id_seq'), o, c, t, e, p \
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
-    ORDER BY n RETURNING id";
+thread_local! {
+    /// Statements planned once per backend (SQL text → kept plan).
+    static PLANS: RefCell<Vec<(&'static str, OwnedPreparedStatement)>> = const { RefCell::new(Vec::new()) };
+}
 
-/// Writes the queued events to the log and notifies the relay. Returns the number written.
-pub fn flush() -> i64 {
-    let events = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
-    if events.is_empty() {
-        return 0;
+/// Runs `sql` through this backend's kept plan for it, preparing it on first use.
+fn run_kept<T>(
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+    args: &[DatumWithOid],
+    mut row: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Vec<T> {
+    Spi::connect_mut(|client| -> Result<Vec<T>, pgrx::spi::Error> {
+        PLANS.with(|plans| {
+            let mut plans = plans.borrow_mut();
+            let index = match plans.iter().position(|(text, _)| *text == sql) {
+                Some(index) => index,
+                None => {
+                    let types: Vec<PgOid> = types.iter().copied().map(PgOid::from).collect();
+                    plans.push((sql, client.prepare_mut(sql, &types)?.keep()));
+                    plans.len() - 1
+                }
+            };
+            let rows = client.update(&plans[index].1, None, args)?;
+            rows.map(|tuple| row(&tuple)).collect()
+        })
+    })
+    .unwrap_or_else(|err| pgrx::error!("writing realtime events failed: {err}"))
+}
+
+/// Payloads travel as JSON text: they are serialized here once and never parsed into JSONB.
+const EVENT_ARRAY_TYPES: [pg_sys::Oid; 5] =
+    [pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID];
+
+const QUEUE_EVENTS_SQL: &str = "\
+    INSERT INTO campfire.event_queue (organization_id, conversation_id, topic, event, payload) \
+    SELECT o, c, t, e, p \
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
+    ORDER BY n";
+
+/// Ids come from the sequence in queue order; the log lock taken just before makes that order
+/// the commit order.
+const LOG_EVENTS_SQL: &str = "\
+    INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
+    SELECT pg_catalog.nextval('campfire.events_id_seq'), o, c, t, e, p::json \
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
+    ORDER BY n RETURNING id, topic, event, payload::text";
+
+const DRAIN_QUEUE_SQL: &str = "\
+    WITH moved AS ( \
+        DELETE FROM campfire.event_queue q \
+        WHERE q.id = ANY (ARRAY(SELECT id FROM campfire.event_queue ORDER BY id LIMIT $1)) \
+        RETURNING q.*) \
+    INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
+    SELECT pg_catalog.nextval('campfire.events_id_seq'), organization_id, conversation_id, topic, event, payload::json \
+    FROM moved ORDER BY moved.id \
+    RETURNING id, topic, event, payload::text";
+
+fn logged_row(row: &pgrx::spi::SpiHeapTupleData) -> Result<Logged, pgrx::spi::Error> {
+    Ok(Logged {
+        id: row.get::<i64>(1)?.unwrap_or_default(),
+        topic: row.get::<String>(2)?.unwrap_or_default(),
+        event: row.get::<String>(3)?.unwrap_or_default(),
+        payload: row.get::<String>(4)?.unwrap_or_default(),
+    })
+}
+
+const QUEUE_IS_EMPTY_SQL: &str = "SELECT NOT EXISTS (SELECT FROM campfire.event_queue ORDER BY id LIMIT 1)";
+
+fn queue_is_empty() -> bool {
+    by_index(|| run_kept(QUEUE_IS_EMPTY_SQL, &[], &[], |row| row.get::<bool>(1)))
+        .first()
+        .copied()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Runs `f` with sequential and bitmap scans (and JIT) off, as a function's `SET` clause would. The
+/// queue is nearly always empty of live rows but full of dead ones between vacuums, and its
+/// statistics say "tiny": the planner would pick a sequential scan that reads every dead row.
+/// Kept plans are re-planned when invalidated, so the settings must hold while they execute.
+fn by_index<T>(f: impl FnOnce() -> T) -> T {
+    unsafe {
+        let nest_level = pg_sys::NewGUCNestLevel();
+        for name in [c"enable_seqscan", c"enable_bitmapscan", c"jit"] {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                c"off".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        let result = f();
+        pg_sys::AtEOXact_GUC(true, nest_level);
+        result
     }
+}
+
+/// Takes the log lock when nobody holds it and nothing waits in the queue, so that this
+/// transaction may write its events to the log itself without passing events queued before it.
+/// The queue is looked at before (to avoid holding the lock for nothing) and after taking it.
+fn claim_idle_log() -> bool {
+    if !queue_is_empty() {
+        return false;
+    }
+    let locked = unsafe {
+        pgrx::direct_function_call::<bool>(
+            pg_sys::pg_try_advisory_xact_lock_int4,
+            &[LOG_LOCK.0.into_datum(), LOG_LOCK.1.into_datum()],
+        )
+    };
+    locked == Some(true) && queue_is_empty()
+}
+
+fn lock_log() {
     unsafe {
         pgrx::direct_function_call::<()>(
             pg_sys::pg_advisory_xact_lock_int4,
             &[LOG_LOCK.0.into_datum(), LOG_LOCK.1.into_datum()],
         );
     }
+}
+
+/// Writes the transaction's queued events: to the sequencer's queue when one serves this
+/// database, otherwise straight to the log with a NOTIFY. Returns the number of events.
+pub fn flush() -> i64 {
+    let events = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+    if events.is_empty() {
+        return 0;
+    }
     let organizations: Vec<pgrx::Uuid> = events.iter().map(|e| e.organization_id).collect();
     let conversations: Vec<Option<pgrx::Uuid>> = events.iter().map(|e| e.conversation_id).collect();
     let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    let payloads: Vec<pgrx::JsonB> = events.iter().map(|e| pgrx::JsonB(e.payload.clone())).collect();
+    let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
     let args: [DatumWithOid; 5] =
         [organizations.into(), conversations.into(), topics.into(), names.into(), payloads.into()];
-    let ids = Spi::connect_mut(|client| -> Result<Vec<i64>, pgrx::spi::Error> {
-        let rows = INSERT_EVENTS.with(|cell| -> Result<_, pgrx::spi::Error> {
-            let mut cached = cell.borrow_mut();
-            if cached.is_none() {
-                let types = [
-                    pg_sys::UUIDARRAYOID,
-                    pg_sys::UUIDARRAYOID,
-                    pg_sys::TEXTARRAYOID,
-                    pg_sys::TEXTARRAYOID,
-                    pg_sys::JSONBARRAYOID,
-                ];
-                let types: Vec<PgOid> = types.into_iter().map(PgOid::from).collect();
-                *cached = Some(client.prepare_mut(INSERT_EVENTS_SQL, &types)?.keep());
-            }
-            client.update(cached.as_ref().expect("prepared above"), None, &args)
-        })?;
-        rows.map(|row| row.get::<i64>(1).map(|id| id.expect("RETURNING id"))).collect()
-    })
-    .unwrap_or_else(|err| pgrx::error!("writing realtime events failed: {err}"));
-    notify(&ids, &events);
-    ids.len() as i64
+    if crate::sequencer::runs_here() && !claim_idle_log() {
+        run_kept(QUEUE_EVENTS_SQL, &EVENT_ARRAY_TYPES, &args, |_| Ok(()));
+        crate::sequencer::wake_after_commit();
+    } else {
+        lock_log(); // already held when claimed: advisory locks count re-entries
+        let mut logged = run_kept(LOG_EVENTS_SQL, &EVENT_ARRAY_TYPES, &args, logged_row);
+        logged.sort_by_key(|e| e.id);
+        notify(&logged);
+    }
+    events.len() as i64
 }
 
-/// One NOTIFY per flush: the events inline when they fit, otherwise only their id range.
-fn notify(ids: &[i64], events: &[PendingEvent]) {
-    let (first, last) = (ids[0], ids[ids.len() - 1]);
-    let inline: Vec<LoggedEvent> = events
-        .iter()
-        .zip(ids)
-        .map(|(e, &id)| LoggedEvent { id, topic: &e.topic, event: &e.event, payload: &e.payload })
-        .collect();
-    let full = serde_json::json!({ "first": first, "last": last, "events": inline }).to_string();
-    let payload = if full.len() <= NOTIFY_INLINE_MAX.get().max(0) as usize {
-        full
-    } else {
-        serde_json::json!({ "first": first, "last": last }).to_string()
+/// Moves up to `limit` committed events from the queue into the log, in queue order, and
+/// notifies the relays. Used by the sequencer; returns how many it moved.
+pub fn drain_queue(limit: i64) -> usize {
+    lock_log();
+    let mut logged = by_index(|| run_kept(DRAIN_QUEUE_SQL, &[pg_sys::INT8OID], &[limit.into()], logged_row));
+    logged.sort_by_key(|e| e.id);
+    notify(&logged);
+    logged.len()
+}
+
+/// NOTIFYs for logged events, in id order: each carries as many whole events inline as fit in
+/// `campfire.notify_inline_max`; an event too large for that is announced by its id alone.
+fn notify(logged: &[Logged]) {
+    let limit = NOTIFY_INLINE_MAX.get().max(0) as usize;
+    let mut batch: Vec<String> = Vec::new();
+    let mut batch_ids = (0, 0);
+    let send = |batch: &mut Vec<String>, (first, last): (i64, i64)| {
+        let payload = if batch.is_empty() {
+            format!(r#"{{"first":{first},"last":{last}}}"#)
+        } else {
+            format!(r#"{{"first":{first},"last":{last},"events":[{}]}}"#, batch.join(","))
+        };
+        batch.clear();
+        unsafe {
+            pgrx::direct_function_call::<()>(pg_sys::pg_notify, &[NOTIFY_CHANNEL.into_datum(), payload.into_datum()]);
+        }
     };
-    unsafe {
-        pgrx::direct_function_call::<()>(pg_sys::pg_notify, &[NOTIFY_CHANNEL.into_datum(), payload.into_datum()]);
+    // Room for the envelope around the events: two ids of up to 20 digits and the keys.
+    const ENVELOPE: usize = 80;
+    let mut size = ENVELOPE;
+    for e in logged {
+        let item = format!(
+            r#"{{"id":{},"topic":{},"event":{},"payload":{}}}"#,
+            e.id,
+            Value::from(e.topic.as_str()),
+            Value::from(e.event.as_str()),
+            e.payload
+        );
+        if !batch.is_empty() && size + 1 + item.len() > limit {
+            send(&mut batch, batch_ids);
+            size = ENVELOPE;
+        }
+        if ENVELOPE + item.len() > limit {
+            send(&mut batch, (e.id, e.id));
+            continue;
+        }
+        if batch.is_empty() {
+            batch_ids.0 = e.id;
+        }
+        batch_ids.1 = e.id;
+        size += 1 + item.len();
+        batch.push(item);
+    }
+    if !batch.is_empty() {
+        send(&mut batch, batch_ids);
     }
 }
 
@@ -207,8 +351,7 @@ fn flush_events<'a>(
 }
 
 /// `campfire.broadcast(organization_id, topic, event, payload)`: publish a custom event through
-/// the log, for application code (service role). Flushed at once, so the log lock is held from
-/// here to commit: keep such transactions short.
+/// the log, for application code (service role). Returns the number of events written (1).
 #[pg_extern(volatile)]
 fn broadcast(organization_id: pgrx::Uuid, topic: &str, event: &str, payload: pgrx::JsonB) -> i64 {
     let channel = match crate::channel::parse(topic) {

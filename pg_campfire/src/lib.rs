@@ -10,6 +10,7 @@ mod channel;
 mod events;
 mod scalar;
 mod secret;
+mod sequencer;
 mod triggers;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -43,6 +44,7 @@ extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     events::init();
+    sequencer::init();
 }
 
 /// Required by `cargo pgrx test`.
@@ -52,6 +54,6 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec!["shared_preload_libraries = 'pg_campfire'"]
     }
 }

@@ -128,6 +128,20 @@ impl TestDb {
         (org, agent)
     }
 
+    /// Waits (at most 10 s) until the sequencer has moved every committed event into the log.
+    pub fn sequenced(&self) {
+        let mut client = self.connect();
+        for _ in 0..2000 {
+            let queued: bool =
+                client.query_one("SELECT EXISTS (SELECT FROM campfire.event_queue)", &[]).unwrap().get(0);
+            if !queued {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("events still queued after 10 s: is the sequencer running?");
+    }
+
     /// Starts a widget session; returns (conversation id, widget session id).
     pub fn widget_session(&self, org: uuid::Uuid, visitor: &str) -> (uuid::Uuid, uuid::Uuid) {
         let row = self

@@ -98,15 +98,24 @@ fn concurrent_writers_get_gap_free_sequence_numbers_and_commit_ordered_cursors()
         .collect();
     assert_eq!(seqs, (1..=(writers * per_writer) as i64).collect::<Vec<_>>());
 
-    // Notifications arrive in commit order, and their cursor ranges follow each other.
-    let ranges: Vec<(i64, i64)> = campfire_tests::notifications(&mut listener, std::time::Duration::from_secs(2))
-        .iter()
-        .map(|v| (v["first"].as_i64().unwrap(), v["last"].as_i64().unwrap()))
-        .collect();
-    assert_eq!(ranges.len(), writers * per_writer, "one notification per committed message");
+    // Notifications arrive in cursor order with contiguous ranges (transactions written directly
+    // or batched by the sequencer alike), and the conversation's messages come in seq order.
+    let notes = campfire_tests::notifications(&mut listener, std::time::Duration::from_secs(2));
+    let ranges: Vec<(i64, i64)> =
+        notes.iter().map(|v| (v["first"].as_i64().unwrap(), v["last"].as_i64().unwrap())).collect();
     for pair in ranges.windows(2) {
-        assert_eq!(pair[1].0, pair[0].1 + 1, "contiguous cursors in commit order: {pair:?}");
+        assert_eq!(pair[1].0, pair[0].1 + 1, "contiguous cursors: {pair:?}");
     }
+    let announced: i64 = ranges.iter().map(|(first, last)| last - first + 1).sum();
+    assert_eq!(announced as usize, writers * per_writer * 3, "three events per message");
+    let topic = format!("org:{org}:conv:{conversation}");
+    let delivered_seqs: Vec<i64> = notes
+        .iter()
+        .flat_map(|n| n["events"].as_array().cloned().expect("small events are inline"))
+        .filter(|e| e["topic"] == topic.as_str() && e["event"] == "message:created")
+        .map(|e| e["payload"]["message"]["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(delivered_seqs, seqs, "the conversation's messages in the order they were numbered");
 }
 
 #[test]

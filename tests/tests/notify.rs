@@ -70,12 +70,26 @@ fn oversized_batches_point_at_the_log_and_still_commit() {
     }
     tx.commit().unwrap();
 
+    // Small events stay inline; each 12 kB one is announced by its id alone. Together the
+    // notifications cover the transaction's nine ids once each, in order.
     let received = notifications(&mut listener, Duration::from_secs(5));
-    assert_eq!(received.len(), 1, "one NOTIFY for the whole transaction");
-    let note = &received[0];
-    assert!(note.get("events").is_none(), "too large to inline: {note}");
-    let (first, last) = (note["first"].as_i64().unwrap(), note["last"].as_i64().unwrap());
+    let mut covered = Vec::new();
+    for note in &received {
+        let (first, last) = (note["first"].as_i64().unwrap(), note["last"].as_i64().unwrap());
+        match note.get("events") {
+            Some(events) => {
+                let ids: Vec<i64> = events.as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
+                assert_eq!(ids, (first..=last).collect::<Vec<_>>(), "{note}");
+                assert!(events.as_array().unwrap().iter().all(|e| e["event"] == "conversation:updated"));
+            }
+            None => assert_eq!(first, last, "one oversized event per pointer: {note}"),
+        }
+        covered.extend(first..=last);
+    }
+    let (first, last) = (covered[0], *covered.last().unwrap());
+    assert_eq!(covered, (first..=last).collect::<Vec<_>>());
     assert_eq!(last - first + 1, 9);
+    assert_eq!(received.iter().filter(|n| n.get("events").is_none()).count(), 6, "{received:?}");
 
     let mut relay = db.connect();
     let rows = relay
@@ -95,19 +109,35 @@ fn oversized_batches_point_at_the_log_and_still_commit() {
     assert!(contents.iter().all(|c| *c == content));
 }
 
+/// The limit applies wherever the log is written: in the committing session, or in the
+/// sequencer, which takes it from the database's settings when it starts.
 #[test]
 fn the_inline_limit_is_a_setting() {
     let db = TestDb::new();
     let (org, agent_id) = db.organization_with_agent("acme");
     let (conversation, _) = db.widget_session(org, "visitor-1");
+    db.connect().batch_execute(&format!("ALTER DATABASE {} SET campfire.notify_inline_max = 0", db.name)).unwrap();
     let mut listener = listen(&db);
+    // Sessions started from here on (the writers', a new sequencer) see the database setting.
+    db.connect()
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE backend_type = 'pg_campfire sequencer' AND datname = current_database()",
+        )
+        .unwrap();
     notifications(&mut listener, Duration::from_millis(200));
-    let mut writer = db.connect_as(&agent(agent_id));
-    writer.batch_execute("SET campfire.notify_inline_max = 0").unwrap();
-    writer.query_one("SELECT campfire.send_message($1, 'tiny')", &[&conversation]).unwrap();
-    let received = notifications(&mut listener, Duration::from_secs(5));
-    assert_eq!(received.len(), 1);
-    assert!(received[0].get("events").is_none());
+    let mut writers: Vec<_> = (0..4).map(|_| db.connect_as(&agent(agent_id))).collect();
+    for round in 0..5 {
+        for writer in &mut writers {
+            writer
+                .query_one("SELECT campfire.send_message($1, $2)", &[&conversation, &format!("tiny {round}")])
+                .unwrap();
+        }
+    }
+    let received = notifications(&mut listener, Duration::from_secs(2));
+    let announced: i64 = received.iter().map(|n| n["last"].as_i64().unwrap() - n["first"].as_i64().unwrap() + 1).sum();
+    assert_eq!(announced, 20 * 3, "every event announced: {received:?}");
+    assert!(received.iter().all(|n| n.get("events").is_none()), "nothing inline: {received:?}");
 }
 
 /// A transaction that writes first but commits last gets the later cursor: a reader that
@@ -135,6 +165,7 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
 
     let mut fast = db.connect_as(&agent(agent_id));
     fast.query_one("SELECT campfire.send_message($1, 'committed first')", &[&second_conversation]).unwrap();
+    db.sequenced();
 
     let seen = read_since(&mut reader, start);
     assert!(!seen.is_empty());
@@ -142,6 +173,7 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
     let cursor = seen.last().unwrap().0;
 
     slow_tx.commit().unwrap();
+    db.sequenced();
     let resumed = read_since(&mut reader, cursor);
     assert!(
         resumed.iter().any(|(_, p)| p.to_string().contains("written first")),
@@ -151,4 +183,47 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
     let mut unique = all.clone();
     unique.dedup();
     assert_eq!(all, unique, "no duplicates across the resume");
+}
+
+/// A transaction holding the log (it wrote its events directly and has not committed yet) does
+/// not hold up other writers: their events wait in the queue, their commits return at once, and
+/// the sequencer logs them after the holder's, in commit order.
+#[test]
+fn writers_do_not_wait_for_a_transaction_that_holds_the_log() {
+    let db = TestDb::new();
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (first_conversation, _) = db.widget_session(org, "visitor-1");
+    let (second_conversation, _) = db.widget_session(org, "visitor-2");
+    db.sequenced();
+    let mut listener = listen(&db);
+
+    let mut holder = db.connect_as(&agent(agent_id));
+    let mut holder_tx = holder.transaction().unwrap();
+    holder_tx.query_one("SELECT campfire.send_message($1, 'held')", &[&first_conversation]).unwrap();
+    holder_tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").unwrap(); // flush now: the log is idle, so it claims it
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let writer_db = db.connect_as(&agent(agent_id));
+    std::thread::spawn(move || {
+        let mut writer = writer_db;
+        writer.query_one("SELECT campfire.send_message($1, 'not held up')", &[&second_conversation]).unwrap();
+        done_tx.send(()).unwrap();
+    });
+    done_rx.recv_timeout(Duration::from_secs(5)).expect("the second writer committed while the log was held");
+    assert_eq!(
+        db.connect().query_one("SELECT count(*) FROM campfire.event_queue", &[]).unwrap().get::<_, i64>(0),
+        3,
+        "its events wait in the queue"
+    );
+    assert!(notifications(&mut listener, Duration::from_millis(300)).is_empty());
+
+    holder_tx.commit().unwrap();
+    db.sequenced();
+    let contents: Vec<String> = notifications(&mut listener, Duration::from_secs(2))
+        .iter()
+        .flat_map(|n| n["events"].as_array().cloned().unwrap())
+        .filter(|e| e["event"] == "message:created" && e["topic"].as_str().unwrap().contains(":conv:"))
+        .map(|e| e["payload"]["message"]["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(contents, ["held", "not held up"]);
 }

@@ -75,7 +75,8 @@ fn start_cluster() -> Cluster {
         .expect("initdb runs");
     assert!(ok.success(), "initdb failed");
     let options = format!(
-        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={dir} -c max_connections=200 -c fsync=off"
+        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={dir} -c max_connections=200 -c fsync=off \
+         -c shared_preload_libraries=pg_campfire -c max_worker_processes=40"
     );
     let log = format!("{dir}/server.log");
     let ok = as_postgres("pg_ctl", &["-D", &dir, "-l", &log, "-o", &options, "-w", "-t", "60", "start"])
