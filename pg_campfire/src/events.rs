@@ -1,8 +1,9 @@
 //! Transactional realtime events.
 //!
 //! Triggers queue events in backend memory while a transaction runs. At commit, the deferred
-//! constraint trigger `campfire.flush_events()` hands them on: to `campfire.event_queue` when the
-//! sequencer (see `sequencer.rs`) serves the database, otherwise straight to `campfire.events`.
+//! constraint trigger `campfire.flush_events()` hands them on: straight to `campfire.events` when
+//! the log is idle (or no sequencer can run), otherwise to `campfire.event_queue`, for the
+//! sequencer (see `sequencer.rs`) to log after the commit.
 //! Whoever writes to the log allocates the event ids (the cursor) under a transaction-scoped
 //! advisory lock held until its commit is visible, so ids become visible in increasing order: a
 //! reader asking for `id > cursor` never skips an event that commits later. Writing to the log
@@ -11,6 +12,7 @@
 //! alone (`{"first","last"}`), so NOTIFY limits can never fail a write. A rolled-back
 //! transaction or savepoint discards its queued events.
 
+use crate::sequencer::Sequencer;
 use pgrx::PgOid;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -270,7 +272,17 @@ pub fn flush() -> i64 {
     let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
     let args: [DatumWithOid; 5] =
         [organizations.into(), conversations.into(), topics.into(), names.into(), payloads.into()];
-    if crate::sequencer::runs_here() && !claim_idle_log() {
+    // The log may be written here only when that passes no queued event: queued events of an
+    // earlier commit (say, the previous message of the conversation) must get lower cursors.
+    let direct = match crate::sequencer::state() {
+        Sequencer::Unavailable => true,
+        Sequencer::Stopped => {
+            lock_log();
+            queue_is_empty()
+        }
+        Sequencer::Running => claim_idle_log(),
+    };
+    if !direct {
         run_kept(QUEUE_EVENTS_SQL, &EVENT_ARRAY_TYPES, &args, |_| Ok(()));
         crate::sequencer::wake_after_commit();
     } else {

@@ -93,17 +93,27 @@ fn this_database() -> u32 {
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
-/// Whether a sequencer serves this database. When none does, one is started after this
-/// transaction commits (when the library is preloaded), and the caller writes to the log itself.
-pub fn runs_here() -> bool {
+/// Whether this database's events can go through a sequencer.
+#[derive(Copy, Clone, PartialEq)]
+pub enum Sequencer {
+    /// The library was not preloaded: transactions always write to the log themselves.
+    Unavailable,
+    /// None runs now; one is started after this transaction commits.
+    Stopped,
+    /// One runs (or is starting) and drains the queue.
+    Running,
+}
+
+pub fn state() -> Sequencer {
     if !PRELOADED.load(Ordering::Relaxed) {
-        return false;
+        return Sequencer::Unavailable;
     }
-    let runs = SEQUENCERS.share().find(this_database()).is_some();
-    if !runs {
+    if SEQUENCERS.share().find(this_database()).is_some() {
+        Sequencer::Running
+    } else {
         arm(AfterCommit::Start);
+        Sequencer::Stopped
     }
-    runs
 }
 
 /// The caller queued events: set the sequencer's latch once this transaction has committed.

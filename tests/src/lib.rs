@@ -142,6 +142,22 @@ impl TestDb {
         panic!("events still queued after 10 s: is the sequencer running?");
     }
 
+    /// Terminates this database's sequencer and waits until it has gone; the next commit that
+    /// needs one starts a new one (which reads the database's settings afresh).
+    pub fn stop_sequencer(&self) {
+        let mut client = self.connect();
+        let running = "SELECT pid FROM pg_stat_activity \
+                       WHERE backend_type = 'pg_campfire sequencer' AND datname = current_database()";
+        client.batch_execute(&format!("SELECT pg_terminate_backend(pid) FROM ({running}) s")).unwrap();
+        for _ in 0..500 {
+            if client.query(running, &[]).unwrap().is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the sequencer did not stop within 5 s");
+    }
+
     /// Starts a widget session; returns (conversation id, widget session id).
     pub fn widget_session(&self, org: uuid::Uuid, visitor: &str) -> (uuid::Uuid, uuid::Uuid) {
         let row = self

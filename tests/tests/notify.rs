@@ -119,12 +119,7 @@ fn the_inline_limit_is_a_setting() {
     db.connect().batch_execute(&format!("ALTER DATABASE {} SET campfire.notify_inline_max = 0", db.name)).unwrap();
     let mut listener = listen(&db);
     // Sessions started from here on (the writers', a new sequencer) see the database setting.
-    db.connect()
-        .batch_execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE backend_type = 'pg_campfire sequencer' AND datname = current_database()",
-        )
-        .unwrap();
+    db.stop_sequencer();
     notifications(&mut listener, Duration::from_millis(200));
     let mut writers: Vec<_> = (0..4).map(|_| db.connect_as(&agent(agent_id))).collect();
     for round in 0..5 {
@@ -226,4 +221,36 @@ fn writers_do_not_wait_for_a_transaction_that_holds_the_log() {
         .map(|e| e["payload"]["message"]["content"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(contents, ["held", "not held up"]);
+}
+
+/// Events left in the queue by a sequencer that stopped (crashed, or was terminated) keep their
+/// place: the next commit does not write past them, it queues behind them and starts a sequencer.
+#[test]
+fn events_left_in_the_queue_keep_their_place_before_later_commits() {
+    let db = TestDb::new();
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    db.sequenced();
+    db.stop_sequencer();
+    let mut admin = db.connect();
+    admin
+        .execute(
+            "INSERT INTO campfire.event_queue (organization_id, topic, event, payload) \
+             VALUES ($1, $2, 'custom:left-behind', '{}')",
+            &[&org, &format!("org:{org}")],
+        )
+        .unwrap();
+
+    db.connect_as(&agent(agent_id)).query_one("SELECT campfire.send_message($1, 'later')", &[&conversation]).unwrap();
+    db.sequenced();
+    let events: Vec<String> = admin
+        .query(
+            "SELECT event FROM campfire.events WHERE event IN ('custom:left-behind', 'message:created') ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(events, ["custom:left-behind", "message:created", "message:created"]);
 }
