@@ -171,25 +171,27 @@ fn presence_entries(metas: &[&Meta]) -> Value {
     Value::Object(by_key.into_iter().map(|(k, metas)| (k.to_owned(), json!({ "metas": metas }))).collect())
 }
 
-/// Encodes a frame once per distinct (serializer, join topic) among the receivers.
+/// Encodes a frame once per distinct (serializer, join topic) among the receivers. A room's
+/// subscribers almost always share one or two, so a short list beats hashing a key per receiver.
 struct EncodeCache<'a> {
     event: &'a str,
     payload: &'a Value,
-    encoded: HashMap<(Vsn, String), Utf8Bytes>,
+    encoded: Vec<(Vsn, String, Utf8Bytes)>,
 }
 
 impl<'a> EncodeCache<'a> {
     fn new(event: &'a str, payload: &'a Value) -> Self {
-        EncodeCache { event, payload, encoded: HashMap::new() }
+        EncodeCache { event, payload, encoded: Vec::new() }
     }
 
     fn get(&mut self, vsn: Vsn, join_topic: &str) -> Utf8Bytes {
-        self.encoded
-            .entry((vsn, join_topic.to_owned()))
-            .or_insert_with(|| {
-                protocol::encode(vsn, &protocol::push(join_topic, self.event, self.payload.clone())).into()
-            })
-            .clone()
+        if let Some((_, _, frame)) = self.encoded.iter().find(|(v, t, _)| *v == vsn && t == join_topic) {
+            return frame.clone();
+        }
+        let frame: Utf8Bytes =
+            protocol::encode(vsn, &protocol::push(join_topic, self.event, self.payload.clone())).into();
+        self.encoded.push((vsn, join_topic.to_owned(), frame.clone()));
+        frame
     }
 }
 

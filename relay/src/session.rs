@@ -36,6 +36,9 @@ struct Session {
     channels: HashMap<String, Channel>,
 }
 
+/// At most this many queued frames are coalesced into one socket write.
+const MAX_FRAMES_PER_WRITE: u64 = 64;
+
 fn sub_topic(topic: &str) -> &str {
     topic.strip_prefix("realtime:").unwrap_or(topic)
 }
@@ -121,9 +124,16 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Ide
                 }
                 message = rx.recv() => match message {
                     Some(message) => {
+                        // Frames that queued up meanwhile (a fan-out burst) go out in one write.
+                        let mut frames = 1;
+                        if sink.feed(message).await.is_err() { break }
+                        while frames < MAX_FRAMES_PER_WRITE && let Ok(message) = rx.try_recv() {
+                            if sink.feed(message).await.is_err() { break }
+                            frames += 1;
+                        }
                         writer_outbox.drained.notify_one();
-                        if sink.send(message).await.is_err() { break }
-                        writer_metrics.frames_written.inc();
+                        if sink.flush().await.is_err() { break }
+                        writer_metrics.frames_written.inc_by(frames);
                     }
                     None => break,
                 },
