@@ -232,7 +232,7 @@ CREATE TABLE event_queue (
     conversation_id uuid,
     topic           text NOT NULL,
     event           text NOT NULL,
-    payload         text NOT NULL -- JSON written by the extension; checked when it enters the log
+    payload         json NOT NULL -- written by the extension as JSON text, never re-parsed
 ) WITH (
     -- Every row is deleted within moments of its insert: vacuum often, without throttling, so
     -- the sequencer's scans stay short.
@@ -240,7 +240,6 @@ CREATE TABLE event_queue (
     autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000,
     autovacuum_vacuum_cost_delay = 0
 );
-CREATE INDEX event_queue_conversation_idx ON event_queue (conversation_id) WHERE conversation_id IS NOT NULL;
 
 -- How far the log has been pruned: a cursor at or below this id can no longer be resumed from.
 CREATE TABLE log_state (

@@ -14,7 +14,7 @@
 
 use crate::sequencer::Sequencer;
 use pgrx::PgOid;
-use pgrx::datum::DatumWithOid;
+use pgrx::datum::{DatumWithOid, JsonString};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -161,22 +161,23 @@ fn run_kept<T>(
     .unwrap_or_else(|err| pgrx::error!("writing realtime events failed: {err}"))
 }
 
-/// Payloads travel as JSON text: they are serialized here once and never parsed into JSONB.
+/// Payloads travel as `json` built here: serialized once, never parsed again (a cast from text
+/// would run the JSON parser over every payload just to validate what serde_json wrote).
 const EVENT_ARRAY_TYPES: [pg_sys::Oid; 5] =
-    [pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID];
+    [pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONARRAYOID];
 
 const QUEUE_EVENTS_SQL: &str = "\
     INSERT INTO campfire.event_queue (organization_id, conversation_id, topic, event, payload) \
     SELECT o, c, t, e, p \
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::json[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
     ORDER BY n";
 
 /// Ids come from the sequence in queue order; the log lock taken just before makes that order
 /// the commit order.
 const LOG_EVENTS_SQL: &str = "\
     INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-    SELECT pg_catalog.nextval('campfire.events_id_seq'), o, c, t, e, p::json \
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
+    SELECT pg_catalog.nextval('campfire.events_id_seq'), o, c, t, e, p \
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::json[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
     ORDER BY n RETURNING id, topic, event, payload::text";
 
 const DRAIN_QUEUE_SQL: &str = "\
@@ -185,7 +186,7 @@ const DRAIN_QUEUE_SQL: &str = "\
         WHERE q.id = ANY (ARRAY(SELECT id FROM campfire.event_queue ORDER BY id LIMIT $1)) \
         RETURNING q.*) \
     INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-    SELECT pg_catalog.nextval('campfire.events_id_seq'), organization_id, conversation_id, topic, event, payload::json \
+    SELECT pg_catalog.nextval('campfire.events_id_seq'), organization_id, conversation_id, topic, event, payload \
     FROM moved ORDER BY moved.id \
     RETURNING id, topic, event, payload::text";
 
@@ -269,7 +270,7 @@ pub fn flush() -> i64 {
     let conversations: Vec<Option<pgrx::Uuid>> = events.iter().map(|e| e.conversation_id).collect();
     let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
+    let payloads: Vec<JsonString> = events.iter().map(|e| JsonString(e.payload.to_string())).collect();
     let args: [DatumWithOid; 5] =
         [organizations.into(), conversations.into(), topics.into(), names.into(), payloads.into()];
     // The log may be written here only when that passes no queued event: queued events of an

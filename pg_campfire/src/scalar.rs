@@ -36,7 +36,8 @@ impl Row {
         unsafe { &*(*self.tupdesc).attrs.as_ptr().add(index) }
     }
 
-    fn datum(&self, index: usize) -> Option<pg_sys::Datum> {
+    /// The raw value of the column at `index`, `None` when NULL; valid as long as the row.
+    pub fn datum(&self, index: usize) -> Option<pg_sys::Datum> {
         let mut is_null = false;
         let datum = unsafe { pg_sys::heap_getattr(self.tuple, index as i32 + 1, self.tupdesc, &mut is_null) };
         (!is_null).then_some(datum)
@@ -47,6 +48,19 @@ impl Row {
             let att = self.attribute(i);
             !att.attisdropped && att.name() == column
         })
+    }
+
+    /// The index and type of a column that `to_scalar_json` includes, `None` when it is
+    /// missing or not scalar.
+    pub fn scalar_column(&self, column: &str, enums: Enums) -> Option<(usize, pg_sys::Oid)> {
+        let index = self.index_of(column)?;
+        let typid = self.attribute(index).atttypid;
+        is_scalar_type(typid, enums).then_some((index, typid))
+    }
+
+    /// The type of the column at `index`, `None` when it has been dropped (or never existed).
+    pub fn column_type(&self, index: usize) -> Option<pg_sys::Oid> {
+        (index < self.natts()).then(|| self.attribute(index)).filter(|att| !att.attisdropped).map(|att| att.atttypid)
     }
 
     /// The scalar value of one column, or `None` when it is NULL, missing or not scalar.

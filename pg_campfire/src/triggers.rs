@@ -4,6 +4,7 @@
 use crate::events;
 use crate::scalar::{Enums, Row};
 use pgrx::PgOid;
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{PgTrigger, PgTriggerOperation};
@@ -153,46 +154,80 @@ fn agent_status_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     Ok(None)
 }
 
-/// The statements that keep one mirror table, planned once per backend from the catalog.
+/// The statements that keep one mirror table in step with one source table, planned once per
+/// backend from the catalog. The upsert takes the source row's own values as parameters
+/// (parameter k is source column `params[k]`, cast to the mirror's type in SQL): no JSON between.
 struct MirrorStatements {
     upsert: OwnedPreparedStatement,
+    params: Vec<(usize, pg_sys::Oid)>,
     delete: OwnedPreparedStatement,
 }
 
-thread_local! {
-    static MIRRORS: RefCell<HashMap<String, Rc<MirrorStatements>>> = RefCell::new(HashMap::new());
+impl MirrorStatements {
+    /// Whether the source columns still are where, and of the type, they were when planned.
+    fn fits(&self, source: &Row) -> bool {
+        self.params.iter().all(|&(index, typid)| source.column_type(index) == Some(typid))
+    }
 }
 
-fn mirror_statements(client: &SpiClient, mirror: &str) -> Result<Rc<MirrorStatements>, pgrx::spi::Error> {
-    if let Some(statements) = MIRRORS.with(|cache| cache.borrow().get(mirror).cloned()) {
+thread_local! {
+    static MIRRORS: RefCell<HashMap<(String, pg_sys::Oid), Rc<MirrorStatements>>> = RefCell::new(HashMap::new());
+}
+
+fn mirror_statements(
+    client: &SpiClient,
+    mirror: &str,
+    source_table: pg_sys::Oid,
+    source: &Row,
+) -> Result<Rc<MirrorStatements>, pgrx::spi::Error> {
+    let key = (mirror.to_owned(), source_table);
+    if let Some(statements) = MIRRORS.with(|cache| cache.borrow().get(&key).cloned())
+        && statements.fits(source)
+    {
         return Ok(statements);
     }
-    let row = client
-        .select(
-            "SELECT c.oid::regclass::text, \
-                    string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attname <> 'id') \
-             FROM pg_catalog.pg_class c \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-             WHERE c.oid = $1::regclass GROUP BY c.oid",
-            Some(1),
-            &[mirror.into()],
-        )?
-        .first()
-        .get_two::<String, String>()?;
-    let (table, columns) = (row.0.expect("regclass"), row.1.unwrap_or_default());
-    let excluded: Vec<String> = columns.split(", ").map(|c| format!("EXCLUDED.{c}")).collect();
+    let mirror_columns = client.select(
+        "SELECT c.oid::regclass::text, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         WHERE c.oid = $1::regclass ORDER BY a.attnum",
+        None,
+        &[mirror.into()],
+    )?;
+    let (mut table, mut columns, mut values, mut updates, mut params) =
+        (String::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in mirror_columns {
+        let (name, mirror_type): (String, String) = (row.get(2)?.unwrap_or_default(), row.get(3)?.unwrap_or_default());
+        table = row.get(1)?.unwrap_or_default();
+        let column = pgrx::spi::quote_identifier(&name);
+        // A mirror column the source lacks, or holds as a non-scalar, stays NULL.
+        match source.scalar_column(&name, Enums::AsText) {
+            Some(param) => {
+                params.push(param);
+                values.push(format!("${}::{mirror_type}", params.len()));
+            }
+            None => values.push(format!("NULL::{mirror_type}")),
+        }
+        if name != "id" {
+            updates.push(format!("{column} = EXCLUDED.{column}"));
+        }
+        columns.push(column);
+    }
     let upsert = format!(
-        "INSERT INTO {table} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1) \
-         ON CONFLICT (id) DO UPDATE SET ({columns}) = ROW({})",
-        excluded.join(", ")
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+        columns.join(", "),
+        values.join(", "),
+        updates.join(", ")
     );
+    let types: Vec<PgOid> = params.iter().map(|&(_, typid)| PgOid::from(typid)).collect();
     let statements = Rc::new(MirrorStatements {
-        upsert: client.prepare_mut(upsert.as_str(), &[PgOid::from(pg_sys::JSONBOID)])?.keep(),
+        upsert: client.prepare_mut(upsert.as_str(), &types)?.keep(),
+        params,
         delete: client
             .prepare_mut(format!("DELETE FROM {table} WHERE id = $1").as_str(), &[PgOid::from(pg_sys::UUIDOID)])?
             .keep(),
     });
-    MIRRORS.with(|cache| cache.borrow_mut().insert(mirror.to_owned(), statements.clone()));
+    MIRRORS.with(|cache| cache.borrow_mut().insert(key, statements.clone()));
     Ok(statements)
 }
 
@@ -208,12 +243,21 @@ fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<
         .ok()
         .and_then(|args| args.into_iter().next())
         .unwrap_or_else(|| "campfire.realtime_conversations".to_owned());
+    let source_table = unsafe { (*trigger.trigger_data().tg_relation).rd_id };
     let result = Spi::connect_mut(|client| {
-        let statements = mirror_statements(client, &mirror)?;
+        let statements = mirror_statements(client, &mirror, source_table, change.current())?;
         match &change.new {
             Some(row) => {
-                let values = pgrx::JsonB(Value::Object(row.to_scalar_json(Enums::AsText)));
-                client.update(&statements.upsert, None, &[values.into()])
+                let args: Vec<DatumWithOid> = statements
+                    .params
+                    .iter()
+                    .map(|&(index, typid)| match row.datum(index) {
+                        // The datum lives in the trigger's tuple, which outlives this call.
+                        Some(datum) => unsafe { DatumWithOid::new(datum, typid) },
+                        None => DatumWithOid::null_oid(typid),
+                    })
+                    .collect();
+                client.update(&statements.upsert, None, &args)
             }
             None => {
                 let id = uuid_column(change.current(), "id");

@@ -23,3 +23,23 @@ WHERE table_schema = 'campfire' AND table_name = 'realtime_conversations'
 -- The mirror trigger runs as its owner: a writer needs no rights on the mirror.
 SELECT p.prosecdef AS security_definer FROM pg_proc p WHERE p.proname = 'sync_realtime_conversations';
 SELECT has_table_privilege('campfire_client', 'campfire.realtime_conversations', 'INSERT') AS client_may_write_mirror;
+
+-- The mirror trigger on a DBA's own table: each mirror column takes the source column of its
+-- name when that is scalar (cast to the mirror's type; enums as labels), NULL otherwise.
+CREATE TABLE shop_orders_mirror (
+    id uuid PRIMARY KEY, n bigint, price numeric, note text, code text, state text, placed timestamptz,
+    doc text, missing text
+);
+CREATE TRIGGER shop_orders_mirror AFTER INSERT OR UPDATE OR DELETE ON shop_orders
+    FOR EACH ROW EXECUTE FUNCTION campfire.sync_realtime_conversations('public.shop_orders_mirror');
+INSERT INTO shop_orders (id, n, price, note, code, state, placed, doc)
+VALUES ('22222222-2222-4333-8444-555555555555', 3, 1.25, 'first', 'XY', 'busy', '2026-02-03 04:05:06+00', '{"b":2}');
+SELECT * FROM shop_orders_mirror;
+UPDATE shop_orders SET note = NULL, state = 'calm', n = n + 1 WHERE id = '22222222-2222-4333-8444-555555555555';
+SELECT id, n, note, state FROM shop_orders_mirror WHERE id = '22222222-2222-4333-8444-555555555555';
+-- A column dropped from the source in the same session: the mirror is re-planned, not misread.
+ALTER TABLE shop_orders DROP COLUMN note;
+UPDATE shop_orders SET n = 10 WHERE id = '22222222-2222-4333-8444-555555555555';
+SELECT id, n, note, state FROM shop_orders_mirror WHERE id = '22222222-2222-4333-8444-555555555555';
+DELETE FROM shop_orders WHERE id = '22222222-2222-4333-8444-555555555555';
+SELECT count(*) AS mirrored_after_delete FROM shop_orders_mirror WHERE id = '22222222-2222-4333-8444-555555555555';
