@@ -70,6 +70,15 @@ impl Row {
         unsafe { scalar_value(datum, self.attribute(index).atttypid, Enums::AsText) }
     }
 
+    /// A uuid column's value, `None` when it is NULL, missing or of another type.
+    pub fn uuid(&self, column: &str) -> Option<pgrx::Uuid> {
+        let index = self.index_of(column)?;
+        if self.attribute(index).atttypid != pg_sys::UUIDOID {
+            return None;
+        }
+        unsafe { pgrx::Uuid::from_polymorphic_datum(self.datum(index)?, false, pg_sys::UUIDOID) }
+    }
+
     pub fn text(&self, column: &str) -> Option<String> {
         match self.scalar(column)? {
             Value::String(s) => Some(s),
@@ -82,12 +91,12 @@ impl Row {
         let mut object = Map::with_capacity(self.natts());
         for index in 0..self.natts() {
             let att = self.attribute(index);
-            if att.attisdropped || !is_scalar_type(att.atttypid, enums) {
+            let Some(base) = (!att.attisdropped).then(|| scalar_base_type(att.atttypid, enums)).flatten() else {
                 continue;
-            }
+            };
             let value = match self.datum(index) {
                 None => Value::Null,
-                Some(datum) => unsafe { scalar_value(datum, att.atttypid, enums) }.unwrap_or(Value::Null),
+                Some(datum) => unsafe { base_value(datum, att.atttypid, base) }.unwrap_or(Value::Null),
             };
             object.insert(att.name().to_owned(), value);
         }
@@ -96,8 +105,13 @@ impl Row {
 }
 
 fn is_scalar_type(typid: pg_sys::Oid, enums: Enums) -> bool {
+    scalar_base_type(typid, enums).is_some()
+}
+
+/// The base type (domains resolved) of a scalar type, `None` for any other type.
+fn scalar_base_type(typid: pg_sys::Oid, enums: Enums) -> Option<pg_sys::Oid> {
     let base = unsafe { pg_sys::getBaseType(typid) };
-    match base {
+    let scalar = match base {
         pg_sys::BOOLOID
         | pg_sys::INT2OID
         | pg_sys::INT4OID
@@ -117,7 +131,8 @@ fn is_scalar_type(typid: pg_sys::Oid, enums: Enums) -> bool {
         | pg_sys::TIMEOID
         | pg_sys::TIMETZOID => true,
         other => enums == Enums::AsText && unsafe { pg_sys::get_typtype(other) } as u8 == b'e',
-    }
+    };
+    scalar.then_some(base)
 }
 
 /// The type's own text output, for text-like types and enum labels.
@@ -140,10 +155,13 @@ fn number(value: f64) -> Value {
 /// # Safety
 /// `datum` must be a non-null value of type `typid`.
 unsafe fn scalar_value(datum: pg_sys::Datum, typid: pg_sys::Oid, enums: Enums) -> Option<Value> {
-    if !is_scalar_type(typid, enums) {
-        return None;
-    }
-    let base = unsafe { pg_sys::getBaseType(typid) };
+    let base = scalar_base_type(typid, enums)?;
+    unsafe { base_value(datum, typid, base) }
+}
+
+/// # Safety
+/// `datum` must be a non-null value of type `typid`, a scalar type whose base type is `base`.
+unsafe fn base_value(datum: pg_sys::Datum, typid: pg_sys::Oid, base: pg_sys::Oid) -> Option<Value> {
     let value = unsafe {
         match base {
             pg_sys::BOOLOID => Value::Bool(datum.value() != 0),

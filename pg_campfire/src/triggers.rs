@@ -49,8 +49,7 @@ impl Change {
 }
 
 fn uuid_column(row: &Row, column: &str) -> pgrx::Uuid {
-    let text = row.text(column).unwrap_or_else(|| pgrx::error!("column {column} is NULL"));
-    pgrx::Uuid::from_bytes(*uuid::Uuid::parse_str(&text).expect("uuid column").as_bytes())
+    row.uuid(column).unwrap_or_else(|| pgrx::error!("uuid column {column} is NULL or missing"))
 }
 
 fn envelope(key: &str, object: Map<String, Value>, org: pgrx::Uuid, conversation: pgrx::Uuid) -> Value {
