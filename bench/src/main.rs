@@ -495,10 +495,21 @@ fn socket_memory_kb() -> u64 {
         .map_or(0, |pages| pages * 4)
 }
 
+/// Kernel slab memory, machine-wide: where socket, file and epoll structures live (an idle
+/// socket has no buffer pages, so sockstat alone says nothing about it).
+fn slab_kb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Slab:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// 4. Idle connections, each joined to a conversation topic: memory per connection.
 async fn connections(relay: &Relay, org: &Org, count: usize) -> Result<Value> {
     let token = agent_token(org.agent);
-    let (rss_before, socket_before) = (rss_kb(relay.child.id()), socket_memory_kb());
+    let (rss_before, socket_before, slab_before) = (rss_kb(relay.child.id()), socket_memory_kb(), slab_kb());
     let baseline_kb = rss_before;
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(count);
@@ -518,12 +529,15 @@ async fn connections(relay: &Relay, org: &Org, count: usize) -> Result<Value> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = rss_kb(relay.child.id()).saturating_sub(rss_before);
     let kernel = socket_memory_kb().saturating_sub(socket_before);
+    let slab = slab_kb().saturating_sub(slab_before);
     drop(sockets);
     Ok(json!({
         "connections": count, "connect_and_join_seconds": seconds,
         "relay_rss_kb_per_connection": rss as f64 / count as f64,
         "relay_rss_kb_before": baseline_kb, "relay_rss_kb_with_connections": baseline_kb + rss,
         "kernel_socket_kb_per_connection_both_ends": kernel as f64 / count as f64,
+        // Both ends of every connection are on this machine, and other processes allocate too.
+        "kernel_slab_kb_per_connection_both_ends": slab as f64 / count as f64,
     }))
 }
 
@@ -651,10 +665,11 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let r = connections(&fresh, &org, count).await?;
         println!(
-            "{count} idle joined connections in {:.1} s: relay {:.1} kB RSS per connection, kernel {:.1} kB per connection (both ends)",
+            "{count} idle joined connections in {:.1} s: relay {:.1} kB RSS per connection, kernel socket buffers {:.1} kB and slab {:.1} kB per connection (both ends)",
             r["connect_and_join_seconds"].as_f64().unwrap(),
             r["relay_rss_kb_per_connection"].as_f64().unwrap(),
-            r["kernel_socket_kb_per_connection_both_ends"].as_f64().unwrap()
+            r["kernel_socket_kb_per_connection_both_ends"].as_f64().unwrap(),
+            r["kernel_slab_kb_per_connection_both_ends"].as_f64().unwrap()
         );
         idle.push(r);
         tokio::time::sleep(Duration::from_secs(2)).await;
