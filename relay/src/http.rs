@@ -73,12 +73,13 @@ async fn websocket(
     // or track gets an error reply naming the limit instead of a dropped connection.
     let max_in = (relay.config.max_payload_bytes * 2).max(1 << 20);
     upgrade
-        // Small buffers: an idle connection should cost little (the read buffer grows only
-        // while a large frame is being read). Frames queued during a burst are coalesced into
+        // Small buffers: an idle connection should cost little. Client frames (heartbeats,
+        // joins, typing) fit in 1 KiB; the read buffer grows only while a larger one is read.
+        // Frames queued during a burst are coalesced into
         // writes of up to 16 KiB (the writer flushes after each batch): one syscall for many
         // frames, 2-3x the fan-out rate. A connection keeps what its buffer grew to, so only
         // connections that receive bursts hold ~16 KiB.
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(16 << 10)
         // A ceiling for one unflushed outgoing frame (a big presence_state), not an allocation:
         // what a connection may hold is bounded by its send queue.

@@ -150,12 +150,14 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Ide
             message = stream.next() => {
                 idle_deadline = tokio::time::Instant::now() + idle;
                 match message {
+                    // Handling is boxed: its state (joins query the database) would otherwise be
+                    // part of every idle connection's task.
                     Some(Ok(Message::Text(text))) => match protocol::decode_text(vsn, &text) {
-                        Ok(frame) => session.handle(frame).await,
+                        Ok(frame) => Box::pin(session.handle(frame)).await,
                         Err(err) => session.malformed(&err.to_string()),
                     },
                     Some(Ok(Message::Binary(bytes))) if vsn == Vsn::V2 => match protocol::decode_binary(&bytes) {
-                        Ok(frame) => session.handle(frame).await,
+                        Ok(frame) => Box::pin(session.handle(frame)).await,
                         Err(protocol::DecodeError::Payload { frame, reason }) => session.refuse_payload(&frame, reason),
                         Err(err) => session.malformed(&err.to_string()),
                     },
