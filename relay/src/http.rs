@@ -75,10 +75,10 @@ async fn websocket(
     upgrade
         // Small buffers: an idle connection should cost little. Client frames (heartbeats,
         // joins, typing) fit in 1 KiB; the read buffer grows only while a larger one is read.
-        // Frames queued during a burst are coalesced into
-        // writes of up to 16 KiB (the writer flushes after each batch): one syscall for many
-        // frames, 2-3x the fan-out rate. A connection keeps what its buffer grew to, so only
-        // connections that receive bursts hold ~16 KiB.
+        // Frames queued during a burst are coalesced into writes of up to 16 KiB (the writer
+        // flushes after each batch): one syscall for many frames, 2-3x the fan-out rate. A
+        // connection keeps what its write buffer grew to, so only those that receive bursts
+        // hold ~16 KiB.
         .read_buffer_size(1024)
         .write_buffer_size(16 << 10)
         // A ceiling for one unflushed outgoing frame (a big presence_state), not an allocation:
