@@ -157,6 +157,11 @@ CREATE TABLE realtime_conversations (
     last_message_sender_type text,
     created_at            timestamptz NOT NULL,
     updated_at            timestamptz NOT NULL
+) WITH (
+    -- Every message rewrites its conversation's row here, and updated_at is indexed (below), so
+    -- no update is HOT: dead versions and index entries pile up fast. Vacuum without waiting.
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0
 );
 -- Dashboard list, newest activity first, keyset-paginated by (updated_at, id).
 CREATE INDEX realtime_conversations_list_idx ON realtime_conversations (organization_id, updated_at DESC, id DESC);
