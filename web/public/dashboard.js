@@ -66,6 +66,26 @@ function watchReceipts(id) {
   }).start())
 }
 
+async function loadConversations() {
+  const { conversations: list } = await api(`/api/dashboard/conversations?organizationId=${org}&limit=100`, { token })
+  list.reverse().forEach(renderConversation)
+}
+
+/** The conversation's messages; rendering is by id, so loading again only adds what is new. */
+async function loadMessages(id) {
+  const { messages } = await api(`/api/dashboard/conversations/${id}/messages?limit=200`, { token })
+  if (selected === id) messages.forEach((m) => renderMessage($('messages'), m, { mine: m.sender_type !== 'customer' }))
+}
+
+/**
+ * A stream that had seen no event has no cursor to resume from after a reconnect: what was
+ * committed meanwhile is loaded over HTTP instead.
+ */
+function reloadAfterReconnect() {
+  loadConversations().catch(() => {})
+  if (selected) loadMessages(selected).catch(() => {})
+}
+
 async function open(id) {
   selected = id
   $('conversation').hidden = false
@@ -73,8 +93,7 @@ async function open(id) {
   $('read-state').textContent = ''
   for (const item of $('conversations').children) item.classList.toggle('selected', item.dataset.id === id)
   showConversationState()
-  const { messages } = await api(`/api/dashboard/conversations/${id}/messages?limit=200`, { token })
-  messages.forEach((m) => renderMessage($('messages'), m, { mine: m.sender_type !== 'customer' }))
+  await loadMessages(id)
   markRead(id)
   watchReceipts(id)
   typingStream?.channel && client.removeChannel(typingStream.channel)
@@ -88,12 +107,12 @@ async function open(id) {
 }
 
 async function main() {
-  const { conversations: list } = await api(`/api/dashboard/conversations?organizationId=${org}&limit=100`, { token })
-  list.reverse().forEach(renderConversation)
+  await loadConversations()
 
   new EventStream({
     client, token, topic: `org:${org}`, pollPath: '/api/dashboard/events',
     onState: (state) => setConnection($('connection'), state),
+    onResubscribed: reloadAfterReconnect,
     onEvent: (event, payload) => {
       if (event === 'conversation:created' || event === 'conversation:updated') {
         renderConversation(payload.conversation)
@@ -103,6 +122,7 @@ async function main() {
   }).start()
   new EventStream({
     client, token, topic: `org:${org}:conversations`, pollPath: '/api/dashboard/events',
+    onResubscribed: reloadAfterReconnect,
     onEvent: (event, payload) => {
       if (event !== 'message:created') return
       const message = payload.message

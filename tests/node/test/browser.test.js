@@ -143,6 +143,26 @@ describe('widget and dashboard in Chromium', () => {
     await message(agent, 'after the restart').waitFor({ timeout: UI_WAIT })
   }))
 
+  // The dashboard opens after the visitor's message, so none of its channels has seen an event
+  // (no cursor to resume from) when the relay goes down: it must still catch up by itself.
+  test('a dashboard that has received no event yet catches up after a relay restart', withScreenshots('restart-fresh', async () => {
+    const visitor = await widget()
+    await send(visitor, 'before the dashboard opened')
+    await message(visitor, 'before the dashboard opened').and(visitor.locator('[data-id]')).waitFor({ timeout: UI_WAIT })
+    const agent = await dashboard()
+    const row = agent.locator('#conversations li', { hasText: 'before the dashboard opened' })
+    await row.click()
+    await message(agent, 'before the dashboard opened').waitFor({ timeout: UI_WAIT })
+    const conversation = await row.getAttribute('data-id')
+
+    await stopRelay(relay)
+    await fixture.sendAsAgent(conversation, 'sent while the relay was down, again')
+    await restartRelay()
+
+    await message(agent, 'sent while the relay was down, again').waitFor({ timeout: UI_WAIT })
+    await agent.locator('#conversations li', { hasText: 'sent while the relay was down, again' }).waitFor({ timeout: UI_WAIT })
+  }))
+
   test('with the WebSocket blocked the widget still sends and receives, by polling', withScreenshots('polling', async () => {
     const visitor = await widget({ blockWebSocket: true })
     await visitor.locator('#connection[data-state="fallback"]').waitFor({ timeout: UI_WAIT })
