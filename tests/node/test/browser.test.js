@@ -41,6 +41,22 @@ describe('widget and dashboard in Chromium', () => {
   }
   const message = (page, text) => page.locator('#messages li', { hasText: text })
 
+  /** Opens, on the dashboard, the conversation whose preview shows `text`; returns its id. */
+  const openConversation = async (agent, text) => {
+    const row = agent.locator('#conversations li', { hasText: text })
+    await row.waitFor({ timeout: UI_WAIT })
+    await row.click()
+    await message(agent, text).waitFor({ timeout: UI_WAIT })
+    return row.getAttribute('data-id')
+  }
+
+  /** An agent message committed while no relay runs; the relay then comes back on its port. */
+  const sendWhileRelayDown = async (conversation, text) => {
+    await stopRelay(relay)
+    await fixture.sendAsAgent(conversation, text)
+    await restartRelay()
+  }
+
   /** Runs a test body; on failure, keeps a screenshot of every open page. */
   const withScreenshots = (name, body) => async () => {
     const before = pages.length
@@ -127,15 +143,8 @@ describe('widget and dashboard in Chromium', () => {
     const visitor = await widget()
     const agent = await dashboard()
     await send(visitor, 'before the restart')
-    const row = agent.locator('#conversations li', { hasText: 'before the restart' })
-    await row.waitFor({ timeout: UI_WAIT })
-    await row.click()
-    await message(agent, 'before the restart').waitFor({ timeout: UI_WAIT })
-    const conversation = await row.getAttribute('data-id')
-
-    await stopRelay(relay)
-    await fixture.sendAsAgent(conversation, 'sent while the relay was down')
-    await restartRelay()
+    const conversation = await openConversation(agent, 'before the restart')
+    await sendWhileRelayDown(conversation, 'sent while the relay was down')
 
     await message(visitor, 'sent while the relay was down').waitFor({ timeout: UI_WAIT })
     await message(agent, 'sent while the relay was down').waitFor({ timeout: UI_WAIT })
@@ -150,14 +159,8 @@ describe('widget and dashboard in Chromium', () => {
     await send(visitor, 'before the dashboard opened')
     await message(visitor, 'before the dashboard opened').and(visitor.locator('[data-id]')).waitFor({ timeout: UI_WAIT })
     const agent = await dashboard()
-    const row = agent.locator('#conversations li', { hasText: 'before the dashboard opened' })
-    await row.click()
-    await message(agent, 'before the dashboard opened').waitFor({ timeout: UI_WAIT })
-    const conversation = await row.getAttribute('data-id')
-
-    await stopRelay(relay)
-    await fixture.sendAsAgent(conversation, 'sent while the relay was down, again')
-    await restartRelay()
+    const conversation = await openConversation(agent, 'before the dashboard opened')
+    await sendWhileRelayDown(conversation, 'sent while the relay was down, again')
 
     await message(agent, 'sent while the relay was down, again').waitFor({ timeout: UI_WAIT })
     await agent.locator('#conversations li', { hasText: 'sent while the relay was down, again' }).waitFor({ timeout: UI_WAIT })
