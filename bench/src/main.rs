@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     fanout: Vec<usize>,
     /// Idle connection counts for the connections scenario.
-    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
     connections: Vec<usize>,
     /// Scenarios to run (latency, throughput, cost, fanout, connections); all by default.
     #[arg(long, value_delimiter = ',')]
@@ -48,6 +48,9 @@ struct Args {
     /// A short run (a few hundred messages, small counts) that only checks the benchmark works.
     #[arg(long)]
     smoke: bool,
+    /// Internal: run as a client process of the connections scenario (a JSON `WorkerSpec`).
+    #[arg(long, hide = true)]
+    connect_worker: Option<String>,
 }
 
 const JWT_SECRET: &str = "bench-secret";
@@ -135,8 +138,13 @@ fn start_cluster() -> Result<Cluster> {
 }
 
 async fn start_relay(args: &Args, cluster: &Cluster) -> Result<Relay> {
-    let port = free_port();
+    start_relay_on(args, cluster, free_port(), false).await
+}
+
+/// A relay on `port`; with `reuse_port`, one of several relay processes sharing it.
+async fn start_relay_on(args: &Args, cluster: &Cluster, port: u16, reuse_port: bool) -> Result<Relay> {
     let child = Command::new(&args.relay_bin)
+        .env("CAMPFIRE_REUSE_PORT", reuse_port.to_string())
         .env("DATABASE_URL", format!("host=127.0.0.1 port={} user=campfire_relay_bench dbname=campfire", cluster.port))
         .env("CAMPFIRE_LISTEN", format!("127.0.0.1:{port}"))
         .env("CAMPFIRE_JWT_SECRET", JWT_SECRET)
@@ -186,18 +194,18 @@ fn agent_token(agent: uuid::Uuid) -> String {
 }
 
 async fn join(relay: &Relay, vsn: &str, token: &str, topic: &str) -> Result<Ws> {
-    join_from(relay, vsn, token, topic, [127, 0, 0, 1]).await
+    join_from(relay.port, vsn, token, topic, [127, 0, 0, 1]).await
 }
 
 /// Joins from a given loopback source address: one address has only ~28,000 ephemeral ports,
 /// so tens of thousands of connections spread over 127.0.0.x.
-async fn join_from(relay: &Relay, vsn: &str, token: &str, topic: &str, source: [u8; 4]) -> Result<Ws> {
-    let url = format!("ws://127.0.0.1:{}/realtime/v1/websocket?apikey={token}&vsn={vsn}", relay.port);
+async fn join_from(port: u16, vsn: &str, token: &str, topic: &str, source: [u8; 4]) -> Result<Ws> {
+    let url = format!("ws://127.0.0.1:{port}/realtime/v1/websocket?apikey={token}&vsn={vsn}");
     let socket = tokio::net::TcpSocket::new_v4()?;
     // Ports of earlier runs may linger in TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind((std::net::Ipv4Addr::from(source), 0).into())?;
-    let stream = socket.connect(([127, 0, 0, 1], relay.port).into()).await?;
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
     // Small frames must not wait for delayed ACKs; small buffers keep 50,000 clients affordable.
     stream.set_nodelay(true)?;
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
@@ -405,7 +413,7 @@ async fn fanout(cluster: &Cluster, relay: &Relay, org: &Org, subscribers: usize,
     let mut sockets = Vec::with_capacity(subscribers);
     for chunk in 0..subscribers.div_ceil(200) {
         let count = 200.min(subscribers - chunk * 200);
-        let joins = (0..count).map(|_| join_from(relay, "2.0.0", &token, &topic, next_source()));
+        let joins = (0..count).map(|_| join_from(relay.port, "2.0.0", &token, &topic, next_source()));
         for ws in futures_util::future::join_all(joins).await {
             sockets.push(ws?);
         }
@@ -517,35 +525,94 @@ fn slab_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// 4. Idle connections, each joined to a conversation topic: memory per connection.
-async fn connections(relay: &Relay, org: &Org, count: usize) -> Result<Value> {
-    let token = agent_token(org.agent);
-    let (rss_before, socket_before, slab_before) = (rss_kb(relay.child.id()), socket_memory_kb(), slab_kb());
-    let baseline_kb = rss_before;
-    let started = Instant::now();
-    let mut sockets = Vec::with_capacity(count);
-    for chunk in 0..count.div_ceil(250) {
-        let n = 250.min(count - chunk * 250);
-        let joins = (0..n).map(|i| {
-            let index = chunk * 250 + i;
-            let topic = format!("org:{}:conv:{}", org.id, org.conversations[index % org.conversations.len()]);
-            let token = token.clone();
-            async move { join_from(relay, "2.0.0", &token, &topic, next_source()).await }
-        });
+/// What one client process of the connections scenario opens.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WorkerSpec {
+    port: u16,
+    count: usize,
+    token: String,
+    topics: Vec<String>,
+    /// Where this process starts counting source addresses (see `next_source`).
+    first_source: u64,
+}
+
+/// A client process: joins its connections, says "joined", holds them until stdin closes.
+async fn connect_worker(spec: &str) -> Result<()> {
+    raise_fd_limit();
+    let spec: WorkerSpec = serde_json::from_str(spec)?;
+    SOURCES_USED.store(spec.first_source, Ordering::Relaxed);
+    let mut sockets = Vec::with_capacity(spec.count);
+    for chunk in 0..spec.count.div_ceil(250) {
+        let joins = (chunk * 250..spec.count.min((chunk + 1) * 250))
+            .map(|i| join_from(spec.port, "2.0.0", &spec.token, &spec.topics[i % spec.topics.len()], next_source()));
         for ws in futures_util::future::join_all(joins).await {
             sockets.push(ws?);
         }
     }
+    println!("joined");
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut rest).await?;
+    drop(sockets);
+    Ok(())
+}
+
+/// 4. Idle connections, each joined to a conversation topic: memory per connection. A process
+/// may hold only `fd_limit` descriptors (20,000 in this sandbox, which cannot raise the hard
+/// limit), so the connections are spread over as many relay processes sharing one port
+/// (SO_REUSEPORT) and as many client processes as that takes.
+async fn connections(args: &Args, cluster: &Cluster, org: &Org, count: usize, fd_limit: u64) -> Result<Value> {
+    let per_process = (fd_limit as usize).saturating_sub(2_000).max(1_000);
+    let processes = count.div_ceil(per_process);
+    let port = free_port();
+    let mut relays = Vec::new();
+    for _ in 0..processes {
+        relays.push(start_relay_on(args, cluster, port, processes > 1).await?);
+    }
+    // Every relay has bound its socket and settled (the first one answering proves only itself).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = || relays.iter().map(|r| rss_kb(r.child.id())).sum::<u64>();
+    let (rss_before, socket_before, slab_before) = (rss(), socket_memory_kb(), slab_kb());
+    let topics: Vec<String> = org.conversations.iter().map(|c| format!("org:{}:conv:{c}", org.id)).collect();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..processes {
+        let spec = WorkerSpec {
+            port,
+            count: count / processes + usize::from(w < count % processes),
+            token: agent_token(org.agent),
+            topics: topics.clone(),
+            first_source: SOURCES_USED.load(Ordering::Relaxed),
+        };
+        SOURCES_USED.fetch_add(spec.count as u64, Ordering::Relaxed);
+        let mut worker = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["--connect-worker", &serde_json::to_string(&spec)?])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = worker.stdout.take().context("worker stdout")?;
+        workers.push((worker, tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout))));
+    }
+    for (_, lines) in &mut workers {
+        match tokio::time::timeout(WAIT * 2, lines.next_line()).await {
+            Ok(Ok(Some(line))) if line == "joined" => {}
+            other => bail!("a client process did not join its connections: {other:?}"),
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = rss_kb(relay.child.id()).saturating_sub(rss_before);
+    let relay_kb = rss().saturating_sub(rss_before);
     let kernel = socket_memory_kb().saturating_sub(socket_before);
     let slab = slab_kb().saturating_sub(slab_before);
-    drop(sockets);
+    for (mut worker, _) in workers {
+        drop(worker.stdin.take());
+        worker.wait().await?;
+    }
     Ok(json!({
-        "connections": count, "connect_and_join_seconds": seconds,
-        "relay_rss_kb_per_connection": rss as f64 / count as f64,
-        "relay_rss_kb_before": baseline_kb, "relay_rss_kb_with_connections": baseline_kb + rss,
+        "connections": count, "relay_processes": processes, "client_processes": processes,
+        "connect_and_join_seconds": seconds,
+        "relay_rss_kb_per_connection": relay_kb as f64 / count as f64,
+        "relay_rss_kb_before": rss_before, "relay_rss_kb_with_connections": rss_before + relay_kb,
         "kernel_socket_kb_per_connection_both_ends": kernel as f64 / count as f64,
         // Both ends of every connection are on this machine, and other processes allocate too.
         "kernel_slab_kb_per_connection_both_ends": slab as f64 / count as f64,
@@ -570,6 +637,9 @@ fn machine() -> Value {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
+    if let Some(spec) = &args.connect_worker {
+        return connect_worker(spec).await;
+    }
     if args.smoke {
         (args.runs, args.seconds, args.latency_messages, args.rate) = (1, 1, 200, 200);
         (args.fanout, args.connections) = (vec![20], vec![50]);
@@ -671,12 +741,11 @@ async fn main() -> Result<()> {
 
     let mut idle = Vec::new();
     for &count in args.connections.iter().filter(|_| wanted("connections")) {
-        // A fresh relay: memory freed by earlier scenarios would hide the cost of new connections.
-        let fresh = start_relay(&args, &cluster).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let r = connections(&fresh, &org, count).await?;
+        // Fresh relays: memory freed by earlier scenarios would hide the cost of new connections.
+        let r = connections(&args, &cluster, &org, count, fd_limit).await?;
         println!(
-            "{count} idle joined connections in {:.1} s: relay {:.1} kB RSS per connection, kernel socket buffers {:.1} kB and slab {:.1} kB per connection (both ends)",
+            "{count} idle joined connections ({} relay processes) in {:.1} s: relay {:.1} kB RSS per connection, kernel socket buffers {:.1} kB and slab {:.1} kB per connection (both ends)",
+            r["relay_processes"],
             r["connect_and_join_seconds"].as_f64().unwrap(),
             r["relay_rss_kb_per_connection"].as_f64().unwrap(),
             r["kernel_socket_kb_per_connection_both_ends"].as_f64().unwrap(),

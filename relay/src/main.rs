@@ -3,14 +3,33 @@ use clap::Parser;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+#[derive(Parser)]
+#[command(name = "campfire-relay", about = "Supabase-Realtime-compatible WebSocket relay for pg_campfire")]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+
+    /// Share the listening port with other relay processes on this machine (SO_REUSEPORT): the
+    /// kernel spreads new connections among them, as among relays behind a load balancer.
+    #[arg(long, env = "CAMPFIRE_REUSE_PORT")]
+    reuse_port: bool,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("campfire_relay=info")))
         .init();
-    let config = Config::parse();
+    let Cli { config, reuse_port } = Cli::parse();
     let options = options_from_env()?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let socket = match config.listen {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
+    socket.bind(config.listen)?;
+    let listener = socket.listen(4096)?;
     campfire_relay::run_with(config, options, listener, shutdown_signal()).await
 }
 
