@@ -1,7 +1,7 @@
 //! PostgreSQL: the queries the relay makes (through the extension's functions) and the one
 //! LISTEN connection that feeds the hub, with replay from the log after any gap.
 
-use crate::Relay;
+use crate::{AccessChange, Relay};
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 pub const EVENTS_CHANNEL: &str = "campfire_events";
 /// The channel relays use to share client broadcasts and presence with each other.
 pub const PEERS_CHANNEL: &str = "campfire_relay";
+/// The channel the extension notifies on when someone's rights change (see AccessChange).
+pub const ACCESS_CHANNEL: &str = "campfire_access";
 /// NOTIFY payloads must stay below 8000 bytes.
 pub const MAX_NOTIFY_BYTES: usize = 7900;
 pub(crate) const PAGE: i32 = 1000;
@@ -221,6 +223,20 @@ async fn handle_events_notification(relay: &Relay, payload: &str) -> Result<(), 
     }
 }
 
+/// `{"user_id"}` or `{"widget_session_id"}` from the extension, to every session (sessions
+/// without a concerned channel ignore it).
+fn announce_access_change(relay: &Relay, payload: &str) {
+    let change = serde_json::from_str::<Value>(payload).ok().and_then(|v| {
+        match (v["user_id"].as_str(), v["widget_session_id"].as_str()) {
+            (Some(user), _) => Some(AccessChange::User(user.to_owned())),
+            (_, Some(session)) => Some(AccessChange::WidgetSession(session.to_owned())),
+            _ => None,
+        }
+    });
+    // Unreadable: check everyone rather than let a revocation pass.
+    let _ = relay.access.send(change.unwrap_or(AccessChange::Everyone));
+}
+
 /// Holds the LISTEN connection for the relay's lifetime: reconnects with capped backoff and
 /// replays from the log whatever was committed while it was away.
 pub async fn listen(relay: Arc<Relay>, shutdown: CancellationToken) {
@@ -264,7 +280,7 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {PEERS_CHANNEL}")).await?;
+    client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {PEERS_CHANNEL}; LISTEN {ACCESS_CHANNEL}")).await?;
     if *first {
         // A new relay starts at the head: clients ask for history with a resume cursor.
         let head = relay.db.log_head().await?;
@@ -272,6 +288,8 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
         *first = false;
     } else {
         catch_up(relay).await?;
+        // Rights may have been taken back while nobody was listening.
+        let _ = relay.access.send(AccessChange::Everyone);
     }
     relay.health.listen_connected.store(true, Ordering::SeqCst);
     relay.metrics.listen_connected.set(1);
@@ -285,6 +303,7 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
             n = notifications.recv() => match n {
                 None => break Err(DbError::Unavailable("LISTEN connection closed".into())),
                 Some(n) if n.channel() == EVENTS_CHANNEL => handle_events_notification(relay, n.payload()).await?,
+                Some(n) if n.channel() == ACCESS_CHANNEL => announce_access_change(relay, n.payload()),
                 Some(n) => relay.hub.apply_peer_message(n.payload()),
             },
         }

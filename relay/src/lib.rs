@@ -55,6 +55,28 @@ impl Default for Options {
 
 /// Messages waiting to be NOTIFYed to the other relays; beyond this they are dropped (counted).
 const PEER_QUEUE: usize = 8192;
+/// Access changes a session may fall behind on before it re-checks all its channels.
+const ACCESS_QUEUE: usize = 256;
+
+/// Whose rights changed in the database (`campfire_access`): their joined channels are checked
+/// again. `Everyone` after the relay may have missed some (LISTEN reconnected).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessChange {
+    User(String),
+    WidgetSession(String),
+    Everyone,
+}
+
+impl AccessChange {
+    /// Whether channels joined with these claims are concerned.
+    fn concerns(&self, claims: &serde_json::Value) -> bool {
+        match self {
+            AccessChange::User(id) => claims["sub"].as_str() == Some(id),
+            AccessChange::WidgetSession(id) => claims["widget_session_id"].as_str() == Some(id),
+            AccessChange::Everyone => true,
+        }
+    }
+}
 
 pub struct Relay {
     config: Config,
@@ -67,6 +89,7 @@ pub struct Relay {
     shutdown: CancellationToken,
     sessions: TaskTracker,
     limits: api::Limits,
+    access: tokio::sync::broadcast::Sender<AccessChange>,
 }
 
 impl Relay {
@@ -104,6 +127,7 @@ pub async fn run_with(
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         limits: api::Limits::default(),
+        access: tokio::sync::broadcast::channel(ACCESS_QUEUE).0,
         config,
     });
     let listen = tokio::spawn(db::listen(relay.clone(), relay.shutdown.clone()));

@@ -1,18 +1,18 @@
 //! One WebSocket client: a writer task draining its bounded queue, and a reader loop that
 //! handles heartbeats, joins, leaves, broadcasts, presence and token refreshes.
 
-use crate::Relay;
 use crate::auth::{self, AuthError, Identity};
 use crate::db::DbError;
 use crate::hub::{self, Join, Outbox};
 use crate::protocol::{self, Frame, Vsn};
+use crate::{AccessChange, Relay};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 /// A joined channel, as this connection sees it.
 struct Channel {
@@ -145,6 +145,7 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Ide
     let idle = relay.config.idle_timeout();
     let mut idle_deadline = tokio::time::Instant::now() + idle;
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut access = relay.access.subscribe();
     let reason = loop {
         tokio::select! {
             message = stream.next() => {
@@ -177,6 +178,14 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Ide
                 break "server shutting down";
             }
             _ = ticker.tick() => session.expire(),
+            change = access.recv() => match change {
+                Ok(change) => Box::pin(session.access_changed(&change)).await,
+                // Fell behind: some change concerned this session, perhaps.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Box::pin(session.access_changed(&AccessChange::Everyone)).await
+                }
+                Err(broadcast::error::RecvError::Closed) => {}
+            },
         }
     };
     session.leave_all();
@@ -444,26 +453,43 @@ impl Session {
     /// `access_token`: no reply; a token that no longer grants the channel ends it.
     async fn refresh_token(&mut self, frame: &Frame) {
         let Some(token) = frame.payload["access_token"].as_str().filter(|t| !t.starts_with("sb_")) else { return };
-        let identity = match resolve_token(&self.relay, token).await {
-            Ok(identity) => identity,
-            Err((_, message)) => return self.end_channel(&frame.topic, &message),
-        };
-        match self.relay.db.authorize(sub_topic(&frame.topic), &identity.claims).await {
+        match resolve_token(&self.relay, token).await {
+            Ok(identity) => self.reauthorize(&frame.topic, identity).await,
+            Err((_, message)) => self.end_channel(&frame.topic, &message),
+        }
+    }
+
+    /// Someone's rights changed in the database: the channels joined with their claims are
+    /// checked again.
+    async fn access_changed(&mut self, change: &AccessChange) {
+        let concerned: Vec<(String, Identity)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| change.concerns(&c.identity.claims))
+            .map(|(topic, c)| (topic.clone(), c.identity.clone()))
+            .collect();
+        for (topic, identity) in concerned {
+            self.reauthorize(&topic, identity).await;
+        }
+    }
+
+    /// Asks the database again whether `identity` may use a joined channel: it keeps the rights
+    /// granted now, or ends if it may no longer read.
+    async fn reauthorize(&mut self, topic: &str, identity: Identity) {
+        match self.relay.db.authorize(sub_topic(topic), &identity.claims).await {
             Ok(a) if a.read => {
-                if let Some(channel) = self.channels.get_mut(&frame.topic) {
+                if let Some(channel) = self.channels.get_mut(topic) {
                     channel.identity = identity;
                     channel.may_broadcast = a.broadcast;
                     channel.may_track = a.presence;
                 }
             }
             Ok(_) | Err(DbError::InvalidChannel(_)) | Err(DbError::Unauthorized(_)) => {
-                let message = format!(
-                    "You no longer have permission to read from this Channel topic: {}",
-                    sub_topic(&frame.topic)
-                );
-                self.end_channel(&frame.topic, &message);
+                let message =
+                    format!("You no longer have permission to read from this Channel topic: {}", sub_topic(topic));
+                self.end_channel(topic, &message);
             }
-            Err(err) => tracing::warn!(%err, "re-authorizing after a token refresh failed; keeping the channel"),
+            Err(err) => tracing::warn!(%err, "re-authorizing a channel failed; keeping it"),
         }
     }
 

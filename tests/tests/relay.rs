@@ -1,7 +1,7 @@
 //! The relay against a real PostgreSQL with pg_campfire, through real WebSocket clients.
 
 use campfire_tests::relay::{Client, RelayHandle, agent_token, blocking, conversation_topic, service_token};
-use campfire_tests::{TestDb, agent, visitor};
+use campfire_tests::{TestDb, agent, service, visitor};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -610,5 +610,65 @@ async fn a_cursor_older_than_the_pruned_log_is_told_to_reload_history() {
     assert!(system.payload["message"].as_str().unwrap().starts_with("cursor_too_old:"), "{:?}", system.payload);
     let next = client.broadcast_event("message:created").await;
     assert_eq!(next.payload["payload"]["message"]["content"], "after the prune");
+    relay.stop().await;
+}
+
+/// Rights taken back in the database end the channels joined under them at once, not at the
+/// token's expiry: an agent whose membership is disabled, a visitor whose session is revoked.
+/// A colleague's channel on the same topic carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn channels_end_when_the_database_takes_access_back() {
+    let f = fixture().await;
+    let relay = RelayHandle::start(&f.db).await;
+    let org_topic = format!("org:{}", f.org);
+    let colleague = uuid::Uuid::new_v4();
+    let (db, org) = (f.db.clone(), f.org);
+    blocking(move || {
+        db.connect_as(&service()).execute("SELECT campfire.add_member($1, $2, 'agent')", &[&org, &colleague]).unwrap();
+    })
+    .await;
+    let mut leaving = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    leaving.join(&org_topic, json!({"config": {}})).await;
+    let mut staying = Client::connect(&relay, "2.0.0", &agent_token(colleague)).await;
+    staying.join(&org_topic, json!({"config": {}})).await;
+    let mut widget = Client::connect(&relay, "2.0.0", &f.secret).await;
+    widget.join(&f.topic(), json!({"config": {}})).await;
+
+    let (db, agent_id) = (f.db.clone(), f.agent);
+    blocking(move || {
+        db.connect()
+            .execute(
+                "UPDATE campfire.organization_members SET status = 'disabled' WHERE organization_id = $1 AND user_id = $2",
+                &[&org, &agent_id],
+            )
+            .unwrap();
+    })
+    .await;
+    let system = leaving.recv_where(|m| m.event == "system").await;
+    assert_eq!(system.payload["status"], "error");
+    assert!(system.payload["message"].as_str().unwrap().contains("no longer have permission"), "{system:?}");
+    leaving.recv_where(|m| m.event == "phx_close").await;
+    let (_, rejoin) = leaving.join(&org_topic, json!({"config": {}})).await;
+    assert_eq!(rejoin.payload["status"], "error", "a disabled member cannot join again");
+
+    // The colleague still receives the organization's events; the visitor's channel is untouched.
+    let (db, conversation) = (f.db.clone(), f.conversation);
+    blocking(move || {
+        db.connect_as(&agent(colleague))
+            .execute("SELECT campfire.send_message($1, 'still here')", &[&conversation])
+            .unwrap();
+    })
+    .await;
+    staying.broadcast_event("conversation:updated").await;
+    widget.broadcast_event("message:created").await;
+
+    let (db, session) = (f.db.clone(), f.session);
+    blocking(move || {
+        db.connect_as(&service()).execute("SELECT campfire.revoke_widget_session($1)", &[&session]).unwrap();
+    })
+    .await;
+    widget.recv_where(|m| m.event == "system").await;
+    widget.recv_where(|m| m.event == "phx_close").await;
+    assert!(staying.drain(Duration::from_millis(300)).await.iter().all(|m| m.event != "phx_close"));
     relay.stop().await;
 }
