@@ -1,5 +1,5 @@
 //! One WebSocket client: a writer task draining its bounded queue, and a reader loop that
-//! handles heartbeats, joins, leaves, broadcasts, presence and token refreshes.
+//! handles heartbeats, joins, leaves, broadcasts, presence, token refreshes and access changes.
 
 use crate::auth::{self, AuthError, Identity};
 use crate::db::DbError;
