@@ -170,21 +170,31 @@ impl MirrorStatements {
 }
 
 thread_local! {
-    static MIRRORS: RefCell<HashMap<(String, pg_sys::Oid), Rc<MirrorStatements>>> = RefCell::new(HashMap::new());
+    /// By trigger: a trigger belongs to one table and names one mirror, so its oid is the key.
+    static MIRRORS: RefCell<HashMap<pg_sys::Oid, Rc<MirrorStatements>>> = RefCell::new(HashMap::new());
+}
+
+/// The mirror a trigger keeps: its argument, `campfire.realtime_conversations` by default.
+fn mirror_of(trigger: &PgTrigger) -> String {
+    trigger
+        .extra_args()
+        .ok()
+        .and_then(|args| args.into_iter().next())
+        .unwrap_or_else(|| "campfire.realtime_conversations".to_owned())
 }
 
 fn mirror_statements(
     client: &SpiClient,
-    mirror: &str,
-    source_table: pg_sys::Oid,
+    trigger: &PgTrigger,
     source: &Row,
 ) -> Result<Rc<MirrorStatements>, pgrx::spi::Error> {
-    let key = (mirror.to_owned(), source_table);
+    let key = unsafe { (*trigger.trigger_data().tg_trigger).tgoid };
     if let Some(statements) = MIRRORS.with(|cache| cache.borrow().get(&key).cloned())
         && statements.fits(source)
     {
         return Ok(statements);
     }
+    let mirror = mirror_of(trigger);
     let mirror_columns = client.select(
         "SELECT c.oid::regclass::text, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
          FROM pg_catalog.pg_class c \
@@ -237,14 +247,8 @@ fn mirror_statements(
 #[pg_trigger]
 fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let change = Change::of(trigger);
-    let mirror = trigger
-        .extra_args()
-        .ok()
-        .and_then(|args| args.into_iter().next())
-        .unwrap_or_else(|| "campfire.realtime_conversations".to_owned());
-    let source_table = unsafe { (*trigger.trigger_data().tg_relation).rd_id };
     let result = Spi::connect_mut(|client| {
-        let statements = mirror_statements(client, &mirror, source_table, change.current())?;
+        let statements = mirror_statements(client, trigger, change.current())?;
         match &change.new {
             Some(row) => {
                 let args: Vec<DatumWithOid> = statements
@@ -265,6 +269,6 @@ fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<
         }
         .map(|_| ())
     });
-    result.unwrap_or_else(|err| pgrx::error!("syncing {mirror}: {err}"));
+    result.unwrap_or_else(|err| pgrx::error!("syncing {}: {err}", mirror_of(trigger)));
     Ok(None)
 }
