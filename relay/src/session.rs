@@ -126,13 +126,13 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Ide
                     Some(message) => {
                         // Frames that queued up meanwhile (a fan-out burst) go out in one write.
                         let mut frames = 1;
-                        if sink.feed(message).await.is_err() { break }
-                        while frames < MAX_FRAMES_PER_WRITE && let Ok(message) = rx.try_recv() {
-                            if sink.feed(message).await.is_err() { break }
+                        let mut fed = sink.feed(message).await.is_ok();
+                        while fed && frames < MAX_FRAMES_PER_WRITE && let Ok(message) = rx.try_recv() {
+                            fed = sink.feed(message).await.is_ok();
                             frames += 1;
                         }
                         writer_outbox.drained.notify_one();
-                        if sink.flush().await.is_err() { break }
+                        if !fed || sink.flush().await.is_err() { break }
                         writer_metrics.frames_written.inc_by(frames);
                     }
                     None => break,
