@@ -13,7 +13,7 @@ chmod 777 "$out"
 # A fresh database each run; the test roles are cluster-wide, so they go too.
 psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres \
     -c 'DROP DATABASE IF EXISTS campfire_regress' \
-    -c 'DROP ROLE IF EXISTS campfire_test_client, campfire_test_login, campfire_test_relay' \
+    -c 'DROP ROLE IF EXISTS campfire_test_client, campfire_test_login, campfire_test_relay, campfire_test_attacker, campfire_test_attacker_relay, campfire_test_attacker_service' \
     -c 'CREATE DATABASE campfire_regress'
 set +e
 "$pg_regress" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \

@@ -23,7 +23,7 @@ CREATE FUNCTION require_role() RETURNS text
     LANGUAGE plpgsql STABLE
     AS $$
 DECLARE
-    role text := campfire.claim_role();
+    role pg_catalog.text := campfire.claim_role();
 BEGIN
     IF role IS NULL THEN
         PERFORM campfire.raise_error('28000', 'not authenticated: request.jwt.claims carries no role',
@@ -64,7 +64,7 @@ CREATE FUNCTION create_organization(name text, slug text, allowed_origins text[]
     AS $$
 #variable_conflict use_variable
 DECLARE
-    created uuid;
+    created pg_catalog.uuid;
 BEGIN
     IF NOT campfire.is_service() THEN
         PERFORM campfire.raise_error('42501', 'only the service role may create organizations');
@@ -121,7 +121,7 @@ $$;
 -- An agent's own availability; announces agent:status:online / agent:status:offline.
 CREATE FUNCTION set_availability(organization_id uuid, availability text)
     RETURNS campfire.organization_members
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
 #variable_conflict use_variable
 DECLARE
@@ -152,7 +152,7 @@ $$;
 
 -- A session secret checked against the server key. Raises 28000 when it is not valid.
 CREATE FUNCTION session_by_secret(session_secret text) RETURNS campfire.widget_sessions
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
 DECLARE
     session campfire.widget_sessions;
@@ -176,13 +176,13 @@ CREATE FUNCTION start_widget_session(organization_id uuid, visitor_id text,
                                      customer_email text DEFAULT NULL, customer_name text DEFAULT NULL,
                                      resume_secret text DEFAULT NULL)
     RETURNS TABLE (conversation_id uuid, widget_session_id uuid, session_secret text)
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
 #variable_conflict use_column
 DECLARE
     org campfire.organizations;
     session campfire.widget_sessions;
-    conversation uuid;
+    conversation pg_catalog.uuid;
     claim_window constant interval := interval '60 seconds';
 BEGIN
     IF start_widget_session.organization_id IS NULL THEN
@@ -252,7 +252,7 @@ $$;
 
 -- The claims a relay puts in a short-lived visitor token, for a valid session secret.
 CREATE FUNCTION visitor_claims(session_secret text) RETURNS jsonb
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
 DECLARE
     session campfire.widget_sessions := campfire.session_by_secret(session_secret);
@@ -264,13 +264,18 @@ $$;
 
 -- Revokes a widget session: its secret stops working at once.
 CREATE FUNCTION revoke_widget_session(widget_session_id uuid) RETURNS boolean
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
 #variable_conflict use_variable
 DECLARE
-    org uuid;
+    org pg_catalog.uuid;
 BEGIN
-    SELECT s.organization_id INTO org FROM campfire.widget_sessions s WHERE s.id = widget_session_id;
+    -- Only a session the caller may see is found (as its row-level security would have it), so
+    -- "not yours" and "does not exist" get the same answer.
+    SELECT s.organization_id INTO org FROM campfire.widget_sessions s
+    WHERE s.id = widget_session_id
+      AND (campfire.is_service() OR campfire.has_org_role(s.organization_id, 'viewer')
+           OR s.id = campfire.current_widget_session_id());
     IF NOT FOUND THEN
         PERFORM campfire.raise_error('P0002', format('widget session %s not found', widget_session_id));
     END IF;
@@ -292,10 +297,14 @@ CREATE FUNCTION visible_conversation_org(conversation_id uuid) RETURNS uuid
     AS $$
 #variable_conflict use_variable
 DECLARE
-    org uuid;
+    org pg_catalog.uuid;
 BEGIN
     SELECT r.organization_id INTO org FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
     IF NOT FOUND THEN
+        -- A visitor sees its own conversations through their visitor-safe view only.
+        SELECT w.organization_id INTO org FROM campfire.widget_conversations w WHERE w.id = conversation_id;
+    END IF;
+    IF org IS NULL THEN
         PERFORM campfire.raise_error('P0002', format('conversation %s not found', conversation_id));
     END IF;
     RETURN org;
@@ -314,13 +323,13 @@ CREATE FUNCTION send_message(conversation_id uuid, content text, sender_type tex
     AS $$
 #variable_conflict use_variable
 DECLARE
-    role text := campfire.require_role();
-    org uuid;
-    sender text := sender_type;
-    sender_user uuid;
-    name text := sender_name;
-    email text := sender_email;
-    kind text := coalesce(message_type, 'text');
+    role pg_catalog.text := campfire.require_role();
+    org pg_catalog.uuid;
+    sender pg_catalog.text := sender_type;
+    sender_user pg_catalog.uuid;
+    name pg_catalog.text := sender_name;
+    email pg_catalog.text := sender_email;
+    kind pg_catalog.text := coalesce(message_type, 'text');
     message campfire.messages;
 BEGIN
     PERFORM campfire.validate_content(content);
@@ -420,11 +429,11 @@ CREATE FUNCTION mark_read(conversation_id uuid, up_to_seq bigint DEFAULT NULL) R
     AS $$
 #variable_conflict use_variable
 DECLARE
-    role text := campfire.require_role();
-    org uuid := campfire.visible_conversation_org(conversation_id);
+    role pg_catalog.text := campfire.require_role();
+    org pg_catalog.uuid := campfire.visible_conversation_org(conversation_id);
     newest bigint;
-    reader_kind text;
-    reader uuid;
+    reader_kind pg_catalog.text;
+    reader pg_catalog.uuid;
     watermark bigint;
 BEGIN
     IF up_to_seq IS NOT NULL AND up_to_seq < 0 THEN
@@ -439,7 +448,10 @@ BEGIN
     ELSE
         PERFORM campfire.raise_error('42501', 'only a visitor or an agent has a read watermark');
     END IF;
-    SELECT r.last_message_seq INTO newest FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
+    -- The newest message the caller may read: for a visitor, never an agent-only note.
+    SELECT coalesce(max(m.seq), 0) INTO newest FROM (
+        SELECT m.seq FROM campfire.messages m WHERE m.conversation_id = mark_read.conversation_id
+        ORDER BY m.seq DESC LIMIT 1) m;
     INSERT INTO campfire.conversation_reads AS r (organization_id, conversation_id, reader_type, reader_id, last_read_seq)
     VALUES (org, conversation_id, reader_kind, reader, least(coalesce(up_to_seq, newest), newest))
     ON CONFLICT ON CONSTRAINT conversation_reads_pkey DO UPDATE
@@ -459,7 +471,7 @@ CREATE FUNCTION writable_conversation_org(conversation_id uuid) RETURNS uuid
     LANGUAGE plpgsql STABLE
     AS $$
 DECLARE
-    org uuid;
+    org pg_catalog.uuid;
 BEGIN
     PERFORM campfire.require_role();
     org := campfire.visible_conversation_org(conversation_id);
@@ -481,7 +493,7 @@ CREATE FUNCTION assign_conversation(conversation_id uuid, assignee_id uuid)
     AS $$
 #variable_conflict use_variable
 DECLARE
-    org uuid;
+    org pg_catalog.uuid;
 BEGIN
     org := campfire.writable_conversation_org(conversation_id);
     IF assignee_id IS NOT NULL AND NOT EXISTS (
@@ -526,8 +538,8 @@ CREATE FUNCTION claim_conversation(conversation_id uuid)
     AS $$
 #variable_conflict use_variable
 DECLARE
-    org uuid;
-    me uuid := campfire.current_user_id();
+    org pg_catalog.uuid;
+    me pg_catalog.uuid := campfire.current_user_id();
 BEGIN
     PERFORM campfire.require_role();
     org := campfire.visible_conversation_org(conversation_id);
@@ -574,7 +586,7 @@ CREATE FUNCTION events_since(after bigint, topic text DEFAULT NULL, max_rows int
     AS $$
 #variable_conflict use_variable
 DECLARE
-    canonical text;
+    canonical pg_catalog.text;
 BEGIN
     PERFORM campfire.require_role();
     IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
@@ -594,7 +606,7 @@ $$;
 -- allowed to read it), optionally one channel only (a client resuming after a gap).
 CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, topic text DEFAULT NULL)
     RETURNS TABLE (id bigint, topic text, event text, payload json)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
         SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
         WHERE e.id > after AND ($3 IS NULL OR e.topic = $3)
@@ -603,19 +615,19 @@ CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, topic text
 
 -- The newest committed cursor (0 when the log is empty).
 CREATE FUNCTION log_head() RETURNS bigint
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$ SELECT coalesce(max(e.id), 0) FROM campfire.events e $$;
 
 -- The id through which the log has been pruned (0 if never). A client resuming from an older cursor has missed events for good and must
 -- reload history.
 CREATE FUNCTION log_tail() RETURNS bigint
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$ SELECT pruned_through FROM campfire.log_state $$;
 
 -- Deletes events older than `older_than`; returns how many, and records how far the log now
 -- starts (log_tail). Clients further behind than the retention must reload history.
 CREATE FUNCTION prune_events(older_than interval) RETURNS bigint
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
 DECLARE
     deleted bigint;
@@ -636,11 +648,11 @@ $$;
 -- Erases everything stored about one visitor of an organization: sessions, conversations,
 -- messages, read state, and the logged events that carried them. Admins or the service role.
 CREATE FUNCTION erase_visitor(organization_id uuid, visitor_id text) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
 #variable_conflict use_variable
 DECLARE
-    conversations uuid[];
+    conversations pg_catalog.uuid[];
     erased_events bigint;
     erased_queued bigint;
     erased_messages bigint;
@@ -682,7 +694,7 @@ CREATE FUNCTION list_conversations(organization_id uuid, filter text DEFAULT 'al
     AS $$
 #variable_conflict use_variable
 DECLARE
-    me uuid := campfire.current_user_id();
+    me pg_catalog.uuid := campfire.current_user_id();
 BEGIN
     PERFORM campfire.require_role();
     IF NOT (campfire.is_service() OR campfire.has_org_role(organization_id, 'viewer')) THEN
@@ -715,11 +727,27 @@ BEGIN
 END
 $$;
 
+-- What a visitor may know of its own conversations. The scalar mirror carries agent-only columns
+-- (assignment, handover reason) and a summary that counts notes, so visitors read this view
+-- instead: its summary is the last message the visitor may read. It runs with the owner's rights
+-- and filters by the caller's widget session itself (empty for anyone but a visitor).
+CREATE VIEW widget_conversations WITH (security_barrier) AS
+    SELECT c.id, c.organization_id, c.widget_session_id, c.visitor_id, c.customer_name, c.customer_email,
+           c.status::text AS status, c.created_at,
+           coalesce(last.seq, 0) AS last_message_seq, last.created_at AS last_message_at,
+           left(last.content, 140) AS last_message_preview, last.sender_type AS last_message_sender_type
+    FROM campfire.conversations c
+    LEFT JOIN LATERAL (
+        SELECT m.seq, m.created_at, m.content, m.sender_type FROM campfire.messages m
+        WHERE m.conversation_id = c.id AND m.message_type <> 'note'
+        ORDER BY m.seq DESC LIMIT 1) last ON true
+    WHERE c.id = ANY ((SELECT campfire.visitor_conversations())::uuid[]);
+
 -- What a widget may know before it has a session: the organization's name, the origins allowed
 -- to embed it, and whether an agent is online. Callable without claims.
 CREATE FUNCTION widget_config(organization_id uuid)
     RETURNS TABLE (name text, allowed_origins text[], agents_online integer)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
         SELECT o.name, o.allowed_origins,
                (SELECT count(*)::integer FROM campfire.organization_members m

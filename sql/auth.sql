@@ -40,7 +40,7 @@ CREATE FUNCTION current_user_id() RETURNS uuid
 
 -- The caller's widget session, if the claims name one that is neither revoked nor expired.
 CREATE FUNCTION current_widget_session_id() RETURNS uuid
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
         SELECT s.id FROM campfire.widget_sessions s
         WHERE campfire.claim_role() = 'visitor'
@@ -51,7 +51,7 @@ CREATE FUNCTION current_widget_session_id() RETURNS uuid
 -- Organizations where the caller is an active member with at least `min_role`
 -- (viewer < agent < admin). Policies call it once per query: `= ANY ((SELECT ...))`.
 CREATE FUNCTION member_organizations(min_role text DEFAULT 'viewer') RETURNS uuid[]
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
         SELECT coalesce(array_agg(m.organization_id), '{}')
         FROM campfire.organization_members m
@@ -63,7 +63,7 @@ CREATE FUNCTION member_organizations(min_role text DEFAULT 'viewer') RETURNS uui
     $$;
 
 CREATE FUNCTION member_role(organization_id uuid) RETURNS text
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
         SELECT m.role FROM campfire.organization_members m
         WHERE m.organization_id = $1 AND m.user_id = campfire.current_user_id() AND m.status = 'active'
@@ -81,36 +81,47 @@ CREATE FUNCTION has_org_role(organization_id uuid, min_role text) RETURNS boolea
 
 -- The conversations of the caller's widget session (empty for anyone but a visitor).
 CREATE FUNCTION visitor_conversations() RETURNS uuid[]
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
         SELECT coalesce(array_agg(c.id), '{}') FROM campfire.conversations c
         WHERE c.widget_session_id = campfire.current_widget_session_id()
     $$;
 
+-- May the caller insert this message? The messages_insert policy, and the check that runs
+-- before the owner's seq trigger reads or locks the conversation (triggers.sql).
+CREATE FUNCTION may_insert_message(organization_id uuid, conversation_id uuid, sender_type text,
+                                   message_type text, sender_user_id uuid) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN coalesce((SELECT campfire.is_service())
+                    OR ($1 = ANY ((SELECT campfire.member_organizations('agent'))::uuid[]) AND $3 <> 'customer')
+                    OR ($2 = ANY ((SELECT campfire.visitor_conversations())::uuid[])
+                        AND $3 = 'customer' AND $4 = 'text' AND $5 IS NULL), false);
+
 -- May the holder of `claims` read, broadcast on, and track presence on `topic`?
 -- Returns {"read", "broadcast", "presence", "reason", "topic"} where topic is the canonical
 -- channel name events are published under. A malformed name raises SQLSTATE 22023.
 CREATE FUNCTION authorize_channel(topic text, claims jsonb) RETURNS jsonb
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
 DECLARE
     channel record;
-    role text := claims ->> 'role';
-    membership text;
+    role pg_catalog.text := claims ->> 'role';
+    membership pg_catalog.text;
     session campfire.widget_sessions;
-    conversation_session uuid;
-    conversation_exists boolean := false;
+    conversation_session pg_catalog.uuid;
+    conversation_exists boolean;
     may_read boolean := false;
     may_broadcast boolean := false;
     may_presence boolean := false;
-    reason text;
+    reason pg_catalog.text;
 BEGIN
     SELECT * INTO channel FROM campfire.parse_channel(topic);
     -- Whose conversation the channel names (existence is only revealed to those who pass).
     IF channel.conversation_id IS NOT NULL THEN
-        SELECT c.widget_session_id, true INTO conversation_session, conversation_exists
+        SELECT c.widget_session_id INTO conversation_session
         FROM campfire.conversations c
         WHERE c.id = channel.conversation_id AND c.organization_id = channel.organization_id;
+        conversation_exists := FOUND;
     END IF;
 
     IF role = 'service_role' THEN

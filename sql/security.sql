@@ -6,7 +6,7 @@
 
 DO $rls$
 DECLARE
-    t text;
+    t pg_catalog.text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['organizations', 'organization_members', 'widget_sessions', 'conversations',
                              'realtime_conversations', 'messages', 'conversation_reads', 'events', 'event_queue', 'server_keys',
@@ -64,11 +64,12 @@ CREATE POLICY conversations_delete ON conversations FOR DELETE
     USING ((SELECT campfire.is_service())
            OR organization_id = ANY ((SELECT campfire.member_organizations('admin'))::uuid[]));
 
--- realtime_conversations: read-only; written by the SECURITY DEFINER mirror trigger.
+-- realtime_conversations: read-only; written by the SECURITY DEFINER mirror trigger. Members
+-- only: it carries assignment, the handover reason and a summary that counts agent-only notes.
+-- Visitors read their own conversations through the widget_conversations view instead.
 CREATE POLICY realtime_conversations_read ON realtime_conversations FOR SELECT
     USING ((SELECT campfire.is_service())
-           OR organization_id = ANY ((SELECT campfire.member_organizations('viewer'))::uuid[])
-           OR id = ANY ((SELECT campfire.visitor_conversations())::uuid[]));
+           OR organization_id = ANY ((SELECT campfire.member_organizations('viewer'))::uuid[]));
 
 -- messages: members read all; a visitor reads its own conversations' messages except notes.
 -- Agents and admins write as agent/system/bot; a visitor writes customer text into its own
@@ -78,11 +79,7 @@ CREATE POLICY messages_read ON messages FOR SELECT
            OR organization_id = ANY ((SELECT campfire.member_organizations('viewer'))::uuid[])
            OR (conversation_id = ANY ((SELECT campfire.visitor_conversations())::uuid[]) AND message_type <> 'note'));
 CREATE POLICY messages_insert ON messages FOR INSERT
-    WITH CHECK ((SELECT campfire.is_service())
-                OR (organization_id = ANY ((SELECT campfire.member_organizations('agent'))::uuid[])
-                    AND sender_type <> 'customer')
-                OR (conversation_id = ANY ((SELECT campfire.visitor_conversations())::uuid[])
-                    AND sender_type = 'customer' AND message_type = 'text' AND sender_user_id IS NULL));
+    WITH CHECK (campfire.may_insert_message(organization_id, conversation_id, sender_type, message_type, sender_user_id));
 CREATE POLICY messages_update ON messages FOR UPDATE
     USING ((SELECT campfire.is_service())
            OR organization_id = ANY ((SELECT campfire.member_organizations('agent'))::uuid[]))
@@ -128,7 +125,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA campfire FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA campfire TO campfire_client;
 GRANT SELECT ON organizations, organization_members, widget_sessions, conversations,
-                realtime_conversations, messages, conversation_reads, events TO campfire_client;
+                realtime_conversations, widget_conversations, messages, conversation_reads, events TO campfire_client;
 GRANT INSERT, UPDATE, DELETE ON organizations, organization_members, conversations, messages TO campfire_client;
 GRANT INSERT, UPDATE ON conversation_reads TO campfire_client;
 
@@ -141,7 +138,7 @@ GRANT EXECUTE ON FUNCTION
     current_claims(), claim_role(), try_uuid(text), is_service(), current_user_id(),
     current_widget_session_id(), member_organizations(text), member_role(uuid), is_org_member(uuid),
     has_org_role(uuid, text),
-    visitor_conversations(), raise_error(text, text, text), require_role(), validate_content(text),
+    visitor_conversations(), may_insert_message(uuid, uuid, text, text, uuid), raise_error(text, text, text), require_role(), validate_content(text),
     validate_email(text, text), visible_conversation_org(uuid), writable_conversation_org(uuid),
     conversation_view(uuid),
     create_organization(text, text, text[]), add_member(uuid, uuid, text, text, text, text),
@@ -179,4 +176,4 @@ SELECT pg_catalog.pg_extension_config_dump('campfire.events_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.event_queue_id_seq', '');
 
 -- broadcast writes to the log itself: it runs as the owner, for the service role only.
-ALTER FUNCTION broadcast(uuid, text, text, jsonb) SECURITY DEFINER SET search_path = pg_catalog, campfire;
+ALTER FUNCTION broadcast(uuid, text, text, jsonb) SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;

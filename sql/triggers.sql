@@ -2,8 +2,8 @@
 -- The event triggers (Rust) only queue events in memory; the deferred constraint trigger
 -- flush_events writes them to campfire.events and issues one NOTIFY at commit.
 
-ALTER FUNCTION flush_events() SECURITY DEFINER SET search_path = pg_catalog, campfire;
-ALTER FUNCTION sync_realtime_conversations() SECURITY DEFINER SET search_path = pg_catalog, campfire;
+ALTER FUNCTION flush_events() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
+ALTER FUNCTION sync_realtime_conversations() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
 
 CREATE FUNCTION touch_updated_at() RETURNS trigger
     LANGUAGE plpgsql
@@ -14,19 +14,36 @@ BEGIN
 END
 $$;
 
--- Gives each new message the next gap-free sequence number of its conversation, under the
--- conversation's row lock, and keeps the conversation's summary current. A message whose
--- client_message_id is already stored is a retry: the insert is skipped.
-CREATE FUNCTION assign_message_seq() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire
+-- Refuses, before messages_assign_seq (which runs as the owner) reads or locks the conversation,
+-- a message the caller's row-level security would refuse anyway: "not yours" and "does not
+-- exist" then get the same answer, and no row the caller may not see is ever locked.
+CREATE FUNCTION admit_message() RETURNS trigger
+    LANGUAGE plpgsql
     AS $$
-DECLARE
-    conversation_status campfire.conversation_status;
 BEGIN
     IF NEW.organization_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '23502', MESSAGE = 'messages.organization_id is required',
             HINT = 'pass the organization of the conversation';
     END IF;
+    IF pg_catalog.row_security_active('campfire.messages')
+       AND NOT campfire.may_insert_message(NEW.organization_id, NEW.conversation_id, NEW.sender_type,
+                                           NEW.message_type, NEW.sender_user_id) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'new row violates row-level security policy for table "messages"';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Gives each new message the next gap-free sequence number of its conversation, under the
+-- conversation's row lock, and keeps the conversation's summary current. A message whose
+-- client_message_id is already stored is a retry: the insert is skipped.
+CREATE FUNCTION assign_message_seq() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+DECLARE
+    conversation_status campfire.conversation_status;
+BEGIN
     IF NEW.client_message_id IS NOT NULL THEN
         PERFORM FROM campfire.conversations c WHERE c.id = NEW.conversation_id FOR UPDATE;
         IF EXISTS (SELECT FROM campfire.messages m
@@ -74,6 +91,9 @@ CREATE TRIGGER conversations_events AFTER INSERT OR UPDATE OR DELETE ON conversa
 CREATE CONSTRAINT TRIGGER conversations_flush_events AFTER INSERT OR UPDATE OR DELETE ON conversations
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
 
+-- Before-row triggers fire in name order: admit first.
+CREATE TRIGGER messages_admit BEFORE INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION admit_message();
 CREATE TRIGGER messages_assign_seq BEFORE INSERT ON messages
     FOR EACH ROW EXECUTE FUNCTION assign_message_seq();
 CREATE TRIGGER messages_touch BEFORE UPDATE ON messages

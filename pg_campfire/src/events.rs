@@ -163,22 +163,37 @@ fn run_kept<T>(
 
 /// Payloads travel as `json` built here: serialized once, never parsed again (a cast from text
 /// would run the JSON parser over every payload just to validate what serde_json wrote).
+///
+/// These statements run with the extension owner's rights inside a caller's session, so they name
+/// every relation, function and type by its schema: nothing in them may resolve through the
+/// caller's search_path or temp schema (the parameters are typed by oid, so they need no cast).
 const EVENT_ARRAY_TYPES: [pg_sys::Oid; 5] =
     [pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONARRAYOID];
 
-const QUEUE_EVENTS_SQL: &str = "\
-    INSERT INTO campfire.event_queue (organization_id, conversation_id, topic, event, payload) \
-    SELECT o, c, t, e, p \
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::json[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
-    ORDER BY n";
+/// The five parameter arrays as rows `u(o, c, t, e, p)`, numbered `n` in their order. (The
+/// multi-argument `unnest(a, b, ...)` shorthand exists only unqualified.)
+macro_rules! event_rows {
+    () => {
+        "ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), \
+         pg_catalog.unnest($5)) WITH ORDINALITY AS u(o, c, t, e, p, n)"
+    };
+}
+
+const QUEUE_EVENTS_SQL: &str = concat!(
+    "INSERT INTO campfire.event_queue (organization_id, conversation_id, topic, event, payload) \
+     SELECT o, c, t, e, p FROM ",
+    event_rows!(),
+    " ORDER BY n"
+);
 
 /// Ids come from the sequence in queue order; the log lock taken just before makes that order
 /// the commit order.
-const LOG_EVENTS_SQL: &str = "\
-    INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-    SELECT pg_catalog.nextval('campfire.events_id_seq'), o, c, t, e, p \
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::json[]) WITH ORDINALITY AS u(o, c, t, e, p, n) \
-    ORDER BY n RETURNING id, topic, event, payload::text";
+const LOG_EVENTS_SQL: &str = concat!(
+    "INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
+     SELECT pg_catalog.nextval('campfire.events_id_seq'::pg_catalog.regclass), o, c, t, e, p FROM ",
+    event_rows!(),
+    " ORDER BY n RETURNING id, topic, event, payload::pg_catalog.text"
+);
 
 const DRAIN_QUEUE_SQL: &str = "\
     WITH moved AS ( \
@@ -186,9 +201,10 @@ const DRAIN_QUEUE_SQL: &str = "\
         WHERE q.id = ANY (ARRAY(SELECT id FROM campfire.event_queue ORDER BY id LIMIT $1)) \
         RETURNING q.*) \
     INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-    SELECT pg_catalog.nextval('campfire.events_id_seq'), organization_id, conversation_id, topic, event, payload \
+    SELECT pg_catalog.nextval('campfire.events_id_seq'::pg_catalog.regclass), organization_id, conversation_id, topic, \
+           event, payload \
     FROM moved ORDER BY moved.id \
-    RETURNING id, topic, event, payload::text";
+    RETURNING id, topic, event, payload::pg_catalog.text";
 
 fn logged_row(row: &pgrx::spi::SpiHeapTupleData) -> Result<Logged, pgrx::spi::Error> {
     Ok(Logged {

@@ -189,6 +189,16 @@ pub extern "C-unwind" fn campfire_sequencer_main(argument: pg_sys::Datum) {
     unsafe { pg_sys::before_shmem_exit(Some(release_on_exit), argument) };
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    // The worker runs as the bootstrap superuser: resolve nothing through a schema that other
+    // roles may create objects in ("$user", public).
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     if let Some(slot) = SEQUENCERS.exclusive().find_mut(database) {
         slot.procno = unsafe { (*pg_sys::MyProc).pgprocno };
     }

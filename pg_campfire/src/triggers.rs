@@ -195,14 +195,28 @@ fn mirror_statements(
         return Ok(statements);
     }
     let mirror = mirror_of(trigger);
+    // The statements run as the extension owner in the writer's session (search_path pinned,
+    // pg_temp last), so the mirror and every type in them are named with their schema: nothing
+    // resolves through the writer's temp schema. The mirror's own name must carry its schema
+    // too, or an unqualified name missing from the pinned path would be found in pg_temp.
+    // (A column's typmod is applied by the assignment to it.)
     let mirror_columns = client.select(
-        "SELECT c.oid::regclass::text, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
+        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), \
+                a.attname::pg_catalog.text, \
+                pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(ty.typname) \
          FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         WHERE c.oid = $1::regclass ORDER BY a.attnum",
+         JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+         JOIN pg_catalog.pg_namespace tn ON tn.oid = ty.typnamespace \
+         WHERE c.oid = $1::pg_catalog.regclass AND pg_catalog.cardinality(pg_catalog.parse_ident($1)) = 2 \
+         ORDER BY a.attnum",
         None,
-        &[mirror.into()],
+        &[mirror.as_str().into()],
     )?;
+    if mirror_columns.is_empty() {
+        pgrx::error!("the mirror table {mirror} must exist and be named with its schema (schema.table)");
+    }
     let (mut table, mut columns, mut values, mut updates, mut params) =
         (String::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in mirror_columns {

@@ -151,3 +151,35 @@ fn exactly_one_of_several_agents_claims_a_handed_over_conversation() {
         .get(0);
     assert_eq!(&assigned, winners[0]);
 }
+
+#[test]
+fn a_refused_write_never_waits_on_a_conversation_the_writer_may_not_see() {
+    let db = TestDb::new();
+    let (_, outsider) = db.organization_with_agent("acme");
+    let (other_org, _) = db.organization_with_agent("globex");
+    let (foreign, _) = db.widget_session(other_org, "visitor-1");
+    // The other organization's conversation stays locked by an open transaction.
+    let mut holder = db.connect();
+    holder.batch_execute("BEGIN").unwrap();
+    holder.execute("SELECT FROM campfire.conversations WHERE id = $1 FOR UPDATE", &[&foreign]).unwrap();
+
+    // An agent of another organization, through row-level security (as an application login).
+    let mut intruder = db.connect_as(&agent(outsider));
+    intruder.batch_execute("SET ROLE campfire_client; SET lock_timeout = '5s'").unwrap();
+    for retry_key in [None, Some("probe-1")] {
+        let refused = intruder
+            .execute(
+                "INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type, client_message_id) \
+                 VALUES ($1, $2, 'probe', 'agent', $3)",
+                &[&foreign, &other_org, &retry_key],
+            )
+            .unwrap_err();
+        // Refused before the owner's trigger looks at (or waits for) the row: not a lock timeout.
+        assert_eq!(refused.code().map(|c| c.code()), Some("42501"), "{refused:?}");
+        let via_api = intruder
+            .query_one("SELECT campfire.send_message($1, 'probe', client_message_id => $2)", &[&foreign, &retry_key])
+            .unwrap_err();
+        assert_eq!(via_api.code().map(|c| c.code()), Some("P0002"), "{via_api:?}");
+    }
+    holder.batch_execute("ROLLBACK").unwrap();
+}

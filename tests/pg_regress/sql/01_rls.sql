@@ -5,7 +5,7 @@ DECLARE
     name text;
 BEGIN
     FOREACH name IN ARRAY ARRAY['organizations', 'organization_members', 'widget_sessions', 'conversations',
-                                'realtime_conversations', 'messages', 'conversation_reads', 'events']
+                                'realtime_conversations', 'widget_conversations', 'messages', 'conversation_reads', 'events']
     LOOP
         tbl := name;
         EXECUTE format('SELECT count(*) FROM campfire.%I', name) INTO visible;

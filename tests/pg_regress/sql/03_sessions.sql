@@ -48,12 +48,12 @@ CALL t.act_as('nobody');
 SELECT set_config('request.jwt.claims', jsonb_build_object('role', 'visitor', 'widget_session_id', widget_session_id)::text, false)
 FROM first_start \gset
 SET ROLE campfire_test_client;
-SELECT count(*) AS conversations_visible_before_revocation FROM campfire.realtime_conversations;
+SELECT count(*) AS conversations_visible_before_revocation FROM campfire.widget_conversations;
 SELECT campfire.revoke_widget_session((SELECT widget_session_id FROM first_start)) AS revoked;
 SET ROLE campfire_test_relay;
 SELECT t.try(format($$SELECT campfire.visitor_claims(%L)$$, (SELECT session_secret FROM first_start))) AS revoked_secret;
 SET ROLE campfire_test_client;
-SELECT count(*) AS conversations_visible_after_revocation FROM campfire.realtime_conversations;
+SELECT count(*) AS conversations_visible_after_revocation FROM campfire.widget_conversations;
 CALL t.act_as('visitor_a');
 SELECT t.try(format($$SELECT campfire.revoke_widget_session(%L)$$, (SELECT widget_session_id FROM t.sessions WHERE name = 'visitor_orgb'))) AS revoke_foreign;
 -- An outsider cannot revoke anyone's session.
