@@ -133,6 +133,8 @@ CREATE INDEX conversations_org_status_idx ON conversations (organization_id, sta
 CREATE INDEX conversations_assignee_idx ON conversations (organization_id, assigned_to)
     WHERE assigned_to IS NOT NULL;
 CREATE INDEX conversations_visitor_idx ON conversations (organization_id, visitor_id);
+-- A visitor's conversations, from its widget session (row-level security asks on every call).
+CREATE INDEX conversations_widget_session_idx ON conversations (widget_session_id);
 
 -- The scalar-only mirror of conversations, kept by the SECURITY DEFINER trigger
 -- sync_realtime_conversations. Only uuid, text, numbers, booleans and timestamps.
@@ -226,8 +228,13 @@ CREATE TABLE events (
     payload         json NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
+-- One channel's events (a client resuming), one organization's (an agent's catch-up), one
+-- conversation's (erasure); and retention by age: created_at grows with id, so a BRIN index of
+-- small ranges finds the old part of the log for a few bytes per page.
 CREATE INDEX events_topic_idx ON events (topic, id);
+CREATE INDEX events_organization_idx ON events (organization_id, id);
 CREATE INDEX events_conversation_idx ON events (conversation_id) WHERE conversation_id IS NOT NULL;
+CREATE INDEX events_created_at_idx ON events USING brin (created_at) WITH (pages_per_range = 16, autosummarize = on);
 
 -- Committed events waiting for their cursor. Writers append here without any shared lock, so
 -- their commits group; the sequencer background worker moves them into `events` in queue order.

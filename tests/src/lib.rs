@@ -107,6 +107,11 @@ impl TestDb {
         format!("host=127.0.0.1 port={} user=campfire_relay_test dbname={}", self.port, self.name)
     }
 
+    /// The connection string of the `postgres` superuser to this database.
+    pub fn connection_string(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={}", self.port, self.name)
+    }
+
     /// A superuser connection (RLS does not apply to it; the API's claims checks do).
     pub fn connect(&self) -> Client {
         connect_to(&self.name, self.port)
