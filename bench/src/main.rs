@@ -16,6 +16,8 @@ use tokio_postgres::{Client, NoTls};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod growth;
+
 #[derive(Parser)]
 #[command(about = "Benchmarks pg_campfire and campfire-relay on this machine")]
 struct Args {
@@ -42,7 +44,14 @@ struct Args {
     /// Idle connection counts for the connections scenario.
     #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
     connections: Vec<usize>,
-    /// Scenarios to run (latency, throughput, cost, fanout, connections); all by default.
+    /// Conversation counts the growth scenario grows its database to, in turn (1000000 takes
+    /// about a quarter of an hour to load).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    growth: Vec<usize>,
+    /// Calls timed per path and step in the growth scenario.
+    #[arg(long, default_value_t = 200)]
+    growth_reps: usize,
+    /// Scenarios to run (latency, throughput, cost, fanout, connections, growth); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// A short run (a few hundred messages, small counts) that only checks the benchmark works.
@@ -642,7 +651,7 @@ async fn main() -> Result<()> {
     }
     if args.smoke {
         (args.runs, args.seconds, args.latency_messages, args.rate) = (1, 1, 200, 200);
-        (args.fanout, args.connections) = (vec![20], vec![50]);
+        (args.fanout, args.connections, args.growth, args.growth_reps) = (vec![20], vec![50], vec![2000], 5);
     }
     let fd_limit = raise_fd_limit();
     let cluster = start_cluster()?;
@@ -755,6 +764,10 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     results["connections"] = json!(idle);
+
+    if wanted("growth") {
+        results["growth"] = growth::growth(cluster.port, &args.growth, args.growth_reps).await?;
+    }
 
     std::fs::write(&args.output, serde_json::to_string_pretty(&results)?)?;
     println!("figures written to {}", args.output);
