@@ -252,13 +252,11 @@ async fn widget_auth(
     let identity = session::resolve_token(&relay, &secret)
         .await
         .map_err(|(_, message)| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message))?;
-    let mut claims = identity.claims;
-    claims["exp"] = json!(identity.expires_at);
     ok(json!({
         "conversationId": session["conversation_id"],
         "widgetSessionId": session["widget_session_id"],
         "sessionSecret": secret,
-        "accessToken": auth::sign(relay.config.jwt_secret.as_bytes(), &claims),
+        "accessToken": auth::mint(relay.config.jwt_secret.as_bytes(), &identity),
         "expiresAt": identity.expires_at,
     }))
 }

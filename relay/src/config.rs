@@ -1,5 +1,6 @@
 //! Relay configuration: flags, each with an environment variable.
 
+use crate::jwks::JwksSource;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +20,9 @@ pub struct Config {
     /// HS256 secret that signs client JWTs (and the visitor tokens the relay mints).
     #[arg(long, env = "CAMPFIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
+
+    #[command(flatten)]
+    pub tokens: TokenConfig,
 
     /// Largest client frame or broadcast payload, in bytes.
     #[arg(long, env = "CAMPFIRE_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
@@ -48,6 +52,67 @@ pub struct Config {
     /// Lifetime of visitor tokens minted from widget session secrets, in seconds.
     #[arg(long, env = "CAMPFIRE_VISITOR_TOKEN_TTL", default_value_t = 3600)]
     pub visitor_token_ttl_secs: u64,
+}
+
+/// How client JWTs are checked beyond the HS256 secret: audiences, issuers, and the published
+/// keys (JWKS) of an identity provider that signs with RS256, ES256 or EdDSA.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenConfig {
+    /// Audiences accepted in a token's `aud` (comma-separated); a token without `aud` is not
+    /// checked. The default is what Supabase Auth puts in its access tokens.
+    #[arg(
+        long = "jwt-audience",
+        env = "CAMPFIRE_JWT_AUDIENCE",
+        value_name = "AUD",
+        value_delimiter = ',',
+        default_value = DEFAULT_AUDIENCE
+    )]
+    pub audiences: Vec<String>,
+
+    /// Issuers accepted in a token's `iss` (comma-separated). When set, every token must carry one
+    /// of them (or be one the relay minted itself); when unset, `iss` is not checked.
+    #[arg(long = "jwt-issuer", env = "CAMPFIRE_JWT_ISSUER", value_name = "ISS", value_delimiter = ',')]
+    pub issuers: Vec<String>,
+
+    /// The identity provider's signing keys: an http(s) URL of its JWKS, or a file holding one.
+    #[arg(long, env = "CAMPFIRE_JWKS", value_name = "URL_OR_FILE", value_parser = JwksSource::parse)]
+    pub jwks: Option<JwksSource>,
+
+    /// Seconds the fetched JWKS is trusted before it is read again (so removed keys stop working).
+    #[arg(
+        long = "jwks-max-age",
+        env = "CAMPFIRE_JWKS_MAX_AGE",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_JWKS_MAX_AGE_SECS
+    )]
+    pub jwks_max_age_secs: u64,
+
+    /// Least seconds between two reads of the JWKS: a token naming an unknown key triggers a read
+    /// at most this often, so a flood of made-up key ids cannot hammer the identity provider.
+    #[arg(
+        long = "jwks-cooldown",
+        env = "CAMPFIRE_JWKS_COOLDOWN",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_JWKS_COOLDOWN_SECS
+    )]
+    pub jwks_cooldown_secs: u64,
+}
+
+const DEFAULT_AUDIENCE: &str = "authenticated";
+const DEFAULT_JWKS_MAX_AGE_SECS: u64 = 600;
+const DEFAULT_JWKS_COOLDOWN_SECS: u64 = 30;
+
+/// The flags' defaults, for embedding the relay as a library (and tests).
+impl Default for TokenConfig {
+    fn default() -> TokenConfig {
+        TokenConfig {
+            audiences: vec![DEFAULT_AUDIENCE.to_owned()],
+            issuers: Vec::new(),
+            jwks: None,
+            jwks_max_age_secs: DEFAULT_JWKS_MAX_AGE_SECS,
+            jwks_cooldown_secs: DEFAULT_JWKS_COOLDOWN_SECS,
+        }
+    }
 }
 
 impl Config {

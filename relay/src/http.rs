@@ -205,9 +205,7 @@ async fn widget_token(
     }
     match session::resolve_token(&relay, &request.session_secret).await {
         Ok(identity) => {
-            let mut claims = identity.claims;
-            claims["exp"] = json!(identity.expires_at);
-            let token = auth::sign(relay.config.jwt_secret.as_bytes(), &claims);
+            let token = auth::mint(relay.config.jwt_secret.as_bytes(), &identity);
             Json(json!({ "access_token": token, "expires_at": identity.expires_at })).into_response()
         }
         Err((code, message)) if code == "UnableToConnectToProject" => error(StatusCode::SERVICE_UNAVAILABLE, message),

@@ -10,6 +10,7 @@ pub mod config;
 mod db;
 mod http;
 mod hub;
+pub mod jwks;
 mod metrics;
 pub mod protocol;
 mod session;
@@ -81,6 +82,7 @@ impl AccessChange {
 pub struct Relay {
     config: Config,
     options: Options,
+    verifier: auth::Verifier,
     db: db::Db,
     hub: hub::Hub,
     metrics: Arc<metrics::Metrics>,
@@ -115,10 +117,12 @@ pub async fn run_with(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let verifier = auth::Verifier::new(&config.jwt_secret, &config.tokens).await?;
     let metrics = Arc::new(metrics::Metrics::new());
     let (peers_tx, mut peers_rx) = tokio::sync::mpsc::channel::<hub::PeerOut>(PEER_QUEUE);
     let relay = Arc::new(Relay {
         options,
+        verifier,
         db: db::Db::new(config.database_url.clone()),
         hub: hub::Hub::new(metrics.clone(), uuid::Uuid::new_v4().to_string(), peers_tx),
         metrics,

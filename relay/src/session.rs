@@ -100,7 +100,7 @@ pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, (Stri
             Err(e) => Err((AuthError::BadSecret.code().into(), e.to_string())),
         };
     }
-    auth::verify_jwt(relay.config.jwt_secret.as_bytes(), token).map_err(|e| (e.code().to_owned(), e.to_string()))
+    relay.verifier.verify(token).await.map_err(|e| (e.code().to_owned(), e.to_string()))
 }
 
 pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Identity) {

@@ -502,11 +502,9 @@ async fn http_broadcast_health_metrics_and_widget_tokens() {
         .unwrap();
     assert_eq!(status, 200, "{token}");
     let token: Value = serde_json::from_str(&token).unwrap();
-    let claims = campfire_relay::auth::verify_jwt(
-        campfire_tests::relay::JWT_SECRET.as_bytes(),
-        token["access_token"].as_str().unwrap(),
-    )
-    .unwrap();
+    let verifier =
+        campfire_relay::auth::Verifier::new(campfire_tests::relay::JWT_SECRET, &Default::default()).await.unwrap();
+    let claims = verifier.verify(token["access_token"].as_str().unwrap()).await.unwrap();
     assert_eq!(claims.claims["role"], "visitor");
     assert_eq!(claims.claims["widget_session_id"], json!(f.session));
     let (status, _) = relay

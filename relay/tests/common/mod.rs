@@ -225,6 +225,7 @@ impl Fixture {
             database_url: self.relay_url(),
             listen: "127.0.0.1:0".parse().unwrap(),
             jwt_secret: JWT_SECRET.into(),
+            tokens: Default::default(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
             max_channels: 100,
