@@ -39,6 +39,8 @@ pub enum AuthError {
     UnknownKey(String),
     #[error("the widget session secret is invalid, revoked or expired")]
     BadSecret,
+    #[error("the connection's token (its apikey) has expired: join with a current access_token")]
+    ConnectionExpired,
 }
 
 impl AuthError {
@@ -51,6 +53,13 @@ impl AuthError {
             AuthError::BadSecret => "Unauthorized",
             _ => "InvalidJWTToken",
         }
+    }
+}
+
+impl Identity {
+    /// This identity, unless its token expired since it was verified.
+    pub fn unexpired(&self) -> Result<Identity, AuthError> {
+        if self.expires_at <= now() { Err(AuthError::ConnectionExpired) } else { Ok(self.clone()) }
     }
 }
 

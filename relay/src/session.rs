@@ -260,12 +260,9 @@ impl Session {
         if self.channels.len() >= self.relay.config.max_channels && !self.channels.contains_key(&topic) {
             return self.send(&protocol::error_reply(&frame, "ChannelRateLimitReached: Too many channels"));
         }
-        let identity = match frame.payload["access_token"].as_str().filter(|t| !t.starts_with("sb_")) {
-            Some(token) => match resolve_token(&self.relay, token).await {
-                Ok(identity) => identity,
-                Err((code, message)) => return self.send(&protocol::error_reply(&frame, format!("{code}: {message}"))),
-            },
-            None => self.identity.clone(),
+        let identity = match self.join_identity(&frame.payload).await {
+            Ok(identity) => identity,
+            Err((code, message)) => return self.send(&protocol::error_reply(&frame, format!("{code}: {message}"))),
         };
         let authorization = match self.relay.db.authorize(name, &identity.claims).await {
             Ok(a) if a.read => a,
@@ -369,6 +366,16 @@ impl Session {
             }
         };
         self.relay.hub.finish_resume(&canonical, self.outbox.id, &topic, replayed_to);
+    }
+
+    /// Who a join acts as: its own `access_token`, else the connection's credential, which must
+    /// not have expired since the connection opened. Supabase API keys are no tokens: realtime-js
+    /// sends one when it has no token.
+    async fn join_identity(&self, payload: &Value) -> Result<Identity, (String, String)> {
+        match payload["access_token"].as_str().filter(|t| !t.starts_with("sb_")) {
+            Some(token) => resolve_token(&self.relay, token).await,
+            None => self.identity.unexpired().map_err(|e| (e.code().to_owned(), e.to_string())),
+        }
     }
 
     /// Sends everything on the channel after `cursor` from the log, paced by the client's reading

@@ -2,6 +2,7 @@
 //! - audiences, issuers and `nbf`
 //! - RS256, ES256 and EdDSA keys from a JWKS served over HTTP (rotated, and flooded with made-up
 //!   key ids) or read from a file
+//! - joins under a connection credential that has expired
 
 mod common;
 
@@ -311,4 +312,39 @@ async fn a_jwks_file_is_read_again_for_a_new_key_and_a_broken_one_stops_the_star
     let error = started.expect_err("a relay whose JWKS cannot be read does not start").to_string();
     assert!(error.starts_with(&format!("reading the JWKS from {}: not a JWKS", path.display())), "{error}");
     let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_whose_token_expired_cannot_join_and_gets_no_replay() {
+    let f = Fixture::new().await;
+    let relay = Relay::start(&f).await;
+    let db = f.agent_db().await;
+    for i in 0..3 {
+        f.send_as_agent(&db, &format!("history {i}")).await;
+    }
+    let expires_at = auth::now() + 2;
+    let short = token(json!({"role": "authenticated", "sub": f.agent, "exp": expires_at}));
+    let mut client = Client::connect(relay.addr, "2.0.0", &short).await;
+    while auth::now() < expires_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, reply) = client.join(&f.topic(), json!({"config": {"broadcast": {"cursor": 0}}})).await;
+    assert_eq!(reply.payload["status"], "error");
+    assert_eq!(
+        reply.payload["response"]["reason"],
+        "InvalidJWTToken: the connection's token (its apikey) has expired: join with a current access_token"
+    );
+    let after = client.drain(Duration::from_millis(500)).await;
+    assert!(after.iter().all(|m| m.event != "broadcast"), "nothing replayed: {after:?}");
+
+    // The same connection joins once the join brings a current token, and gets its history.
+    let payload = json!({"config": {"broadcast": {"cursor": 0}}, "access_token": f.agent_token()});
+    client.join_ok(&f.topic(), payload).await;
+    for i in 0..3 {
+        assert_eq!(
+            client.broadcast_event("message:created").await.payload["payload"]["message"]["content"],
+            format!("history {i}")
+        );
+    }
+    relay.stop().await;
 }
