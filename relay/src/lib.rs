@@ -69,11 +69,16 @@ pub enum AccessChange {
 }
 
 impl AccessChange {
-    /// Whether channels joined with these claims are concerned.
+    /// Whether channels joined with these claims are concerned. Ids are compared as uuids, as the
+    /// database reads them: a `sub` in capitals names the same user.
     fn concerns(&self, claims: &serde_json::Value) -> bool {
+        let same = |claim: &serde_json::Value, id: &str| {
+            let parse = |text: &str| uuid::Uuid::parse_str(text).ok();
+            claim.as_str().and_then(parse).is_some_and(|claimed| parse(id) == Some(claimed))
+        };
         match self {
-            AccessChange::User(id) => claims["sub"].as_str() == Some(id),
-            AccessChange::WidgetSession(id) => claims["widget_session_id"].as_str() == Some(id),
+            AccessChange::User(id) => same(&claims["sub"], id),
+            AccessChange::WidgetSession(id) => same(&claims["widget_session_id"], id),
             AccessChange::Everyone => true,
         }
     }

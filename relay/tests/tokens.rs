@@ -3,6 +3,7 @@
 //! - RS256, ES256 and EdDSA keys from a JWKS served over HTTP (rotated, and flooded with made-up
 //!   key ids) or read from a file
 //! - joins under a connection credential that has expired
+//! - revocation of an agent whose `sub` is in capitals
 
 mod common;
 
@@ -346,5 +347,27 @@ async fn a_connection_whose_token_expired_cannot_join_and_gets_no_replay() {
             format!("history {i}")
         );
     }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_sub_is_in_capitals_loses_its_channels_when_disabled() {
+    let f = Fixture::new().await;
+    let relay = Relay::start(&f).await;
+    let capitals =
+        token(json!({"role": "authenticated", "sub": f.agent.to_string().to_uppercase(), "exp": auth::now() + 3600}));
+    let mut client = Client::connect(relay.addr, "2.0.0", &capitals).await;
+    client.join_ok(&format!("org:{}", f.org), json!({"config": {}})).await;
+    f.db()
+        .await
+        .execute(
+            "UPDATE campfire.organization_members SET status = 'disabled' WHERE organization_id = $1 AND user_id = $2",
+            &[&f.org, &f.agent],
+        )
+        .await
+        .unwrap();
+    let system = client.recv_where(|m| m.event == "system").await;
+    assert!(system.payload["message"].as_str().unwrap().contains("no longer have permission"), "{system:?}");
+    client.recv_where(|m| m.event == "phx_close").await;
     relay.stop().await;
 }
