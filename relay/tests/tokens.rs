@@ -4,6 +4,7 @@
 //!   key ids) or read from a file
 //! - joins under a connection credential that has expired
 //! - revocation of an agent whose `sub` is in capitals
+//! - what a service_role token may do
 
 mod common;
 
@@ -369,5 +370,54 @@ async fn an_agent_whose_sub_is_in_capitals_loses_its_channels_when_disabled() {
     let system = client.recv_where(|m| m.event == "system").await;
     assert!(system.payload["message"].as_str().unwrap().contains("no longer have permission"), "{system:?}");
     client.recv_where(|m| m.event == "phx_close").await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_role_tokens_act_only_through_a_relay_whose_login_is_in_campfire_service() {
+    let f = Fixture::new().await;
+    let relay = Relay::start(&f).await;
+    let service = token(json!({"role": "service_role", "exp": auth::now() + 3600}));
+    let mut client = Client::connect(relay.addr, "2.0.0", &service).await;
+    let (_, reply) = client.join(&f.topic(), json!({"config": {}})).await;
+    let reason = reply.payload["response"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("Unauthorized:")
+            && reason.ends_with("its database login is a member of campfire_service, and it is not)"),
+        "{reason}"
+    );
+    let typing = format!("{}:typing", f.topic());
+    let broadcast = json!({"messages": [{"topic": typing, "event": "typing:start", "payload": {}}]}).to_string();
+    let bearer = format!("Bearer {service}");
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = http(relay.addr, "POST", "/api/broadcast", &headers, &broadcast).await;
+    assert_eq!(status, 403, "{body}");
+    relay.stop().await;
+
+    // An operator who grants campfire_service to the relay's login gives service tokens every
+    // channel of every organization.
+    let admin = f.db().await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'campfire_relay_itest_service') THEN
+                     CREATE ROLE campfire_relay_itest_service LOGIN IN ROLE campfire_relay, campfire_service;
+                 END IF;
+             END $$",
+        )
+        .await
+        .unwrap();
+    let other = f.db_as(&json!({"role": "service_role"})).await;
+    let other_org: Uuid =
+        other.query_one("SELECT campfire.create_organization('Other', 'other')", &[]).await.unwrap().get(0);
+    let mut config = f.config();
+    config.database_url =
+        format!("host=127.0.0.1 port={} user=campfire_relay_itest_service dbname={}", f.port, f.database);
+    let relay = Relay::start_with(config, Options::default()).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &service).await;
+    client.join_ok(&f.topic(), json!({"config": {}})).await;
+    client.join_ok(&format!("org:{other_org}"), json!({"config": {}})).await;
+    let (status, body) = http(relay.addr, "POST", "/api/broadcast", &headers, &broadcast).await;
+    assert_eq!(status, 202, "{body}");
     relay.stop().await;
 }

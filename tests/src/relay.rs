@@ -140,10 +140,6 @@ pub fn agent_token(user: uuid::Uuid) -> String {
     auth::sign(JWT_SECRET.as_bytes(), &json!({ "role": "authenticated", "sub": user, "exp": auth::now() + 3600 }))
 }
 
-pub fn service_token() -> String {
-    auth::sign(JWT_SECRET.as_bytes(), &json!({ "role": "service_role", "exp": auth::now() + 3600 }))
-}
-
 /// A WebSocket client speaking vsn 1.0.0 or 2.0.0.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -1,6 +1,6 @@
 //! The relay against a real PostgreSQL with pg_campfire, through real WebSocket clients.
 
-use campfire_tests::relay::{Client, RelayHandle, agent_token, blocking, conversation_topic, service_token};
+use campfire_tests::relay::{Client, RelayHandle, agent_token, blocking, conversation_topic};
 use campfire_tests::{TestDb, agent, service, visitor};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -430,7 +430,7 @@ async fn http_broadcast_health_metrics_and_widget_tokens() {
 
     let body =
         json!({"messages": [{"topic": typing, "event": "typing:start", "payload": {"from": "http"}}]}).to_string();
-    let auth = format!("Bearer {}", service_token());
+    let auth = format!("Bearer {}", agent_token(f.agent));
     let (status, _) = relay
         .http(
             "POST",
