@@ -41,6 +41,11 @@ pub enum AuthError {
     BadSecret,
     #[error("the connection's token (its apikey) has expired: join with a current access_token")]
     ConnectionExpired,
+    #[error(
+        "this join carries no access_token and the connection has no credential (its apikey is a \
+         Supabase API key): give the client an access token before it subscribes"
+    )]
+    NoCredential,
 }
 
 impl AuthError {
@@ -65,11 +70,19 @@ impl Identity {
 
 pub const WIDGET_SECRET_PREFIX: &str = "cfws_";
 
+/// Supabase's API keys (`sb_publishable_…`, `sb_secret_…`): realtime-js sends them where a token
+/// would go when it has none. They identify a project, not a user.
+pub const SUPABASE_KEY_PREFIX: &str = "sb_";
+
 /// The `iss` of the tokens the relay mints, accepted whatever issuers are configured.
 pub const RELAY_ISSUER: &str = "campfire-relay";
 
 pub fn is_widget_secret(token: &str) -> bool {
     token.starts_with(WIDGET_SECRET_PREFIX)
+}
+
+pub fn is_supabase_key(token: &str) -> bool {
+    token.starts_with(SUPABASE_KEY_PREFIX)
 }
 
 pub fn now() -> u64 {

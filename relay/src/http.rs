@@ -65,9 +65,15 @@ async fn websocket(
     let Some(key) = key else {
         return error(StatusCode::UNAUTHORIZED, "API key is missing");
     };
-    let identity = match session::resolve_token(&relay, key).await {
-        Ok(identity) => identity,
-        Err((_, message)) => return error(StatusCode::UNAUTHORIZED, message),
+    // A Supabase API key (what supabase-js passes when the app gives it its project key) opens
+    // a connection without a credential: each join must then carry an access_token.
+    let identity = if auth::is_supabase_key(key) {
+        None
+    } else {
+        match session::resolve_token(&relay, key).await {
+            Ok(identity) => Some(identity),
+            Err((_, message)) => return error(StatusCode::UNAUTHORIZED, message),
+        }
     };
     // Frames up to 1 MiB (or twice the payload limit) are read, so that an oversized broadcast
     // or track gets an error reply naming the limit instead of a dropped connection.

@@ -31,8 +31,9 @@ struct Channel {
 struct Session {
     relay: Arc<Relay>,
     outbox: Arc<Outbox>,
-    /// The credential given at connect time (apikey), used by joins that carry none.
-    identity: Identity,
+    /// The credential given at connect time (apikey), used by joins that carry none; `None` when
+    /// the apikey was a Supabase API key.
+    identity: Option<Identity>,
     channels: HashMap<String, Channel>,
 }
 
@@ -103,7 +104,7 @@ pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, (Stri
     relay.verifier.verify(token).await.map_err(|e| (e.code().to_owned(), e.to_string()))
 }
 
-pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Identity) {
+pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Option<Identity>) {
     let id = relay.next_connection_id();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(relay.config.send_queue);
@@ -372,9 +373,12 @@ impl Session {
     /// not have expired since the connection opened. Supabase API keys are no tokens: realtime-js
     /// sends one when it has no token.
     async fn join_identity(&self, payload: &Value) -> Result<Identity, (String, String)> {
-        match payload["access_token"].as_str().filter(|t| !t.starts_with("sb_")) {
+        let refused = |e: AuthError| (e.code().to_owned(), e.to_string());
+        match payload["access_token"].as_str().filter(|t| !auth::is_supabase_key(t)) {
             Some(token) => resolve_token(&self.relay, token).await,
-            None => self.identity.unexpired().map_err(|e| (e.code().to_owned(), e.to_string())),
+            None => {
+                self.identity.as_ref().ok_or(AuthError::NoCredential).and_then(Identity::unexpired).map_err(refused)
+            }
         }
     }
 
@@ -459,7 +463,7 @@ impl Session {
 
     /// `access_token`: no reply; a token that no longer grants the channel ends it.
     async fn refresh_token(&mut self, frame: &Frame) {
-        let Some(token) = frame.payload["access_token"].as_str().filter(|t| !t.starts_with("sb_")) else { return };
+        let Some(token) = frame.payload["access_token"].as_str().filter(|t| !auth::is_supabase_key(t)) else { return };
         match resolve_token(&self.relay, token).await {
             Ok(identity) => self.reauthorize(&frame.topic, identity).await,
             Err((_, message)) => self.end_channel(&frame.topic, &message),

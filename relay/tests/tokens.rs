@@ -5,6 +5,7 @@
 //! - joins under a connection credential that has expired
 //! - revocation of an agent whose `sub` is in capitals
 //! - what a service_role token may do
+//! - a Supabase API key as apikey
 
 mod common;
 
@@ -419,5 +420,23 @@ async fn service_role_tokens_act_only_through_a_relay_whose_login_is_in_campfire
     client.join_ok(&format!("org:{other_org}"), json!({"config": {}})).await;
     let (status, body) = http(relay.addr, "POST", "/api/broadcast", &headers, &broadcast).await;
     assert_eq!(status, 202, "{body}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supabase_api_key_opens_a_connection_whose_joins_bring_their_token() {
+    let f = Fixture::new().await;
+    let relay = Relay::start(&f).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", "sb_publishable_4Jt3kR2x").await;
+    let no_credential = concat!(
+        "InvalidJWTToken: this join carries no access_token and the connection has no credential ",
+        "(its apikey is a Supabase API key): give the client an access token before it subscribes"
+    );
+    let (_, reply) = client.join(&f.topic(), json!({"config": {}})).await;
+    assert_eq!(reply.payload["response"]["reason"], no_credential);
+    assert_eq!(join_refusal(&mut client, &f.topic(), "sb_publishable_4Jt3kR2x").await, no_credential);
+    client.join_ok(&f.topic(), json!({"config": {}, "access_token": f.agent_token()})).await;
+    let (status, _) = refused_handshake(relay.addr, "not-a-token").await;
+    assert_eq!(status, 401, "anything else still has to be a credential");
     relay.stop().await;
 }
