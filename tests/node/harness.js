@@ -133,12 +133,16 @@ export function subscribe(channel) {
 
 export { WebSocket }
 
-/** A realtime-js client of the given version for the relay on `port`, remembered in `clients`. */
-export function realtimeClient(RealtimeClient, port, apikey, clients) {
+/**
+ * A realtime-js client of the given version for the relay on `port`, remembered in `clients`;
+ * `options` adds to or overrides the client's options (e.g. `accessToken`).
+ */
+export function realtimeClient(RealtimeClient, port, apikey, clients, options = {}) {
   const client = new RealtimeClient(`ws://127.0.0.1:${port}/realtime/v1`, {
     params: { apikey },
     transport: WebSocket,
     reconnectAfterMs: () => 200,
+    ...options,
   })
   clients.push(client)
   return client
