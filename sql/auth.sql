@@ -139,7 +139,13 @@ BEGIN
     END IF;
 
     IF role = 'service_role' THEN
-        may_read := true; may_broadcast := true; may_presence := true;
+        -- As campfire.is_service(): the claim gives service power only to a campfire_service
+        -- login (session_user stays the caller's login inside this function).
+        IF pg_catalog.pg_has_role(session_user, 'campfire_service', 'MEMBER') THEN
+            may_read := true; may_broadcast := true; may_presence := true;
+        ELSE
+            reason := 'service_role claims act only for a database login that is a member of campfire_service';
+        END IF;
     ELSIF role = 'authenticated' THEN
         SELECT m.role INTO membership FROM campfire.organization_members m
         WHERE m.organization_id = channel.organization_id

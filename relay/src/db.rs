@@ -99,30 +99,11 @@ impl Db {
         let row = self
             .client()
             .await?
-            .query_one(
-                "SELECT campfire.authorize_channel($1, $2::text::jsonb)::text, \
-                        pg_catalog.pg_has_role(session_user, 'campfire_service', 'MEMBER')",
-                &[&topic, &claims.to_string()],
-            )
+            .query_one("SELECT campfire.authorize_channel($1, $2::text::jsonb)::text", &[&topic, &claims.to_string()])
             .await?;
         let decision: Value =
             serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| DbError::Unavailable(e.to_string()))?;
         let topic = decision["topic"].as_str().unwrap_or(topic).to_owned();
-        // Service power needs a login in campfire_service, as campfire.is_service() says for every
-        // SQL session; authorize_channel grants it on the claim alone, so the relay checks here.
-        if claims["role"] == "service_role" && !row.get::<_, bool>(1) {
-            return Ok(Authorization {
-                read: false,
-                broadcast: false,
-                presence: false,
-                reason: Some(
-                    "service_role claims act through the relay only when its database login is a member \
-                     of campfire_service, and it is not"
-                        .into(),
-                ),
-                topic,
-            });
-        }
         let flag = |name: &str| decision[name].as_bool().unwrap_or(false);
         Ok(Authorization {
             read: flag("read"),

@@ -384,7 +384,8 @@ async fn service_role_tokens_act_only_through_a_relay_whose_login_is_in_campfire
     let reason = reply.payload["response"]["reason"].as_str().unwrap();
     assert!(
         reason.starts_with("Unauthorized:")
-            && reason.ends_with("its database login is a member of campfire_service, and it is not)"),
+            && reason
+                .ends_with("service_role claims act only for a database login that is a member of campfire_service)"),
         "{reason}"
     );
     let typing = format!("{}:typing", f.topic());

@@ -191,6 +191,9 @@ SELECT rolsuper AS became_superuser FROM pg_catalog.pg_roles WHERE rolname = ses
 
 -- The relay's login: the log, channel decisions and visitor secrets.
 \c - campfire_test_attacker_relay
+-- (A service_role claim gives it nothing: it is not a campfire_service login.)
+SELECT campfire.authorize_channel('org:aaaaaaaa-0000-4000-8000-00000000000a', '{"role":"service_role"}') ->> 'reason'
+    AS service_claim_through_a_relay_login;
 CALL t.plant();
 SELECT a.call, a.result FROM t.attack('hijack') a
 WHERE a.call IN ('authorize_channel', 'read_log', 'log_head', 'visitor_claims', 'send_message');
