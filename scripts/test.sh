@@ -38,8 +38,8 @@ step "pg_regress golden tests"
 scripts/cluster.sh start "$work/pg" "$port"
 scripts/regress.sh "$port"
 
-step "relay tests (unit, and integration against a cluster they start)"
-cargo test -p campfire-relay
+step "shared core and relay tests (unit, and integration against a cluster they start)"
+cargo test -p campfire-core -p campfire-relay
 
 step "end-to-end tests (real connections, real WebSocket clients)"
 CAMPFIRE_TEST_PORT=$port cargo test -p campfire-tests

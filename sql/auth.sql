@@ -111,6 +111,19 @@ CREATE FUNCTION may_insert_message(organization_id uuid, conversation_id uuid, s
                     OR ($2 = ANY ((SELECT campfire.visitor_conversations())::uuid[])
                         AND $3 = 'customer' AND $4 = 'text' AND $5 IS NULL), false);
 
+-- The key that seals notifications, made on first use: the extension seals with it (as the
+-- owner), the relays open and seal with it (campfire_relay may call this, nobody else).
+CREATE FUNCTION notify_key() RETURNS bytea
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM campfire.notify_keys) THEN
+        INSERT INTO campfire.notify_keys (notify_key) VALUES (campfire.random_bytes(32)) ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN (SELECT k.notify_key FROM campfire.notify_keys k);
+END
+$$;
+
 -- May the holder of `claims` read, broadcast on, and track presence on `topic`?
 -- Returns {"read", "broadcast", "presence", "reason", "topic"} where topic is the canonical
 -- channel name events are published under. A malformed name raises SQLSTATE 22023.

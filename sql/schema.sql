@@ -260,6 +260,13 @@ CREATE TABLE log_state (
 );
 INSERT INTO log_state DEFAULT VALUES;
 
+-- The key that seals every NOTIFY payload (campfire_core::sealed): the owner and, through
+-- notify_key(), the relay role read it; any other login that LISTENs sees only ciphertext.
+CREATE TABLE notify_keys (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    notify_key bytea NOT NULL CHECK (length(notify_key) = 32)
+);
+
 -- Private server key for widget session secrets; no role but the owner can read it.
 CREATE TABLE server_keys (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),

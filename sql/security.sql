@@ -9,7 +9,7 @@ DECLARE
     t pg_catalog.text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['organizations', 'organization_members', 'widget_sessions', 'conversations',
-                             'realtime_conversations', 'messages', 'conversation_reads', 'events', 'event_queue', 'server_keys',
+                             'realtime_conversations', 'messages', 'conversation_reads', 'events', 'event_queue', 'server_keys', 'notify_keys',
                              'log_state']
     LOOP
         EXECUTE format('ALTER TABLE campfire.%I ENABLE ROW LEVEL SECURITY', t);
@@ -115,7 +115,7 @@ CREATE POLICY events_read ON events FOR SELECT
            OR (conversation_id = ANY ((SELECT campfire.visitor_conversations())::uuid[])
                AND topic = 'org:' || organization_id || ':conv:' || conversation_id));
 
--- event_queue, server_keys and log_state have no policy at all: only the owner and definer functions read them.
+-- event_queue, server_keys, notify_keys and log_state have no policy at all: only the owner and definer functions read them.
 
 -- Privileges ---------------------------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ TO campfire_client;
 
 -- The relay reads the whole log and decides joins.
 GRANT EXECUTE ON FUNCTION read_log(bigint, integer, text), log_head(), log_tail(), authorize_channel(text, jsonb),
-                          visitor_claims(text) TO campfire_relay;
+                          visitor_claims(text), notify_key() TO campfire_relay;
 
 -- Custom events straight into the log.
 GRANT EXECUTE ON FUNCTION broadcast(uuid, text, text, jsonb) TO campfire_service;
@@ -171,6 +171,7 @@ SELECT pg_catalog.pg_extension_config_dump('campfire.conversation_reads', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.events', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.event_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.server_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('campfire.notify_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.log_state', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.events_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.event_queue_id_seq', '');

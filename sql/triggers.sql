@@ -108,21 +108,8 @@ CREATE TRIGGER conversation_reads_events AFTER INSERT OR UPDATE ON conversation_
 CREATE CONSTRAINT TRIGGER conversation_reads_flush_events AFTER INSERT OR UPDATE ON conversation_reads
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
 
--- Rights granted at join time can be taken back: when a member's role or status changes (or
--- the member goes), or a widget session is revoked, shortened or erased, the relays hear of it
--- on `campfire_access` and check that person's joined channels again (authorize_channel).
-CREATE FUNCTION announce_access_change() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    IF TG_TABLE_NAME = 'organization_members' THEN
-        PERFORM pg_catalog.pg_notify('campfire_access', pg_catalog.json_build_object('user_id', OLD.user_id)::text);
-    ELSE
-        PERFORM pg_catalog.pg_notify('campfire_access', pg_catalog.json_build_object('widget_session_id', OLD.id)::text);
-    END IF;
-    RETURN NULL;
-END
-$$;
+-- Rights taken back (announce_access_change, Rust) are announced sealed: it reads the notify key.
+ALTER FUNCTION announce_access_change() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
 
 CREATE TRIGGER organization_members_access AFTER UPDATE OF role, status OR DELETE ON organization_members
     FOR EACH ROW EXECUTE FUNCTION announce_access_change();

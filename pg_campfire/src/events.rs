@@ -21,14 +21,13 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde_json::Value;
 use std::cell::RefCell;
 
-/// The one channel the relay LISTENs on.
-pub const NOTIFY_CHANNEL: &str = "campfire_events";
 /// Advisory lock (two-int form) that orders event-id allocation by commit: held from the flush to
 /// the end of the transaction, so the next flusher allocates only after this commit is visible.
 const LOG_LOCK: (i32, i32) = (0x6361_6d70, 1); // "camp", 1
 
-/// Inline events in the NOTIFY payload up to this many bytes (PostgreSQL's hard limit is 7999).
-pub static NOTIFY_INLINE_MAX: GucSetting<i32> = GucSetting::<i32>::new(7000);
+/// Inline events in the NOTIFY payload up to this many bytes before sealing (at most
+/// `campfire_core::sealed::MAX_PAYLOAD`, what fits in one notification once sealed).
+pub static NOTIFY_INLINE_MAX: GucSetting<i32> = GucSetting::<i32>::new(5900);
 
 struct PendingEvent {
     subtransaction: pg_sys::SubTransactionId,
@@ -50,7 +49,7 @@ pub fn init() {
         c"Larger batches send only the range of event ids, which the relay reads from campfire.events. 0 never inlines.",
         &NOTIFY_INLINE_MAX,
         0,
-        7900,
+        campfire_core::sealed::MAX_PAYLOAD as i32,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -85,17 +84,17 @@ pub fn queue(
 unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
-            let unflushed = PENDING.with(|pending| pending.borrow().len());
-            if unflushed > 0 {
-                // Every table that queues events carries the flush trigger; reaching this means
-                // one does not. Failing the commit is better than losing the events.
-                PENDING.with(|pending| pending.borrow_mut().clear());
-                ereport!(
-                    ERROR,
-                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                    format!("{unflushed} realtime events were queued but never flushed"),
-                    "a table that emits events lacks the campfire_flush_events constraint trigger"
-                );
+            // Events no table's deferred flush trigger took (broadcast(), or a DBA's table
+            // without one) are written now, at commit as the others, never earlier: a
+            // transaction that stays open holds no lock over the log.
+            if PENDING.with(|pending| !pending.borrow().is_empty()) {
+                // SAFETY: a snapshot for the statements, pushed and popped around them, as
+                // PostgreSQL does for the deferred triggers it fires at this same point.
+                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+                as_owner(|| {
+                    flush();
+                });
+                unsafe { pg_sys::PopActiveSnapshot() };
             }
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => crate::sequencer::on_transaction_end(true),
@@ -230,12 +229,18 @@ fn queue_is_empty() -> bool {
 /// statistics say "tiny": the planner would pick a sequential scan that reads every dead row.
 /// Kept plans are re-planned when invalidated, so the settings must hold while they execute.
 fn by_index<T>(f: impl FnOnce() -> T) -> T {
+    with_settings(&[(c"enable_seqscan", c"off"), (c"enable_bitmapscan", c"off"), (c"jit", c"off")], f)
+}
+
+/// Runs `f` with `settings` in force, restored afterwards (or by the abort of the transaction).
+fn with_settings<T>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> T) -> T {
+    // SAFETY: a GUC nest level opened and closed around `f`, as fmgr does for a function's SET.
     unsafe {
         let nest_level = pg_sys::NewGUCNestLevel();
-        for name in [c"enable_seqscan", c"enable_bitmapscan", c"jit"] {
+        for (name, value) in settings {
             pg_sys::set_config_option(
                 name.as_ptr(),
-                c"off".as_ptr(),
+                value.as_ptr(),
                 pg_sys::GucContext::PGC_USERSET,
                 pg_sys::GucSource::PGC_S_SESSION,
                 pg_sys::GucAction::GUC_ACTION_SAVE,
@@ -324,7 +329,7 @@ pub fn drain_queue(limit: i64) -> usize {
 /// NOTIFYs for logged events, in id order: each carries as many whole events inline as fit in
 /// `campfire.notify_inline_max`; an event too large for that is announced by its id alone.
 fn notify(logged: &[Logged]) {
-    let limit = NOTIFY_INLINE_MAX.get().max(0) as usize;
+    let limit = (NOTIFY_INLINE_MAX.get().max(0) as usize).min(campfire_core::sealed::MAX_PAYLOAD);
     let mut batch: Vec<String> = Vec::new();
     let mut batch_ids = (0, 0);
     let send = |batch: &mut Vec<String>, (first, last): (i64, i64)| {
@@ -334,9 +339,7 @@ fn notify(logged: &[Logged]) {
             format!(r#"{{"first":{first},"last":{last},"events":[{}]}}"#, batch.join(","))
         };
         batch.clear();
-        unsafe {
-            pgrx::direct_function_call::<()>(pg_sys::pg_notify, &[NOTIFY_CHANNEL.into_datum(), payload.into_datum()]);
-        }
+        crate::notify::send(campfire_core::channels::EVENTS, &payload);
     };
     // Room for the envelope around the events: two ids of up to 20 digits and the keys.
     const ENVELOPE: usize = 80;
@@ -379,8 +382,34 @@ fn flush_events<'a>(
     Ok(None)
 }
 
+/// Runs `f` as the extension's owner with the pinned search_path, as a SECURITY DEFINER function
+/// would: for the commit-time flush, which runs outside any function. On error the transaction
+/// aborts, which restores the user and the settings.
+fn as_owner(f: impl FnOnce()) {
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_campfire'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| pgrx::error!("pg_campfire is not installed in this database"));
+    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: plain reads and writes of the backend's current user; the previous values are put
+    // back below, or by the abort of the transaction.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    with_settings(&[(c"search_path", c"pg_catalog, campfire, pg_temp")], f);
+    // SAFETY: as above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+}
+
 /// `campfire.broadcast(organization_id, topic, event, payload)`: publish a custom event through
-/// the log, for application code (service role). Returns the number of events written (1).
+/// the log, for application code (service role), when the transaction commits. Returns the
+/// number of events queued (1).
 #[pg_extern(volatile)]
 fn broadcast(organization_id: pgrx::Uuid, topic: &str, event: &str, payload: pgrx::JsonB) -> i64 {
     let channel = match crate::channel::parse(topic) {
@@ -401,5 +430,5 @@ fn broadcast(organization_id: pgrx::Uuid, topic: &str, event: &str, payload: pgr
     }
     let conversation = channel.conversation().map(|c| pgrx::Uuid::from_bytes(*c.as_bytes()));
     queue(organization_id, conversation, channel.canonical(), event, payload.0);
-    flush()
+    1
 }

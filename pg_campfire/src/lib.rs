@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 mod channel;
 mod events;
+mod notify;
 mod scalar;
 mod secret;
 mod sequencer;
@@ -31,7 +32,8 @@ extension_sql_file!(
         triggers::conversation_events,
         triggers::read_receipt_events,
         triggers::agent_status_events,
-        triggers::sync_realtime_conversations
+        triggers::sync_realtime_conversations,
+        notify::announce_access_change
     ]
 );
 extension_sql_file!(

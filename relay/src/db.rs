@@ -11,14 +11,9 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-/// The channel the extension notifies on after each commit that produced events.
-pub const EVENTS_CHANNEL: &str = "campfire_events";
-/// The channel relays use to share client broadcasts and presence with each other.
-pub const PEERS_CHANNEL: &str = "campfire_relay";
-/// The channel the extension notifies on when someone's rights change (see AccessChange).
-pub const ACCESS_CHANNEL: &str = "campfire_access";
-/// NOTIFY payloads must stay below 8000 bytes.
-pub const MAX_NOTIFY_BYTES: usize = 7900;
+use campfire_core::channels::{ACCESS as ACCESS_CHANNEL, EVENTS as EVENTS_CHANNEL, PEERS as PEERS_CHANNEL};
+/// The largest peer message: what fits in one NOTIFY once sealed.
+pub const MAX_NOTIFY_BYTES: usize = campfire_core::sealed::MAX_PAYLOAD;
 pub(crate) const PAGE: i32 = 1000;
 
 #[derive(Debug, Clone)]
@@ -65,6 +60,8 @@ impl From<tokio_postgres::Error> for DbError {
 pub struct Db {
     url: String,
     client: Mutex<Option<Arc<Client>>>,
+    /// The notify key, read whenever the LISTEN connection comes up.
+    pub sealing: crate::notify::Sealing,
 }
 
 async fn connect(
@@ -75,7 +72,7 @@ async fn connect(
 
 impl Db {
     pub fn new(url: String) -> Db {
-        Db { url, client: Mutex::new(None) }
+        Db { url, client: Mutex::new(None), sealing: Default::default() }
     }
 
     /// The shared query connection, (re)connected if needed.
@@ -152,7 +149,15 @@ impl Db {
 
     /// Tells the other relays about a client broadcast or presence change.
     pub async fn notify_peers(&self, payload: &str) -> Result<(), DbError> {
-        self.client().await?.execute("SELECT pg_notify($1, $2)", &[&PEERS_CHANNEL, &payload]).await?;
+        let sealed = self.sealing.seal_for_peers(payload).map_err(|e| DbError::Unavailable(e.to_string()))?;
+        self.client().await?.execute("SELECT pg_notify($1, $2)", &[&PEERS_CHANNEL, &sealed]).await?;
+        Ok(())
+    }
+
+    async fn read_notify_key(&self) -> Result<(), DbError> {
+        let key: Vec<u8> = self.client().await?.query_one("SELECT campfire.notify_key()", &[]).await?.get(0);
+        let key = key.try_into().map_err(|_| DbError::Unavailable("campfire.notify_key() is not 32 bytes".into()))?;
+        self.sealing.set_key(key);
         Ok(())
     }
 }
@@ -203,6 +208,7 @@ async fn handle_events_notification(relay: &Relay, payload: &str) -> Result<(), 
     let note: EventsNotification = match serde_json::from_str(payload) {
         Ok(note) => note,
         Err(err) => {
+            // Sealed by the extension yet unreadable: a version mismatch. The log has the truth.
             tracing::warn!(%err, "unreadable campfire_events notification; reading the log instead");
             return catch_up(relay).await;
         }
@@ -234,7 +240,7 @@ fn announce_access_change(relay: &Relay, payload: &str) {
             _ => None,
         }
     });
-    // Unreadable: check everyone rather than let a revocation pass.
+    // Sealed by the extension yet unreadable: check everyone rather than let a revocation pass.
     let _ = relay.access.send(change.unwrap_or(AccessChange::Everyone));
 }
 
@@ -282,6 +288,7 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
         }
     });
     client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {PEERS_CHANNEL}; LISTEN {ACCESS_CHANNEL}")).await?;
+    relay.db.read_notify_key().await?;
     if *first {
         // A new relay starts at the head: clients ask for history with a resume cursor.
         let head = relay.db.log_head().await?;
@@ -303,9 +310,15 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
             _ = shutdown.cancelled() => break Ok(()),
             n = notifications.recv() => match n {
                 None => break Err(DbError::Unavailable("LISTEN connection closed".into())),
-                Some(n) if n.channel() == EVENTS_CHANNEL => handle_events_notification(relay, n.payload()).await?,
-                Some(n) if n.channel() == ACCESS_CHANNEL => announce_access_change(relay, n.payload()),
-                Some(n) => relay.hub.apply_peer_message(n.payload()),
+                Some(n) => match relay.db.sealing.open(n.channel(), n.payload(), crate::notify::now_ms()) {
+                    Ok(payload) if n.channel() == EVENTS_CHANNEL => handle_events_notification(relay, &payload).await?,
+                    Ok(payload) if n.channel() == ACCESS_CHANNEL => announce_access_change(relay, &payload),
+                    Ok(payload) => relay.hub.apply_peer_message(&payload),
+                    Err(refusal) => {
+                        relay.metrics.refused_notifications.with_label_values(&[refusal.label()]).inc();
+                        tracing::debug!(channel = n.channel(), %refusal, "notification refused");
+                    }
+                },
             },
         }
     };

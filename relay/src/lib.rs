@@ -12,6 +12,7 @@ mod http;
 mod hub;
 pub mod jwks;
 mod metrics;
+mod notify;
 pub mod protocol;
 mod session;
 

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub peer_messages_in: IntCounter,
     pub peer_messages_out: IntCounter,
     pub peers_expired: IntCounter,
+    pub refused_notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,6 +78,11 @@ impl Metrics {
             peers_expired: counter(
                 "campfire_peers_expired_total",
                 "Other relays presumed gone (silent or said goodbye)",
+            ),
+            refused_notifications: counter_vec(
+                "campfire_refused_notifications_total",
+                "Notifications not believed (not sealed with the notify key, replayed, stale), by reason",
+                "reason",
             ),
             registry,
         }

@@ -112,6 +112,12 @@ impl TestDb {
         format!("host=127.0.0.1 port={} user=postgres dbname={}", self.port, self.name)
     }
 
+    /// A connection as `user`, a login of the cluster (test roles are made by the tests).
+    pub fn connect_user(&self, user: &str) -> Client {
+        Client::connect(&format!("host=127.0.0.1 port={} user={user} dbname={}", self.port, self.name), NoTls)
+            .unwrap_or_else(|e| panic!("connecting as {user}: {e}"))
+    }
+
     /// A superuser connection (RLS does not apply to it; the API's claims checks do).
     pub fn connect(&self) -> Client {
         connect_to(&self.name, self.port)
@@ -207,15 +213,24 @@ pub fn visitor(session: uuid::Uuid) -> serde_json::Value {
     serde_json::json!({ "role": "visitor", "widget_session_id": session })
 }
 
-/// The `campfire_events` notifications that reach `listener` within `wait`, parsed.
+/// The database's notify key (a superuser connection reads it).
+pub fn notify_key(client: &mut Client) -> campfire_core::sealed::Key {
+    let key: Vec<u8> = client.query_one("SELECT campfire.notify_key()", &[]).unwrap().get(0);
+    key.try_into().expect("a 32-byte key")
+}
+
+/// The `campfire_events` notifications that reach `listener` (a superuser connection) within
+/// `wait`, opened and parsed.
 pub fn notifications(listener: &mut Client, wait: std::time::Duration) -> Vec<serde_json::Value> {
     use postgres::fallible_iterator::FallibleIterator;
+    let key = notify_key(listener);
     let mut received = Vec::new();
     let mut notifications = listener.notifications();
     let mut iter = notifications.timeout_iter(wait);
     while let Some(n) = iter.next().expect("reading notifications") {
-        assert_eq!(n.channel(), "campfire_events");
-        received.push(serde_json::from_str(n.payload()).expect("NOTIFY payload is JSON"));
+        assert_eq!(n.channel(), campfire_core::channels::EVENTS);
+        let opened = campfire_core::sealed::open(&key, n.channel(), n.payload()).expect("a sealed notification");
+        received.push(serde_json::from_slice(&opened.payload).expect("the sealed payload is JSON"));
     }
     received
 }

@@ -1,6 +1,6 @@
 //! The event log and NOTIFY seen from a second, real connection.
 
-use campfire_tests::{TestDb, agent, notifications, postgres::Client};
+use campfire_tests::{TestDb, agent, notifications, postgres::Client, service};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -253,4 +253,42 @@ fn events_left_in_the_queue_keep_their_place_before_later_commits() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(events, ["custom:left-behind", "message:created", "message:created"]);
+}
+
+/// broadcast() writes nothing until its transaction commits: one left open (idle in
+/// transaction, or slow) holds no lock over the log, and other writers' events go out at once.
+#[test]
+fn an_open_transaction_that_broadcast_holds_up_no_other_writer() {
+    let db = TestDb::new();
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, session) = db.widget_session(org, "visitor-1");
+    let mut listener = listen(&db);
+    notifications(&mut listener, Duration::from_millis(200));
+    let mut broadcaster = db.connect_as(&service());
+    broadcaster.batch_execute("BEGIN").unwrap();
+    broadcaster
+        .query_one(
+            "SELECT campfire.broadcast($1, $2, 'custom', '{\"n\": 1}')",
+            &[&org, &format!("org:{org}:widget:session:{session}")],
+        )
+        .unwrap();
+    assert!(notifications(&mut listener, Duration::from_millis(300)).is_empty(), "nothing before its commit");
+
+    // Meanwhile, other writers commit and their events go out while the broadcaster idles.
+    for n in 0..3 {
+        db.connect_as(&agent(agent_id))
+            .query_one("SELECT campfire.send_message($1, $2)", &[&conversation, &format!("meanwhile {n}")])
+            .unwrap();
+    }
+    let meanwhile = notifications(&mut listener, Duration::from_secs(2));
+    let announced: i64 = meanwhile.iter().map(|n| n["last"].as_i64().unwrap() - n["first"].as_i64().unwrap() + 1).sum();
+    assert_eq!(announced, 9, "three messages' events, while the broadcaster is still open: {meanwhile:?}");
+
+    broadcaster.batch_execute("COMMIT").unwrap();
+    let after = notifications(&mut listener, Duration::from_secs(2));
+    let custom: Vec<&Value> = after.iter().flat_map(|n| n["events"].as_array().into_iter().flatten()).collect();
+    assert_eq!(custom.len(), 1, "{after:?}");
+    assert_eq!(custom[0]["event"], "custom");
+    let last_meanwhile = meanwhile.iter().map(|n| n["last"].as_i64().unwrap()).max().unwrap();
+    assert!(custom[0]["id"].as_i64().unwrap() > last_meanwhile, "its cursor follows its commit");
 }

@@ -670,3 +670,107 @@ async fn channels_end_when_the_database_takes_access_back() {
     assert!(staying.drain(Duration::from_millis(300)).await.iter().all(|m| m.event != "phx_close"));
     relay.stop().await;
 }
+
+/// Any login with CONNECT may LISTEN and NOTIFY on every channel the extension and the relays
+/// use. Such a login learns nothing from what it hears, and nothing it sends (forged events, id
+/// ranges, huge ids, peer messages, access changes, junk, or replays of what it heard) changes
+/// what any client receives: every real event still arrives, once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_with_only_connect_can_neither_read_nor_forge_the_realtime_stream() {
+    let f = fixture().await;
+    let db = f.db.clone();
+    let mut outsider = blocking(move || {
+        db.connect()
+            .batch_execute(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'campfire_outsider') THEN \
+             CREATE ROLE campfire_outsider LOGIN; END IF; END $$",
+            )
+            .unwrap();
+        let mut outsider = db.connect_user("campfire_outsider");
+        outsider.batch_execute("LISTEN campfire_events; LISTEN campfire_relay; LISTEN campfire_access").unwrap();
+        outsider
+    })
+    .await;
+    let relay = RelayHandle::start(&f.db).await;
+    let mut agent_client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    agent_client.join(&f.topic(), json!({"config": {}})).await;
+    let mut visitor_client = Client::connect(&relay, "2.0.0", &f.secret).await;
+    visitor_client.join(&f.topic(), json!({"config": {}})).await;
+    visitor_client
+        .push(None, &f.topic(), "presence", json!({"type": "presence", "event": "track", "payload": {"name": "v"}}))
+        .await;
+    f.send_as_agent("confidential: the refund is approved").await;
+    for client in [&mut agent_client, &mut visitor_client] {
+        client.broadcast_event("message:created").await;
+    }
+
+    // What the outsider heard: sealed, nothing readable.
+    let (heard, mut outsider) = blocking(move || {
+        use campfire_tests::postgres::fallible_iterator::FallibleIterator;
+        let heard: Vec<(String, String)> = outsider
+            .notifications()
+            .timeout_iter(Duration::from_secs(1))
+            .map(|n| Ok((n.channel().to_owned(), n.payload().to_owned())))
+            .collect()
+            .unwrap();
+        (heard, outsider)
+    })
+    .await;
+    assert!(heard.iter().any(|(channel, _)| channel == "campfire_events"), "{heard:?}");
+    assert!(heard.iter().any(|(channel, _)| channel == "campfire_relay"), "the presence went to the peers: {heard:?}");
+    for (channel, payload) in &heard {
+        for secret in ["refund", "message:created", &f.org.to_string(), &f.conversation.to_string(), "presence"] {
+            assert!(!payload.contains(secret), "{channel} carries {secret} in the clear: {payload}");
+        }
+    }
+
+    // What the outsider sends: forgeries, junk, and replays of what it heard.
+    let head: i64 = blocking({
+        let db = f.db.clone();
+        move || db.connect().query_one("SELECT campfire.log_head()", &[]).unwrap().get(0)
+    })
+    .await;
+    let topic = f.topic();
+    let forged_event = json!({"first": head + 1, "last": head + 1, "events": [
+        {"id": head + 1, "topic": topic, "event": "message:created", "payload": {"message": {"content": "FORGED"}}}]});
+    let forged_peer = json!({"kind": "broadcast", "origin": "evil", "topic": topic, "event": "message:created",
+                             "payload": {"message": {"content": "FORGED"}}});
+    let mut forgeries: Vec<(String, String)> = vec![
+        ("campfire_events".into(), forged_event.to_string()),
+        ("campfire_events".into(), json!({"first": 1, "last": i64::MAX - 1}).to_string()),
+        ("campfire_events".into(), "not json".into()),
+        ("campfire_relay".into(), forged_peer.to_string()),
+        ("campfire_relay".into(), "{".into()),
+    ];
+    forgeries.extend((0..100).map(|_| ("campfire_access".to_owned(), json!({"user_id": f.agent}).to_string())));
+    forgeries.extend(heard.iter().cloned());
+    blocking(move || {
+        for (channel, payload) in forgeries {
+            outsider.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).unwrap();
+        }
+    })
+    .await;
+
+    // Real events after all that: each arrives once, in order, and nothing forged ever does.
+    for n in 0..3 {
+        f.send_as_agent(&format!("real {n}")).await;
+    }
+    for client in [&mut agent_client, &mut visitor_client] {
+        let frames = client.drain(Duration::from_secs(2)).await;
+        let contents: Vec<&str> = frames
+            .iter()
+            .filter(|m| m.event == "broadcast" && m.payload["event"] == "message:created")
+            .filter_map(|m| m.payload["payload"]["message"]["content"].as_str())
+            .collect();
+        assert_eq!(contents, ["real 0", "real 1", "real 2"], "{frames:?}");
+        assert!(frames.iter().all(|m| !m.payload.to_string().contains("FORGED")), "{frames:?}");
+        assert!(frames.iter().all(|m| m.event != "phx_close" && m.event != "system"), "channel kept: {frames:?}");
+    }
+    let metrics = relay.get("/metrics").await.unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("campfire_refused_notifications_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused >= 105.0, "every forgery and replay refused and counted: {metrics}");
+}
