@@ -89,7 +89,7 @@ pub enum ChannelError {
     #[error("visitor id must be 1-128 characters of A-Z a-z 0-9 . _ -")]
     BadVisitorId,
     #[error(
-        "unknown channel \"{0}\": expected org:{{o}}[:conversations|:agents:presence|:conv:{{c}}[:typing|:presence]|:widget:session:{{s}}|:widget:visitor:{{v}}]"
+        "unknown channel \"{0}\": expected org:{{o}}[:conversations|:agents:presence|:conv:{{c}}[:typing|:presence]|:widget:{{c}}|:widget:session:{{s}}|:widget:visitor:{{v}}]"
     )]
     UnknownShape(String),
 }
@@ -123,7 +123,11 @@ pub fn parse(topic: &str) -> Result<Channel, ChannelError> {
         [] => Channel::Organization { org },
         ["conversations"] => Channel::Conversations { org },
         ["agents", "presence"] => Channel::AgentsPresence { org },
-        ["conv", c] => Channel::Conversation { org, conversation: parse_uuid(c)? },
+        // The seeds' widget spelling of a conversation's channel (CAMPFIRE architecture doc):
+        // the same channel, with the same events and the same permissions.
+        ["conv", c] | ["widget", c] if c != "session" && c != "visitor" => {
+            Channel::Conversation { org, conversation: parse_uuid(c)? }
+        }
         ["conv", c, "typing"] => Channel::ConversationTyping { org, conversation: parse_uuid(c)? },
         ["conv", c, "presence"] => Channel::ConversationPresence { org, conversation: parse_uuid(c)? },
         ["widget", "session", s] => Channel::WidgetSession { org, session: parse_uuid(s)? },
@@ -216,6 +220,13 @@ mod tests {
             assert_eq!(parse(&format!("bcast:{name}")).unwrap(), expected, "bcast:{name}");
             assert_eq!(expected.canonical(), name);
         }
+    }
+
+    #[test]
+    fn the_seeds_widget_spelling_is_the_conversation_channel() {
+        let widget = parse(&format!("bcast:org:{ORG}:widget:{CONV}")).unwrap();
+        assert_eq!(widget, Channel::Conversation { org: org(), conversation: conv() });
+        assert_eq!(widget.canonical(), format!("org:{ORG}:conv:{CONV}"));
     }
 
     #[test]

@@ -774,3 +774,43 @@ async fn a_login_with_only_connect_can_neither_read_nor_forge_the_realtime_strea
         .sum();
     assert!(refused >= 105.0, "every forgery and replay refused and counted: {metrics}");
 }
+
+/// The seeds' widget subscribes to `org:{o}:widget:{conversationId}` (CAMPFIRE architecture doc):
+/// the conversation's channel under another name, for its visitor and the organization's members.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_widget_channel_is_the_conversation_channel() {
+    let f = fixture().await;
+    let relay = RelayHandle::start(&f.db).await;
+    let widget_topic = format!("org:{}:widget:{}", f.org, f.conversation);
+    let mut visitor_client = Client::connect(&relay, "2.0.0", &f.secret).await;
+    let (_, reply) = visitor_client.join(&widget_topic, json!({"config": {}})).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    f.send_as_agent("through the widget channel").await;
+    let frame = visitor_client.broadcast_event("message:created").await;
+    assert_eq!(frame.topic, format!("realtime:{widget_topic}"), "delivered under the name it was joined by");
+    assert_eq!(frame.payload["payload"]["message"]["content"], "through the widget channel");
+
+    let other = blocking({
+        let db = f.db.clone();
+        let org = f.org;
+        move || db.widget_session(org, "visitor-b").1
+    })
+    .await;
+    let other_secret: String = blocking({
+        let db = f.db.clone();
+        move || {
+            db.connect()
+                .query_one(
+                    "SELECT campfire.widget_secret(k.widget_key, s.id, s.secret_nonce) \
+                     FROM campfire.server_keys k, campfire.widget_sessions s WHERE s.id = $1",
+                    &[&other],
+                )
+                .unwrap()
+                .get(0)
+        }
+    })
+    .await;
+    let mut stranger = Client::connect(&relay, "2.0.0", &other_secret).await;
+    let (_, refused) = stranger.join(&widget_topic, json!({"config": {}})).await;
+    assert_eq!(refused.payload["status"], "error", "another visitor may not join it: {refused:?}");
+}

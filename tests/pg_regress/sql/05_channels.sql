@@ -18,6 +18,7 @@ CREATE FUNCTION t.channels() RETURNS TABLE (channel_name text, topic text) LANGU
     UNION ALL SELECT 'visitor A', 'org:aaaaaaaa-0000-4000-8000-00000000000a:widget:visitor:visitor-a'
     UNION ALL SELECT 'conv A under org B', 'org:bbbbbbbb-0000-4000-8000-00000000000b:conv:' || conversation_id FROM t.sessions WHERE name = 'visitor_a'
     UNION ALL SELECT 'unknown conv', 'org:aaaaaaaa-0000-4000-8000-00000000000a:conv:00000000-0000-4000-8000-000000000000'
+    UNION ALL SELECT 'widget:conv A', 'org:aaaaaaaa-0000-4000-8000-00000000000a:widget:' || conversation_id FROM t.sessions WHERE name = 'visitor_a'
 $$;
 SELECT p.name AS principal, c.channel_name,
        concat_ws(' ', CASE WHEN (a ->> 'read')::boolean THEN 'read' END,
@@ -28,5 +29,8 @@ FROM t.principals p CROSS JOIN t.channels() c
 CROSS JOIN LATERAL campfire.authorize_channel(c.topic, coalesce(p.claims, '{}')) a
 WHERE p.name IN ('visitor_a', 'visitor_b', 'agent_a', 'viewer_a', 'agent_b', 'inactive_a', 'service', 'nobody')
 ORDER BY p.name, c.channel_name;
--- The canonical topic drops the prefix and lowercases ids.
+-- The canonical topic drops the prefix and lowercases ids; the seeds' widget spelling of a
+-- conversation channel is that conversation's channel.
+SELECT campfire.authorize_channel('bcast:org:aaaaaaaa-0000-4000-8000-00000000000a:widget:' || conversation_id, '{"role":"service_role"}') ->> 'topic' = 'org:aaaaaaaa-0000-4000-8000-00000000000a:conv:' || conversation_id AS widget_spelling_is_the_conversation
+FROM t.sessions WHERE name = 'visitor_a';
 SELECT campfire.authorize_channel('bcast:org:AAAAAAAA-0000-4000-8000-00000000000A', '{"role":"service_role"}') ->> 'topic' AS canonical;
