@@ -55,6 +55,13 @@ export class EventStream {
     return this
   }
 
+  /** Leaves the channel and stops polling: what a page does with a stream it no longer shows. */
+  stop() {
+    this.stopPolling()
+    if (this.channel) this.client.removeChannel(this.channel)
+    this.channel = null
+  }
+
   /** Sends a client broadcast (typing); dropped silently when the channel is not up. */
   send(event, payload) {
     if (this.channel) this.channel.send({ type: 'broadcast', event, payload }).catch(() => {})

@@ -51,19 +51,20 @@ async function markRead(id) {
   renderConversation({ id, unread: 0 })
 }
 
-// Visitors' read receipts arrive on each conversation's channel: watched once opened.
-const receipts = new Map()
+// Visitors' read receipts arrive on the open conversation's channel. Only that one is watched:
+// a channel per conversation ever opened would reach the relay's channel cap.
+let receiptStream = null
 function watchReceipts(id) {
-  if (receipts.has(id)) return
+  receiptStream?.stop()
   const c = conversations.get(id)
-  receipts.set(id, new EventStream({
+  receiptStream = new EventStream({
     client, token, topic: `org:${c.organization_id}:conv:${id}`,
     onEvent: (event, payload) => {
       if (event === 'read:receipt' && payload.readerType === 'customer' && id === selected) {
         $('read-state').textContent = `Seen by visitor (up to #${payload.lastReadSeq})`
       }
     },
-  }).start())
+  }).start()
 }
 
 async function loadConversations() {
@@ -96,7 +97,7 @@ async function open(id) {
   await loadMessages(id)
   markRead(id)
   watchReceipts(id)
-  typingStream?.channel && client.removeChannel(typingStream.channel)
+  typingStream?.stop()
   const conversation = conversations.get(id)
   typingStream = new EventStream({
     client, token, topic: `org:${conversation.organization_id}:conv:${id}:typing`,

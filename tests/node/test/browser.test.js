@@ -178,4 +178,25 @@ describe('widget and dashboard in Chromium', () => {
     await fixture.sendAsAgent(conversation, 'delivered by polling')
     await message(visitor, 'delivered by polling').waitFor({ timeout: UI_WAIT })
   }))
+
+  test('the dashboard holds the channels of the open conversation only, however many it opened', withScreenshots('channels', async () => {
+    const texts = ['first of many', 'second of many', 'third of many', 'fourth of many']
+    for (const text of texts) {
+      const visitor = await widget()
+      await send(visitor, text)
+      await message(visitor, text).waitFor({ timeout: UI_WAIT })
+      await visitor.context().close()
+    }
+    const agent = await dashboard()
+    const channels = async () => {
+      const metrics = await (await fetch(`${base()}/metrics`)).text()
+      return Number(metrics.match(/^campfire_channels (\d+)$/m)[1])
+    }
+    await openConversation(agent, texts[0])
+    await agent.waitForTimeout(500)
+    const withOne = await channels()
+    for (const text of texts.slice(1)) await openConversation(agent, text)
+    await agent.waitForTimeout(500)
+    assert.equal(await channels(), withOne, 'opening more conversations leaves no channel behind')
+  }))
 })
