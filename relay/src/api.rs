@@ -294,8 +294,12 @@ async fn widget_send(
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> ApiResult {
     let identity = caller(&relay, &headers).await?;
-    let request = json_body(body)?;
+    let mut request = json_body(body)?;
     let conversation = parse_uuid(request.conversation_id.as_deref().unwrap_or_default(), "conversationId")?;
+    // The seeds' widget (and their troubleshooting guide) call the visitor's side "visitor".
+    if request.sender_type.as_deref() == Some("visitor") {
+        request.sender_type = Some("customer".into());
+    }
     send(&relay, &identity, conversation, request).await
 }
 

@@ -141,6 +141,11 @@ async fn a_visitor_and_an_agent_talk_through_the_seeds_endpoints() {
     let org = api.org.to_string();
     let (status, config) = api.call("GET", "/api/widget/config", None, &[("x-organization-id", &org)], "").await;
     assert_eq!((status, config["agents_online"].clone()), (200, json!(1)));
+    // The seeds' troubleshooting guide sends as "visitor": the widget endpoint takes it as customer.
+    let seeds_spelling =
+        json!({"conversationId": conversation, "content": "as the seeds send it", "senderType": "visitor"}).to_string();
+    let (status, seeds) = api.call("POST", "/api/widget/messages", Some(&token), &[], &seeds_spelling).await;
+    assert_eq!((status, seeds["message"]["sender_type"].clone()), (201, json!("customer")), "{seeds}");
     let (status, _) = api
         .call(
             "POST",
