@@ -26,6 +26,8 @@ pub fn router(relay: Arc<Relay>) -> axum::Router {
     let api = axum::Router::new()
         .route("/api/broadcast", post(http_broadcast))
         .route("/realtime/v1/api/broadcast", post(http_broadcast))
+        .route("/api/broadcast/{topic}/events/{event}", post(http_send))
+        .route("/realtime/v1/api/broadcast/{topic}/events/{event}", post(http_send))
         .route("/api/widget/token", post(widget_token))
         .merge(crate::api::routes())
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES))
@@ -165,30 +167,81 @@ async fn http_broadcast(
     }
     let mut checked = Vec::with_capacity(batch.messages.len());
     for message in batch.messages {
-        if !message.payload.is_object() {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("payload for {} must be a JSON object", message.topic),
-            );
-        }
-        if message.payload.to_string().len() > relay.config.max_payload_bytes {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "Payload size exceeds the limit");
-        }
-        match relay.db.authorize(&message.topic, &identity.claims).await {
-            Ok(a) if a.broadcast => checked.push((a.topic, message)),
-            Ok(a) => {
-                let reason = a.reason.unwrap_or_else(|| "broadcast not allowed".into());
-                return error(StatusCode::FORBIDDEN, format!("may not broadcast on {}: {reason}", message.topic));
-            }
-            Err(crate::db::DbError::InvalidChannel(m)) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
-            Err(err) => return error(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        match check_broadcast(&relay, &identity, message).await {
+            Ok(message) => checked.push(message),
+            Err(response) => return response,
         }
     }
-    for (topic, message) in checked {
-        relay.metrics.client_broadcasts.inc();
-        relay.hub.broadcast(&topic, None, &message.event, message.payload);
+    for message in checked {
+        send_broadcast(&relay, message);
     }
     StatusCode::ACCEPTED.into_response()
+}
+
+/// POST /api/broadcast/{topic}/events/{event}, the body its payload: one broadcast, as
+/// realtime-js 2.119's `channel.httpSend()` sends it.
+async fn http_send(
+    State(relay): State<Arc<Relay>>,
+    axum::extract::Path((topic, event)): axum::extract::Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let identity = match http_identity(&relay, &headers).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    if query.keys().any(|key| key.starts_with("persist")) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "persist is not supported: client broadcasts are not stored (database events are, in the log)",
+        );
+    }
+    if headers.get("content-type").is_some_and(|t| t.as_bytes().starts_with(b"application/octet-stream")) {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "binary payloads are not supported: send a JSON object");
+    }
+    let payload = match serde_json::from_slice(&body) {
+        Ok(payload) => payload,
+        Err(err) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("the body is not JSON: {err}")),
+    };
+    match check_broadcast(&relay, &identity, BroadcastMessage { topic, event, payload }).await {
+        Ok(message) => {
+            send_broadcast(&relay, message);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+/// A broadcast the caller may send, on its canonical topic; or the response that says why not.
+async fn check_broadcast(
+    relay: &Relay,
+    identity: &Identity,
+    message: BroadcastMessage,
+) -> Result<BroadcastMessage, Response> {
+    if !message.payload.is_object() {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("payload for {} must be a JSON object", message.topic),
+        ));
+    }
+    if message.payload.to_string().len() > relay.config.max_payload_bytes {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "Payload size exceeds the limit"));
+    }
+    match relay.db.authorize(&message.topic, &identity.claims).await {
+        Ok(a) if a.broadcast => Ok(BroadcastMessage { topic: a.topic, ..message }),
+        Ok(a) => {
+            let reason = a.reason.unwrap_or_else(|| "broadcast not allowed".into());
+            Err(error(StatusCode::FORBIDDEN, format!("may not broadcast on {}: {reason}", message.topic)))
+        }
+        Err(crate::db::DbError::InvalidChannel(m)) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, m)),
+        Err(err) => Err(error(StatusCode::SERVICE_UNAVAILABLE, err.to_string())),
+    }
+}
+
+fn send_broadcast(relay: &Relay, message: BroadcastMessage) {
+    relay.metrics.client_broadcasts.inc();
+    relay.hub.broadcast(&message.topic, None, &message.event, message.payload);
 }
 
 #[derive(Deserialize)]

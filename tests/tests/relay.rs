@@ -814,3 +814,50 @@ async fn the_seeds_widget_channel_is_the_conversation_channel() {
     let (_, refused) = stranger.join(&widget_topic, json!({"config": {}})).await;
     assert_eq!(refused.payload["status"], "error", "another visitor may not join it: {refused:?}");
 }
+
+/// `POST /api/broadcast/{topic}/events/{event}` (realtime-js 2.119's `httpSend()`): what it
+/// cannot do is refused with a status and the reason; nothing refused reaches a subscriber.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_send_refuses_what_it_cannot_do_with_a_reason() {
+    let f = fixture().await;
+    let relay = RelayHandle::start(&f.db).await;
+    let typing = format!("{}:typing", f.topic());
+    let mut listener = Client::connect(&relay, "2.0.0", &f.secret).await;
+    listener.join(&typing, json!({"config": {}})).await;
+    let bearer = format!("Bearer {}", agent_token(f.agent));
+    let json_headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let path = |query: &str| format!("/realtime/v1/api/broadcast/{typing}/events/typing:start{query}");
+    let cases = [
+        ("persist", path("?private=true&persist=true"), &json_headers[..], "{}", 422, "persist is not supported"),
+        ("not JSON", path(""), &json_headers[..], "{not json", 422, "the body is not JSON"),
+        ("not an object", path(""), &json_headers[..], "[1]", 422, "must be a JSON object"),
+        (
+            "binary",
+            path(""),
+            &[("Authorization", bearer.as_str()), ("Content-Type", "application/octet-stream")][..],
+            "\u{1}\u{2}",
+            415,
+            "binary payloads are not supported",
+        ),
+        ("no credential", path(""), &[("Content-Type", "application/json")][..], "{}", 401, "missing"),
+        (
+            "foreign topic",
+            format!("/api/broadcast/org:{}:conv:{}:typing/events/typing:start", uuid::Uuid::new_v4(), f.conversation),
+            &json_headers[..],
+            "{}",
+            403,
+            "not an active member",
+        ),
+    ];
+    for (name, path, headers, body, status, reason) in cases {
+        let (got, text) = relay.http("POST", &path, headers, body).await.unwrap();
+        assert_eq!(got, status, "{name}: {text}");
+        assert!(text.contains(reason), "{name}: {text}");
+    }
+    let (got, text) = relay.http("POST", &path(""), &json_headers, r#"{"isTyping":true}"#).await.unwrap();
+    assert_eq!(got, 202, "{text}");
+    let delivered = listener.broadcast_event("typing:start").await;
+    assert_eq!(delivered.payload["payload"], json!({"isTyping": true}));
+    let more = listener.drain(Duration::from_millis(500)).await;
+    assert!(more.iter().all(|m| m.event != "broadcast"), "nothing refused was delivered: {more:?}");
+}

@@ -63,6 +63,20 @@ for (const { name, RealtimeClient, vsn } of versions) {
       assert.deepEqual(event.payload, { userName: 'Val', isTyping: true })
     })
 
+    if (vsn === '2.0.0') {
+      test('channel.httpSend() broadcasts over HTTP, and is refused with the reason where the caller may not speak', async () => {
+        const topic = `org:${fixture.org}:conv:${fixture.visitorA.conversation_id}:typing`
+        const listener = client(fixture.visitorA.session_secret).channel(topic)
+        const typing = waitFor((done) => listener.on('broadcast', { event: 'typing:start' }, done), 'typing:start')
+        assert.equal((await subscribe(listener)).status, 'SUBSCRIBED')
+        const agentChannel = client(fixture.agentToken).channel(topic)
+        assert.deepEqual(await agentChannel.httpSend('typing:start', { isTyping: true }), { success: true })
+        assert.deepEqual((await typing).payload, { isTyping: true })
+        const stranger = client(fixture.visitorB.session_secret).channel(topic)
+        await assert.rejects(stranger.httpSend('typing:start', { isTyping: true }), /visitors may only join their own conversation/)
+      })
+    }
+
     test('presence syncs between two clients', async () => {
       const topic = `org:${fixture.org}:agents:presence`
       const first = client(fixture.agentToken).channel(topic, { config: { presence: { key: 'agent-1' } } })
