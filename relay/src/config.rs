@@ -32,6 +32,16 @@ pub struct Config {
     #[arg(long, env = "CAMPFIRE_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// Milliseconds between liveness probes (a query) of each database connection; also the TCP
+    /// keepalive idle time, in whole seconds.
+    #[arg(long, env = "CAMPFIRE_DB_PROBE_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_probe_interval_ms: u64,
+
+    /// Milliseconds the database may take to answer a probe or a connection attempt before that
+    /// connection is presumed dead (a black-holed link sends no FIN or RST) and replaced.
+    #[arg(long, env = "CAMPFIRE_DB_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_timeout_ms: u64,
+
     /// Channels one connection may join.
     #[arg(long, env = "CAMPFIRE_MAX_CHANNELS", default_value_t = 100)]
     pub max_channels: usize,
@@ -122,5 +132,13 @@ impl Config {
 
     pub fn typing_ttl(&self) -> Duration {
         Duration::from_secs(self.typing_ttl_secs)
+    }
+
+    pub fn db_probe_interval(&self) -> Duration {
+        Duration::from_millis(self.db_probe_interval_ms)
+    }
+
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms)
     }
 }

@@ -1,15 +1,21 @@
 //! PostgreSQL: the queries the relay makes (through the extension's functions) and the one
-//! LISTEN connection that feeds the hub, with replay from the log after any gap.
+//! LISTEN connection that feeds the hub, with replay from the log after any gap. Both
+//! connections are probed: one that stops answering (a black-holed link sends no FIN or RST) is
+//! given up and replaced.
 
-use crate::{AccessChange, Relay};
+use crate::metrics::Metrics;
+use crate::{AccessChange, Config, Relay};
 use futures_util::StreamExt;
 use serde_json::Value;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use campfire_core::channels::{ACCESS as ACCESS_CHANNEL, EVENTS as EVENTS_CHANNEL, PEERS as PEERS_CHANNEL};
 /// The largest peer message: what fits in one NOTIFY once sealed.
@@ -43,6 +49,18 @@ pub enum DbError {
     Unauthorized(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    #[error("database unavailable: no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl DbError {
+    /// The `reason` label of `campfire_db_link_failures_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            DbError::TimedOut(_) => "timeout",
+            _ => "error",
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -55,41 +73,137 @@ impl From<tokio_postgres::Error> for DbError {
     }
 }
 
-/// One shared query connection (tokio-postgres pipelines concurrent queries), reconnected on
-/// demand.
+/// The relay's two database connections, as metrics name them.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    Listen,
+    Query,
+}
+
+impl Link {
+    fn label(self) -> &'static str {
+        match self {
+            Link::Listen => "listen",
+            Link::Query => "query",
+        }
+    }
+}
+
+/// The shared query connection and the task driving it. Dropping it aborts the task, which
+/// fails every query still waiting on the connection at once.
+struct QueryConnection {
+    client: Arc<Client>,
+    _driver: AbortOnDropHandle<()>,
+}
+
+/// One shared query connection (tokio-postgres pipelines concurrent queries), probed and
+/// reconnected on demand, and the settings every connection is made with.
 pub struct Db {
-    url: String,
-    client: Mutex<Option<Arc<Client>>>,
+    config: tokio_postgres::Config,
+    /// How long the database may take to answer a probe or a connection attempt.
+    timeout: Duration,
+    probe_interval: Duration,
+    metrics: Arc<Metrics>,
+    query: Mutex<Option<QueryConnection>>,
     /// The notify key, read whenever the LISTEN connection comes up.
     pub sealing: crate::notify::Sealing,
 }
 
-async fn connect(
-    url: &str,
-) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>), DbError> {
-    tokio_postgres::connect(url, NoTls).await.map_err(|e| DbError::Unavailable(e.to_string()))
+/// TCP keepalive takes whole seconds, at least one.
+fn whole_seconds(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs_f64().ceil().max(1.0) as u64)
 }
 
 impl Db {
-    pub fn new(url: String) -> Db {
-        Db { url, client: Mutex::new(None), sealing: Default::default() }
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Db, tokio_postgres::Error> {
+        let mut pg: tokio_postgres::Config = config.database_url.parse()?;
+        // The kernel watches the links too: keepalive probes on an idle one, and unacknowledged
+        // data (a probe into a dead link) ends the connection after the timeout.
+        pg.keepalives(true)
+            .keepalives_idle(whole_seconds(config.db_probe_interval()))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .tcp_user_timeout(config.db_timeout());
+        Ok(Db {
+            config: pg,
+            timeout: config.db_timeout(),
+            probe_interval: config.db_probe_interval(),
+            metrics,
+            query: Mutex::new(None),
+            sealing: Default::default(),
+        })
+    }
+
+    /// Awaits `request`, failing if the database does not answer within the timeout.
+    async fn answer<T>(&self, request: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, DbError> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => result.map_err(|e| DbError::Unavailable(e.to_string())),
+            Err(_) => Err(DbError::TimedOut(self.timeout)),
+        }
+    }
+
+    async fn connect(&self) -> Result<(Client, Connection<Socket, NoTlsStream>), DbError> {
+        self.answer(self.config.connect(NoTls)).await
+    }
+
+    /// A liveness probe: the connection answers a query in time, or it is presumed dead.
+    async fn probe(&self, client: &Client) -> Result<(), DbError> {
+        self.answer(client.batch_execute("SELECT 1")).await
+    }
+
+    fn link_up(&self, link: Link) {
+        self.metrics.db_link_up.with_label_values(&[link.label()]).set(1);
+    }
+
+    fn link_lost(&self, link: Link, err: &DbError) {
+        tracing::warn!(connection = link.label(), %err, "database connection lost");
+        self.metrics.db_link_up.with_label_values(&[link.label()]).set(0);
+        self.metrics.db_link_failures.with_label_values(&[link.label(), err.reason()]).inc();
     }
 
     /// The shared query connection, (re)connected if needed.
     pub async fn client(&self) -> Result<Arc<Client>, DbError> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+        let mut slot = self.query.lock().await;
+        match slot.as_ref() {
+            Some(query) if !query.client.is_closed() => return Ok(query.client.clone()),
+            Some(_) => {
+                *slot = None;
+                self.link_lost(Link::Query, &DbError::Unavailable("the connection ended".into()));
+            }
+            None => {}
         }
-        let (client, connection) = connect(&self.url).await?;
-        tokio::spawn(async move {
+        let (client, connection) = self.connect().await.inspect_err(|err| self.link_lost(Link::Query, err))?;
+        let driver = AbortOnDropHandle::new(tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::warn!(%err, "query connection ended");
             }
-        });
+        }));
         let client = Arc::new(client);
-        *slot = Some(client.clone());
+        *slot = Some(QueryConnection { client: client.clone(), _driver: driver });
+        self.link_up(Link::Query);
         Ok(client)
+    }
+
+    /// Probes the shared query connection every probe interval until `shutdown`: one that does
+    /// not answer in time is given up (the queries waiting on it fail) and the next use connects
+    /// anew.
+    pub async fn watch_queries(&self, shutdown: &CancellationToken) {
+        let mut tick = tokio::time::interval(self.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(client) = self.client().await else { continue };
+            if let Err(err) = self.probe(&client).await {
+                let mut slot = self.query.lock().await;
+                if slot.as_ref().is_some_and(|query| Arc::ptr_eq(&query.client, &client)) {
+                    *slot = None;
+                    self.link_lost(Link::Query, &err);
+                }
+            }
+        }
     }
 
     pub async fn authorize(&self, topic: &str, claims: &Value) -> Result<Authorization, DbError> {
@@ -254,10 +368,10 @@ pub async fn listen(relay: Arc<Relay>, shutdown: CancellationToken) {
             Ok(()) => return, // shutdown
             Err(err) => {
                 relay.health.listen_connected.store(false, Ordering::SeqCst);
-                relay.metrics.listen_connected.set(0);
-                tracing::warn!(%err, ?backoff, "LISTEN connection lost; reconnecting");
+                relay.db.link_lost(Link::Listen, &err);
             }
         }
+        tracing::info!(?backoff, "reconnecting LISTEN");
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
@@ -268,9 +382,10 @@ pub async fn listen(relay: Arc<Relay>, shutdown: CancellationToken) {
 }
 
 async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &mut bool) -> Result<(), DbError> {
-    let (client, mut connection) = connect(&relay.db.url).await?;
+    let (client, mut connection) = relay.db.connect().await?;
     let (tx, mut notifications) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
+    // However this ends, the connection goes with it: a dead link must not keep a task.
+    let _driver = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -286,8 +401,13 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
                 }
             }
         }
-    });
-    client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {PEERS_CHANNEL}; LISTEN {ACCESS_CHANNEL}")).await?;
+    }));
+    relay
+        .db
+        .answer(
+            client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {PEERS_CHANNEL}; LISTEN {ACCESS_CHANNEL}")),
+        )
+        .await?;
     relay.db.read_notify_key().await?;
     if *first {
         // A new relay starts at the head: clients ask for history with a resume cursor.
@@ -300,16 +420,22 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
         let _ = relay.access.send(AccessChange::Everyone);
     }
     relay.health.listen_connected.store(true, Ordering::SeqCst);
-    relay.metrics.listen_connected.set(1);
+    relay.db.link_up(Link::Listen);
     // Peer messages are not durable: whatever the other relays said while this connection was
     // down is re-learned from a fresh state exchange.
     relay.hub.announce();
     tracing::info!(last_event_id = relay.health.last_event_id.load(Ordering::SeqCst), "listening for events");
-    let result = loop {
+    // Notifications prove nothing when none are due: the link is probed, and one that stops
+    // answering is given up.
+    let mut probe =
+        tokio::time::interval_at(tokio::time::Instant::now() + relay.db.probe_interval, relay.db.probe_interval);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = probe.tick() => relay.db.probe(&client).await?,
             n = notifications.recv() => match n {
-                None => break Err(DbError::Unavailable("LISTEN connection closed".into())),
+                None => return Err(DbError::Unavailable("LISTEN connection closed".into())),
                 Some(n) => match relay.db.sealing.open(n.channel(), n.payload(), crate::notify::now_ms()) {
                     Ok(payload) if n.channel() == EVENTS_CHANNEL => handle_events_notification(relay, &payload).await?,
                     Ok(payload) if n.channel() == ACCESS_CHANNEL => announce_access_change(relay, &payload),
@@ -321,7 +447,5 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
                 },
             },
         }
-    };
-    driver.abort();
-    result
+    }
 }

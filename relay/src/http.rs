@@ -100,19 +100,26 @@ async fn websocket(
         })
 }
 
+/// How long /healthz waits for the database: it answers within a second even when the link is
+/// silent.
+const HEALTH_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Healthy only while LISTEN is up and the database answered this very check: a check that could
+/// not be made never reads as ok.
 async fn healthz(State(relay): State<Arc<Relay>>) -> Response {
     let listening = relay.health.listen_connected.load(Ordering::SeqCst);
     let last = relay.health.last_event_id.load(Ordering::SeqCst);
-    let head = relay.db.log_head().await.ok();
+    let head = tokio::time::timeout(HEALTH_QUERY_TIMEOUT, relay.db.log_head()).await.ok().and_then(Result::ok);
+    let healthy = listening && head.is_some();
     let body = json!({
-        "status": if listening { "ok" } else { "degraded" },
+        "status": if healthy { "ok" } else { "degraded" },
         "listen_connected": listening,
         "last_event_id": last,
         "log_head": head,
         "lag": head.map(|h| (h - last).max(0)),
         "connections": relay.metrics.connections.get(),
     });
-    let status = if listening { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 

@@ -129,7 +129,7 @@ pub async fn run_with(
     let relay = Arc::new(Relay {
         options,
         verifier,
-        db: db::Db::new(config.database_url.clone()),
+        db: db::Db::new(&config, metrics.clone())?,
         hub: hub::Hub::new(metrics.clone(), uuid::Uuid::new_v4().to_string(), peers_tx),
         metrics,
         health: Health::default(),
@@ -141,6 +141,8 @@ pub async fn run_with(
         config,
     });
     let listen = tokio::spawn(db::listen(relay.clone(), relay.shutdown.clone()));
+    let watch_relay = relay.clone();
+    let watch_queries = tokio::spawn(async move { watch_relay.db.watch_queries(&watch_relay.shutdown).await });
     let peers_relay = relay.clone();
     let peers = tokio::spawn(async move {
         while let Some(out) = peers_rx.recv().await {
@@ -187,6 +189,7 @@ pub async fn run_with(
         tracing::warn!("connections still open after 5 s; stopping anyway");
     }
     let _ = listen.await;
+    let _ = watch_queries.await;
     heartbeat.abort();
     // The connections' presence leaves have been queued for the peers; say goodbye after them
     // and give it all a moment to go out.

@@ -1,6 +1,6 @@
 //! Prometheus metrics, served at /metrics.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -16,7 +16,8 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub queue_depth_max: IntGauge,
     pub last_event_id: IntGauge,
-    pub listen_connected: IntGauge,
+    pub db_link_up: IntGaugeVec,
+    pub db_link_failures: IntCounterVec,
     pub frames_written: IntCounter,
     pub resumes: IntCounter,
     pub replayed_events: IntCounter,
@@ -39,8 +40,13 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
-        let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
@@ -53,8 +59,8 @@ impl Metrics {
                 "campfire_deliveries_total",
                 "Frames queued to connections (events, broadcasts, presence, replies)",
             ),
-            drops: counter_vec("campfire_drops_total", "Messages not delivered, by reason", "reason"),
-            disconnects: counter_vec("campfire_disconnects_total", "Closed connections, by reason", "reason"),
+            drops: counter_vec("campfire_drops_total", "Messages not delivered, by reason", &["reason"]),
+            disconnects: counter_vec("campfire_disconnects_total", "Closed connections, by reason", &["reason"]),
             malformed_frames: counter("campfire_malformed_frames_total", "Client frames that could not be decoded"),
             listen_reconnects: counter(
                 "campfire_listen_reconnects_total",
@@ -66,7 +72,17 @@ impl Metrics {
                 "campfire_send_queue_max_depth",
                 "Frames waiting in the fullest connection send queue",
             ),
-            listen_connected: gauge("campfire_listen_connected", "1 while the LISTEN connection is up"),
+            db_link_up: gauge_vec(
+                "campfire_db_link_up",
+                "1 while the database connection (listen, query) answers",
+                &["connection"],
+            ),
+            db_link_failures: counter_vec(
+                "campfire_db_link_failures_total",
+                "Database connections given up or not established, by connection (listen, query) and reason \
+                 (timeout: no answer in time; error)",
+                &["connection", "reason"],
+            ),
             frames_written: counter("campfire_frames_written_total", "Frames written to WebSocket connections"),
             resumes: counter("campfire_resumes_total", "Joins that resumed from a cursor"),
             replayed_events: counter(
@@ -82,7 +98,7 @@ impl Metrics {
             refused_notifications: counter_vec(
                 "campfire_refused_notifications_total",
                 "Notifications not believed (not sealed with the notify key, replayed, stale), by reason",
-                "reason",
+                &["reason"],
             ),
             registry,
         }

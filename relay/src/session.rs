@@ -97,7 +97,9 @@ pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, (Stri
     if auth::is_widget_secret(token) {
         return match relay.db.visitor_claims(token).await {
             Ok(claims) => Ok(Identity { claims, expires_at: auth::now() + relay.config.visitor_token_ttl_secs }),
-            Err(DbError::Unavailable(e)) => Err(("UnableToConnectToProject".into(), e)),
+            Err(err @ (DbError::Unavailable(_) | DbError::TimedOut(_))) => {
+                Err(("UnableToConnectToProject".into(), err.to_string()))
+            }
             Err(e) => Err((AuthError::BadSecret.code().into(), e.to_string())),
         };
     }

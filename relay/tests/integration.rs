@@ -405,7 +405,8 @@ async fn health_and_metrics_report_what_the_relay_holds() {
     for name in [
         "campfire_connections 1",
         "campfire_channels 1",
-        "campfire_listen_connected 1",
+        "campfire_db_link_up{connection=\"listen\"} 1",
+        "campfire_db_link_up{connection=\"query\"} 1",
         "campfire_send_queue_depth ",
         "campfire_send_queue_max_depth ",
         "campfire_deliveries_total ",

@@ -34,6 +34,8 @@ impl RelayHandle {
             tokens: Default::default(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
+            db_probe_interval_ms: 5_000,
+            db_timeout_ms: 5_000,
             max_channels: 100,
             idle_timeout_secs: 60,
             typing_ttl_secs: 10,

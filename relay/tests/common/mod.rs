@@ -7,6 +7,8 @@
 //! `pg_ctl` as the `postgres` user under /tmp and stops the cluster when the test binary exits.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use campfire_relay::{Config, Options, auth};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -173,7 +175,16 @@ impl Fixture {
     }
 
     pub fn relay_url(&self) -> String {
-        format!("host=127.0.0.1 port={} user={RELAY_ROLE} dbname={}", self.port, self.database)
+        self.relay_url_via(self.cluster_addr())
+    }
+
+    /// The relay login's connection string through `addr` (a proxy in front of the cluster).
+    pub fn relay_url_via(&self, addr: SocketAddr) -> String {
+        format!("host={} port={} user={RELAY_ROLE} dbname={}", addr.ip(), addr.port(), self.database)
+    }
+
+    pub fn cluster_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// A superuser connection to the fixture's database.
@@ -228,6 +239,8 @@ impl Fixture {
             tokens: Default::default(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
+            db_probe_interval_ms: 5_000,
+            db_timeout_ms: 5_000,
             max_channels: 100,
             idle_timeout_secs: 60,
             typing_ttl_secs: 10,
@@ -384,6 +397,15 @@ async fn try_http(
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// The status /healthz answers with; it must answer within a second whatever the database does.
+pub async fn health_status(addr: SocketAddr) -> u16 {
+    tokio::time::timeout(Duration::from_secs(1), try_http(addr, "GET", "/healthz", &[], ""))
+        .await
+        .expect("/healthz answers within a second")
+        .expect("HTTP request")
+        .0
 }
 
 /// The value of the first /metrics line starting with `line_prefix` (0 when absent).

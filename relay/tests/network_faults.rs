@@ -1,0 +1,93 @@
+//! The relay when the network misbehaves: a database link black-holed (no FIN, no RST).
+
+mod common;
+
+use campfire_relay::Options;
+use common::proxy::Proxy;
+use common::{Client, Fixture, Relay, WAIT, health_status};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Polls until `done` holds, at most WAIT; returns how long it took.
+async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) -> Duration {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+async fn health_is(addr: SocketAddr, status: u16) -> bool {
+    health_status(addr).await == status
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_database_link_is_noticed_reported_and_replaced_without_losing_an_event() {
+    let f = Fixture::new().await;
+    let proxy = Proxy::start(f.cluster_addr()).await;
+    let mut config = f.config();
+    config.database_url = f.relay_url_via(proxy.addr);
+    config.db_probe_interval_ms = 200;
+    config.db_timeout_ms = 500;
+    let relay = Relay::start_with(config, Options::default()).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &f.agent_token()).await;
+    client.join_ok(&f.topic(), json!({"config": {}})).await;
+    let db = f.agent_db().await; // straight to the cluster: writers are not behind the proxy
+    let before = f.send_as_agent(&db, "before").await;
+    let seq = |frame: &common::Received| frame.payload["payload"]["message"]["seq"].as_i64().unwrap();
+    assert_eq!(seq(&client.broadcast_event("message:created").await), before);
+
+    // Both of the relay's connections go silent. Health answers at once, and soon says so.
+    proxy.black_hole();
+    let to_unhealthy = wait_until("/healthz reports the silent link", || health_is(relay.addr, 503)).await;
+    let listen_down = r#"campfire_db_link_up{connection="listen"}"#;
+    let relay_ref = &relay;
+    let to_detected = wait_until("the LISTEN link is given up", move || async move {
+        relay_ref.metric(listen_down).await == 0.0
+            && relay_ref.metric(r#"campfire_db_link_failures_total{connection="listen",reason="timeout"}"#).await >= 1.0
+    })
+    .await;
+
+    // Committed while the relay hears nothing.
+    let missed = 20;
+    for i in 1..=missed {
+        f.send_as_agent(&db, &format!("while silent {i}")).await;
+    }
+    // The path comes back (for new connections: the silent ones stay dead, as after a lost NAT
+    // entry). The relay connects anew and replays from its cursor.
+    proxy.restore();
+    let restored = Instant::now();
+    wait_until("healthy again", || health_is(relay.addr, 200)).await;
+    let mut seqs = Vec::new();
+    while seqs.len() < missed {
+        seqs.push(seq(&client.broadcast_event("message:created").await));
+    }
+    let to_delivered = restored.elapsed();
+    assert_eq!(seqs, (before + 1..=before + missed as i64).collect::<Vec<_>>(), "every event once, in order");
+    let after = f.send_as_agent(&db, "live again").await;
+    assert_eq!(seq(&client.broadcast_event("message:created").await), after, "live delivery resumed, no duplicates");
+    assert_eq!(relay.metric(listen_down).await, 1.0);
+    eprintln!(
+        "black hole -> /healthz 503: {to_unhealthy:?}; -> LISTEN given up: {:?}; restore -> all {missed} delivered: {to_delivered:?}",
+        to_unhealthy + to_detected
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_never_ok_when_its_own_check_fails() {
+    let f = Fixture::new().await;
+    let relay = Relay::start(&f).await;
+    let admin = f.db().await;
+    // LISTEN stays up; only the health check's own query fails.
+    admin.batch_execute("REVOKE EXECUTE ON FUNCTION campfire.log_head() FROM campfire_relay").await.unwrap();
+    let (status, body) = common::http(relay.addr, "GET", "/healthz", &[], "").await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &health["status"], &health["log_head"]), (503, &json!("degraded"), &json!(null)), "{health}");
+    assert_eq!(health["listen_connected"], true);
+    admin.batch_execute("GRANT EXECUTE ON FUNCTION campfire.log_head() TO campfire_relay").await.unwrap();
+    assert_eq!(health_status(relay.addr).await, 200);
+    relay.stop().await;
+}
