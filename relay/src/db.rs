@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket};
@@ -358,30 +358,68 @@ fn announce_access_change(relay: &Relay, payload: &str) {
     let _ = relay.access.send(change.unwrap_or(AccessChange::Everyone));
 }
 
+/// Waits between attempts to re-establish the LISTEN connection: doubling from `FIRST` to `MAX`
+/// while attempts keep failing, and back to `FIRST` once a connection has stayed up for `STABLE`.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    up_since: Option<Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+    const STABLE: Duration = Duration::from_secs(10);
+
+    fn new() -> Backoff {
+        Backoff { next: Backoff::FIRST, up_since: None }
+    }
+
+    /// The connection is up as of `at`.
+    fn connected(&mut self, at: Instant) {
+        self.up_since = Some(at);
+    }
+
+    /// How long to wait before the next attempt, after a failure at `now`.
+    fn after_failure(&mut self, now: Instant) -> Duration {
+        if self.up_since.take().is_some_and(|since| now.duration_since(since) >= Backoff::STABLE) {
+            self.next = Backoff::FIRST;
+        }
+        let wait = self.next;
+        self.next = (wait * 2).min(Backoff::MAX);
+        wait
+    }
+}
+
 /// Holds the LISTEN connection for the relay's lifetime: reconnects with capped backoff and
 /// replays from the log whatever was committed while it was away.
 pub async fn listen(relay: Arc<Relay>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let mut first = true;
     loop {
-        match listen_once(&relay, &shutdown, &mut first).await {
+        match listen_once(&relay, &shutdown, &mut first, &mut backoff).await {
             Ok(()) => return, // shutdown
             Err(err) => {
                 relay.health.listen_connected.store(false, Ordering::SeqCst);
                 relay.db.link_lost(Link::Listen, &err);
             }
         }
-        tracing::info!(?backoff, "reconnecting LISTEN");
+        let wait = backoff.after_failure(Instant::now());
+        tracing::info!(?wait, "reconnecting LISTEN");
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
         relay.metrics.listen_reconnects.inc();
     }
 }
 
-async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &mut bool) -> Result<(), DbError> {
+async fn listen_once(
+    relay: &Arc<Relay>,
+    shutdown: &CancellationToken,
+    first: &mut bool,
+    backoff: &mut Backoff,
+) -> Result<(), DbError> {
     let (client, mut connection) = relay.db.connect().await?;
     let (tx, mut notifications) = mpsc::unbounded_channel();
     // However this ends, the connection goes with it: a dead link must not keep a task.
@@ -421,6 +459,7 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
     }
     relay.health.listen_connected.store(true, Ordering::SeqCst);
     relay.db.link_up(Link::Listen);
+    backoff.connected(Instant::now());
     // Peer messages are not durable: whatever the other relays said while this connection was
     // down is re-learned from a fresh state exchange.
     relay.hub.announce();
@@ -447,5 +486,35 @@ async fn listen_once(relay: &Arc<Relay>, shutdown: &CancellationToken, first: &m
                 },
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn backoff_doubles_to_its_cap_while_attempts_fail() {
+        let mut backoff = Backoff::new();
+        let now = Instant::now();
+        let waits: Vec<u64> = (0..8).map(|_| backoff.after_failure(now).as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+
+    #[test]
+    fn backoff_starts_over_after_a_connection_that_stayed_up() {
+        let mut backoff = Backoff::new();
+        let start = Instant::now();
+        for _ in 0..7 {
+            backoff.after_failure(start);
+        }
+        // Up briefly: still flapping, the waits keep their length.
+        backoff.connected(start);
+        assert_eq!(backoff.after_failure(start + Duration::from_secs(1)), Duration::from_secs(5));
+        // Up for a while: the next loss is a new incident.
+        backoff.connected(start + Duration::from_secs(2));
+        assert_eq!(backoff.after_failure(start + Duration::from_secs(13)), Duration::from_millis(100));
+        assert_eq!(backoff.after_failure(start + Duration::from_secs(13)), Duration::from_millis(200));
     }
 }
