@@ -44,6 +44,17 @@ fn sub_topic(topic: &str) -> &str {
     topic.strip_prefix("realtime:").unwrap_or(topic)
 }
 
+/// The `system` message telling a resuming client that the log was pruned past its cursor.
+fn history_lost(join_topic: &str, join_ref: Option<&str>, cursor: i64, tail: i64) -> Frame {
+    let system = json!({
+        "extension": "campfire",
+        "status": "error",
+        "message": format!("cursor_too_old: the log was pruned through {tail}, after cursor {cursor}: reload history"),
+        "channel": sub_topic(join_topic),
+    });
+    protocol::channel_push(join_topic, join_ref, "system", system)
+}
+
 /// A boolean config value: JSON booleans or "true"/"false" in any case.
 fn flag(value: &Value) -> bool {
     match value {
@@ -337,22 +348,7 @@ impl Session {
             None => 0,
             Some(cursor) => {
                 self.relay.metrics.resumes.inc();
-                let replay = match self.relay.db.log_tail().await {
-                    // Events the client missed were pruned: say so (it must reload history), then
-                    // replay what the log still holds.
-                    Ok(tail) if cursor < tail => {
-                        let system = json!({
-                            "extension": "campfire",
-                            "status": "error",
-                            "message": format!("cursor_too_old: the log was pruned through {tail}, after cursor {cursor}: reload history"),
-                            "channel": name,
-                        });
-                        self.send(&protocol::channel_push(&topic, frame.join_ref.as_deref(), "system", system));
-                        self.replay(&canonical, &topic, tail).await
-                    }
-                    Ok(_) => self.replay(&canonical, &topic, cursor).await,
-                    Err(err) => Err(err),
-                };
+                let replay = self.replay(&canonical, &topic, frame.join_ref.as_deref(), cursor).await;
                 match replay {
                     Ok(last) => last,
                     Err(err) => {
@@ -386,13 +382,31 @@ impl Session {
 
     /// Sends everything on the channel after `cursor` from the log, paced by the client's reading
     /// so that a long replay neither floods the send queue nor grows memory. Returns the last id
-    /// sent.
-    async fn replay(&self, canonical: &str, join_topic: &str, mut cursor: i64) -> Result<i64, DbError> {
+    /// sent. Events pruned before the client read them are announced, never skipped silently.
+    async fn replay(
+        &self,
+        canonical: &str,
+        join_topic: &str,
+        join_ref: Option<&str>,
+        mut cursor: i64,
+    ) -> Result<i64, DbError> {
         let stall = self.relay.options.replay_stall_timeout;
         loop {
             let page = self.relay.db.read_log(cursor, Some(canonical)).await?;
+            // The tail as of this read or later: if the log was pruned past the cursor, events
+            // after it may be missing from the page, gone for good. The client is told (it must
+            // reload history) and the replay goes on from where the log now starts.
+            let tail = self.relay.db.log_tail().await?;
+            if tail > cursor {
+                let lost = history_lost(join_topic, join_ref, cursor, tail);
+                if !self.outbox.send_paced(&self.relay.metrics, &lost, stall).await {
+                    return Ok(cursor); // the connection is ending
+                }
+                cursor = tail;
+            }
             let full = page.len() >= crate::db::PAGE as usize;
-            for event in page {
+            // Nothing up to the tail: either the page holds none, or the client was just told.
+            for event in page.into_iter().filter(|e| e.id > tail) {
                 let frame = protocol::push(join_topic, "broadcast", hub::db_payload(&event));
                 if !self.outbox.send_paced(&self.relay.metrics, &frame, stall).await {
                     return Ok(cursor); // the connection is ending

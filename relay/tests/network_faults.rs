@@ -1,4 +1,5 @@
-//! The relay when the network misbehaves: a database link black-holed (no FIN, no RST).
+//! The relay when the network misbehaves: a database link black-holed (no FIN, no RST), the log
+//! pruned under a resuming client.
 
 mod common;
 
@@ -89,5 +90,59 @@ async fn health_is_never_ok_when_its_own_check_fails() {
     assert_eq!(health["listen_connected"], true);
     admin.batch_execute("GRANT EXECUTE ON FUNCTION campfire.log_head() TO campfire_relay").await.unwrap();
     assert_eq!(health_status(relay.addr).await, 200);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_during_a_paced_replay_is_announced_never_skipped_silently() {
+    let f = Fixture::new().await;
+    let mut config = f.config();
+    config.send_queue = 16;
+    let relay = Relay::start_with(config, Options::default()).await;
+    let db = f.agent_db().await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &f.agent_token()).await;
+    client.join_ok(&f.topic(), json!({"config": {}})).await;
+    let first = f.send_as_agent(&db, "seen").await;
+    let cursor = client.broadcast_event("message:created").await.payload["payload"]["cursor"].as_i64().unwrap();
+    drop(client);
+
+    // Two and a half replay pages of large messages: far more than socket buffers hold, so the
+    // replay is still reading the log when the prune comes.
+    let missed: i32 = 2500;
+    db.execute(
+        "SELECT campfire.send_message($1, repeat('x', 4000)) FROM generate_series(1, $2::int)",
+        &[&f.conversation, &missed],
+    )
+    .await
+    .unwrap();
+    let mut client = Client::connect_with_small_window(relay.addr, "2.0.0", &f.agent_token()).await;
+    client.join_ok(&f.topic(), json!({"config": {"broadcast": {"cursor": cursor}}})).await;
+    let mut seqs =
+        vec![client.broadcast_event("message:created").await.payload["payload"]["message"]["seq"].as_i64().unwrap()];
+    assert_eq!(seqs[0], first + 1);
+
+    // Everything committed so far is pruned while the replay waits for this client to read.
+    let service = f.db_as(&json!({"role": "service_role"})).await;
+    service.execute("SELECT campfire.prune_events(interval '0 seconds')", &[]).await.unwrap();
+    let last = f.send_as_agent(&db, "after the prune").await;
+
+    // Each gap in what arrives must come after a cursor_too_old: the client knows to reload.
+    let mut told = 0;
+    while seqs.last() != Some(&last) {
+        let frame = client.recv_where(|m| m.event == "system" || m.payload["event"] == "message:created").await;
+        if frame.event == "system" {
+            assert!(frame.payload["message"].as_str().unwrap().starts_with("cursor_too_old:"), "{:?}", frame.payload);
+            told += 1;
+            continue;
+        }
+        let seq = frame.payload["payload"]["message"]["seq"].as_i64().unwrap();
+        let previous = *seqs.last().unwrap();
+        assert!(seq > previous, "in order, no duplicates: {seq} after {previous}");
+        assert!(seq == previous + 1 || told > 0, "seq {previous} then {seq}: events skipped without a word");
+        seqs.push(seq);
+    }
+    let gap = seqs.windows(2).any(|w| w[1] != w[0] + 1);
+    assert!(gap, "the prune should have removed events the replay had not sent yet ({} arrived)", seqs.len());
+    assert_eq!(told, 1, "told once");
     relay.stop().await;
 }

@@ -451,6 +451,22 @@ impl Client {
         Client { ws, v2: vsn.starts_with('2'), next_ref: 0 }
     }
 
+    /// A client whose socket has a small, fixed receive buffer (no autotuning): when it stops
+    /// reading, the relay's writes to it block after little data.
+    pub async fn connect_with_small_window(addr: SocketAddr, vsn: &str, apikey: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr)).await.expect("connect timed out").unwrap();
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(ws_url(addr, vsn, apikey), MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("websocket handshake timed out")
+        .expect("websocket connects");
+        Client { ws, v2: vsn.starts_with('2'), next_ref: 0 }
+    }
+
     fn take_ref(&mut self) -> String {
         self.next_ref += 1;
         self.next_ref.to_string()
