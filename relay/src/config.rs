@@ -32,6 +32,12 @@ pub struct Config {
     #[arg(long, env = "CAMPFIRE_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// Milliseconds a write to a client may stay blocked (the client reads nothing) before the
+    /// connection is dropped; also how long a closing connection waits for its close frame to be
+    /// read.
+    #[arg(long, env = "CAMPFIRE_WRITE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_ms: u64,
+
     /// Milliseconds between liveness probes (a query) of each database connection; also the TCP
     /// keepalive idle time, in whole seconds.
     #[arg(long, env = "CAMPFIRE_DB_PROBE_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -132,6 +138,10 @@ impl Config {
 
     pub fn typing_ttl(&self) -> Duration {
         Duration::from_secs(self.typing_ttl_secs)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     pub fn db_probe_interval(&self) -> Duration {

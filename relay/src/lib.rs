@@ -175,8 +175,13 @@ pub async fn run_with(
     tracing::info!(address = %listener.local_addr()?, "relay listening");
     let stop = relay.shutdown.clone();
     // TCP_NODELAY: small realtime frames must not wait for delayed ACKs (Nagle).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    // TCP_USER_TIMEOUT: the kernel frees a socket whose data has waited unacknowledged for twice
+    // the write timeout, also once the relay has let go of it (queued data would keep it alive).
+    // Twice: the relay's own timeout, which names the reason, comes first.
+    let unacknowledged_limit = relay.config.write_timeout() * 2;
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
         let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(unacknowledged_limit));
     });
     axum::serve(listener, http::router(relay.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {

@@ -4,15 +4,18 @@
 use crate::auth::{self, AuthError, Identity};
 use crate::db::DbError;
 use crate::hub::{self, Join, Outbox};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Frame, Vsn};
 use crate::{AccessChange, Relay};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::task::AbortOnDropHandle;
 
 /// A joined channel, as this connection sees it.
 struct Channel {
@@ -39,6 +42,10 @@ struct Session {
 
 /// At most this many queued frames are coalesced into one socket write.
 const MAX_FRAMES_PER_WRITE: u64 = 64;
+
+/// A client silent this long after the close frame went out will not answer it: the socket is
+/// closed (its input drained, so without a reset).
+const CLOSE_QUIET: Duration = Duration::from_millis(500);
 
 fn sub_topic(topic: &str) -> &str {
     topic.strip_prefix("realtime:").unwrap_or(topic)
@@ -119,41 +126,13 @@ pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, (Stri
 
 pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Option<Identity>) {
     let id = relay.next_connection_id();
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(relay.config.send_queue);
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<Message>(relay.config.send_queue);
     let outbox = Arc::new(Outbox::new(id, vsn, tx));
     relay.metrics.connections.inc();
 
-    let writer_outbox = outbox.clone();
-    let writer_metrics = relay.metrics.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                biased;
-                _ = writer_outbox.kill.cancelled() => {
-                    let reason = writer_outbox.close_reason().unwrap_or("closing");
-                    let code = if reason.starts_with("slow consumer") { 1013 } else if reason.starts_with("server") { 1001 } else { 1000 };
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                    break;
-                }
-                message = rx.recv() => match message {
-                    Some(message) => {
-                        // Frames that queued up meanwhile (a fan-out burst) go out in one write.
-                        let mut frames = 1;
-                        let mut fed = sink.feed(message).await.is_ok();
-                        while fed && frames < MAX_FRAMES_PER_WRITE && let Ok(message) = rx.try_recv() {
-                            fed = sink.feed(message).await.is_ok();
-                            frames += 1;
-                        }
-                        writer_outbox.drained.notify_one();
-                        if !fed || sink.flush().await.is_err() { break }
-                        writer_metrics.frames_written.inc_by(frames);
-                    }
-                    None => break,
-                },
-            }
-        }
-    });
+    let writer =
+        tokio::spawn(write_frames(sink, rx, outbox.clone(), relay.metrics.clone(), relay.config.write_timeout()));
 
     let mut session = Session { relay: relay.clone(), outbox: outbox.clone(), identity, channels: HashMap::new() };
     let idle = relay.config.idle_timeout();
@@ -206,7 +185,101 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
     relay.metrics.connections.dec();
     relay.metrics.disconnects.with_label_values(&[reason.split(':').next().unwrap_or(reason)]).inc();
     outbox.close(reason);
-    let _ = writer.await;
+    linger(stream, writer, relay.config.write_timeout()).await;
+}
+
+/// Writes queued frames to the socket until the connection ends, then the close frame naming
+/// why. A write blocked for `write_timeout` (the client reads nothing) ends the connection as a
+/// slow consumer, without a close frame: nothing gets through to that client any more.
+async fn write_frames(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    outbox: Arc<Outbox>,
+    metrics: Arc<Metrics>,
+    write_timeout: Duration,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = outbox.kill.cancelled() => break,
+            message = rx.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let written = tokio::select! {
+            biased;
+            // A connection being closed is not waited for: its close frame goes next.
+            _ = outbox.kill.cancelled() => break,
+            written = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut rx, &outbox, first)) => written,
+        };
+        match written {
+            Ok(Some(frames)) => metrics.frames_written.inc_by(frames),
+            Ok(None) => return,
+            Err(_) => return outbox.close("slow consumer: write timed out"),
+        }
+    }
+    // Frames still queued are dropped: the close frame goes right after what is on its way.
+    drop(rx);
+    let reason = outbox.close_reason().unwrap_or("closing");
+    let code = if reason.starts_with("slow consumer") {
+        1013
+    } else if reason.starts_with("server") {
+        1001
+    } else {
+        1000
+    };
+    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+}
+
+/// Feeds `first`, and what queued up behind it (a fan-out burst), to the socket in one write.
+/// Returns how many frames, or None if the socket failed.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Message>,
+    outbox: &Outbox,
+    first: Message,
+) -> Option<u64> {
+    let mut frames = 1;
+    let mut fed = sink.feed(first).await.is_ok();
+    while fed
+        && frames < MAX_FRAMES_PER_WRITE
+        && let Ok(message) = rx.try_recv()
+    {
+        fed = sink.feed(message).await.is_ok();
+        frames += 1;
+    }
+    outbox.drained.notify_one();
+    (fed && sink.flush().await.is_ok()).then_some(frames)
+}
+
+/// Ends a connection without destroying its close frame, at most `bound` after the decision. A
+/// socket closed with unread input is reset, and a reset discards what is still queued (the close
+/// frame, behind a slow consumer's backlog): so the client's input is read and thrown away until
+/// the writer has handed over the close frame, then until the client answers it or falls quiet.
+async fn linger(mut stream: SplitStream<WebSocket>, writer: tokio::task::JoinHandle<()>, bound: Duration) {
+    let mut writer = AbortOnDropHandle::new(writer);
+    let _ = tokio::time::timeout(bound, async {
+        let mut input_open = true;
+        loop {
+            tokio::select! {
+                _ = &mut writer => break,
+                message = stream.next(), if input_open => input_open = !ends_input(&message),
+            }
+        }
+        while input_open {
+            match tokio::time::timeout(CLOSE_QUIET, stream.next()).await {
+                Ok(message) => input_open = !ends_input(&message),
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// Whether the client's input is over: its close frame, an error, or the end of the stream.
+fn ends_input(message: &Option<Result<Message, axum::Error>>) -> bool {
+    matches!(message, None | Some(Err(_)) | Some(Ok(Message::Close(_))))
 }
 
 impl Session {

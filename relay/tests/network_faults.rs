@@ -1,11 +1,11 @@
 //! The relay when the network misbehaves: a database link black-holed (no FIN, no RST), the log
-//! pruned under a resuming client.
+//! pruned under a resuming client, a client that never reads.
 
 mod common;
 
 use campfire_relay::Options;
 use common::proxy::Proxy;
-use common::{Client, Fixture, Relay, WAIT, health_status};
+use common::{Client, Fixture, Relay, WAIT, health_status, tcp_connection_held};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -144,5 +144,44 @@ async fn pruning_during_a_paced_replay_is_announced_never_skipped_silently() {
     let gap = seqs.windows(2).any(|w| w[1] != w[0] + 1);
     assert!(gap, "the prune should have removed events the replay had not sent yet ({} arrived)", seqs.len());
     assert_eq!(told, 1, "told once");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_is_gone_within_the_write_timeout() {
+    let f = Fixture::new().await;
+    let mut config = f.config();
+    config.write_timeout_ms = 1000;
+    let relay = Relay::start_with(config, Options::default()).await;
+    let room = format!("org:{}:agents:presence", f.org);
+    let mut silent = Client::connect_with_small_window(relay.addr, "2.0.0", &f.agent_token()).await;
+    silent.join_ok(&room, json!({"config": {}})).await;
+    let mut sender = Client::connect(relay.addr, "2.0.0", &f.agent_token()).await;
+    let join_ref = sender.join_ok(&room, json!({"config": {}})).await;
+
+    // More than the socket buffers hold, far less than the send queue: the relay's write blocks
+    // while its queue still has room.
+    let big = "x".repeat(60_000);
+    for _ in 0..100 {
+        sender
+            .push(
+                Some(&join_ref),
+                &format!("realtime:{room}"),
+                "broadcast",
+                json!({"type": "broadcast", "event": "burst", "payload": {"data": big}}),
+            )
+            .await;
+    }
+    let burst_sent = Instant::now();
+    let (client_end, relay_end) = (silent.local_addr(), relay.addr);
+    wait_until("the relay lets go of the silent client's socket", move || async move {
+        !tcp_connection_held(relay_end, client_end)
+    })
+    .await;
+    eprintln!("burst sent -> silent client's socket gone: {:?} (write timeout 1 s)", burst_sent.elapsed());
+    assert_eq!(relay.metric(r#"campfire_disconnects_total{reason="slow consumer"}"#).await, 1.0);
+    // The others are unaffected.
+    let hb = sender.push(None, "phoenix", "heartbeat", json!({})).await;
+    assert_eq!(sender.recv_where(|m| m.r#ref == json!(hb)).await.payload["status"], "ok");
     relay.stop().await;
 }

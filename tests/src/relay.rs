@@ -34,6 +34,7 @@ impl RelayHandle {
             tokens: Default::default(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
+            write_timeout_ms: 10_000,
             db_probe_interval_ms: 5_000,
             db_timeout_ms: 5_000,
             max_channels: 100,

@@ -389,7 +389,8 @@ async fn a_client_too_slow_to_read_is_disconnected_with_a_reason() {
     slow.join(&room, json!({"config": {}})).await;
     let mut fast = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
     let (r, _) = fast.join(&room, json!({"config": {}})).await;
-    // The slow client never reads; a large burst overflows its queue (and the socket buffers).
+    // The slow client reads nothing but keeps sending heartbeats; a large burst overflows its
+    // queue (and the socket buffers).
     let big = "x".repeat(60_000);
     for _ in 0..200 {
         fast.push(
@@ -399,21 +400,30 @@ async fn a_client_too_slow_to_read_is_disconnected_with_a_reason() {
             json!({"type": "broadcast", "event": "burst", "payload": {"data": big}}),
         )
         .await;
+        slow.push(None, "phoenix", "heartbeat", json!({})).await;
     }
-    let mut close_reason = None;
-    loop {
+    let cut = "campfire_disconnects_total{reason=\"slow consumer\"} 1";
+    let deadline = tokio::time::Instant::now() + campfire_tests::relay::WAIT;
+    while !relay.get("/metrics").await.unwrap().contains(cut) {
+        assert!(tokio::time::Instant::now() < deadline, "the slow client was never cut");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Input the relay has stopped reading: closing the socket over it would reset the connection
+    // and destroy the close frame still queued behind the burst.
+    for _ in 0..3 {
+        slow.push(None, "phoenix", "heartbeat", json!({})).await;
+    }
+    // The client reads at last: the burst's frames, then the close frame naming the reason.
+    let close = loop {
         match tokio::time::timeout(campfire_tests::relay::WAIT, futures_util::StreamExt::next(&mut slow.ws)).await {
-            Ok(Some(Ok(Message::Close(Some(frame))))) => {
-                close_reason = Some(frame.reason.to_string());
-                break;
-            }
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| (u16::from(f.code), f.reason.to_string())),
             Ok(Some(Ok(_))) => continue,
-            _ => break,
+            Ok(Some(Err(err))) => panic!("the connection failed before its close frame: {err}"),
+            Ok(None) => panic!("the connection ended without a close frame"),
+            Err(_) => panic!("no close frame within {:?}", campfire_tests::relay::WAIT),
         }
-    }
-    assert_eq!(close_reason.as_deref(), Some("slow consumer: send queue full"));
-    let metrics = relay.get("/metrics").await.unwrap();
-    assert!(metrics.contains("campfire_disconnects_total{reason=\"slow consumer\"} 1"), "{metrics}");
+    };
+    assert_eq!(close, Some((1013, "slow consumer: send queue full".to_owned())));
     // The fast client is unaffected.
     let hb = fast.push(None, "phoenix", "heartbeat", json!({})).await;
     assert_eq!(fast.recv_where(|m| m.r#ref == json!(hb)).await.payload["status"], "ok");

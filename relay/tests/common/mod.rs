@@ -239,6 +239,7 @@ impl Fixture {
             tokens: Default::default(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
+            write_timeout_ms: 10_000,
             db_probe_interval_ms: 5_000,
             db_timeout_ms: 5_000,
             max_channels: 100,
@@ -408,6 +409,21 @@ pub async fn health_status(addr: SocketAddr) -> u16 {
         .0
 }
 
+/// Whether the kernel still holds the TCP connection from `local` to `remote` (in any state but
+/// TIME_WAIT, which holds no data), from /proc/net/tcp.
+pub fn tcp_connection_held(local: SocketAddr, remote: SocketAddr) -> bool {
+    let hex = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
+        SocketAddr::V6(_) => unreachable!("test connections are IPv4"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp").unwrap().lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        const TIME_WAIT: &str = "06";
+        fields[1] == local && fields[2] == remote && fields[3] != TIME_WAIT
+    })
+}
+
 /// The value of the first /metrics line starting with `line_prefix` (0 when absent).
 pub async fn metric(addr: SocketAddr, line_prefix: &str) -> f64 {
     let (_, body) = http(addr, "GET", "/metrics", &[], "").await;
@@ -465,6 +481,14 @@ impl Client {
         .expect("websocket handshake timed out")
         .expect("websocket connects");
         Client { ws, v2: vsn.starts_with('2'), next_ref: 0 }
+    }
+
+    /// This client's end of its TCP connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(stream) => stream.local_addr().unwrap(),
+            _ => unreachable!("test clients connect without TLS"),
+        }
     }
 
     fn take_ref(&mut self) -> String {
