@@ -1,5 +1,6 @@
-//! One WebSocket client: a writer task draining its bounded queue, and a reader loop that
-//! handles heartbeats, joins, leaves, broadcasts, presence, token refreshes and access changes.
+//! One WebSocket client: a writer task draining its bounded queue, a reader loop that handles
+//! heartbeats, joins, leaves, broadcasts, presence, token refreshes and access changes, and a
+//! close that lets the close frame reach the client.
 
 use crate::auth::{self, AuthError, Identity};
 use crate::db::DbError;
