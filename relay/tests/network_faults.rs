@@ -179,7 +179,13 @@ async fn a_client_that_never_reads_is_gone_within_the_write_timeout() {
     })
     .await;
     eprintln!("burst sent -> silent client's socket gone: {:?} (write timeout 1 s)", burst_sent.elapsed());
-    assert_eq!(relay.metric(r#"campfire_disconnects_total{reason="slow consumer"}"#).await, 1.0);
+    // Its session is over too. Whether the relay's write timeout ("slow consumer") or the
+    // kernel's (a transport error) came first depends on how long the writes kept succeeding.
+    let relay_ref = &relay;
+    wait_until("the silent client's session ends", move || async move {
+        relay_ref.metric("campfire_connections ").await == 1.0
+    })
+    .await;
     // The others are unaffected.
     let hb = sender.push(None, "phoenix", "heartbeat", json!({})).await;
     assert_eq!(sender.recv_where(|m| m.r#ref == json!(hb)).await.payload["status"], "ok");
