@@ -4,6 +4,13 @@
 -- composite (organization_id, id) so that no row can point into another organization.
 -- Order is by server-assigned sequence numbers, never by timestamps.
 
+-- The extension itself sits in pg_catalog (the control file) and creates its schema here, so that
+-- the schema is one of its members and DROP EXTENSION removes it (a schema that holds an extension
+-- cannot be a member of it). Everything below, and the Rust functions pgrx declares without a
+-- schema, lands in the first schema of the search path; SET LOCAL lasts until the script ends.
+CREATE SCHEMA campfire;
+SET LOCAL search_path TO campfire, pg_catalog;
+
 -- Group roles. Roles are cluster-wide, so they are created only when missing.
 --   campfire_client  : what an application backend gets; every row it sees passes RLS.
 --   campfire_relay   : the relay; campfire_client plus reading the whole event log and authorizing joins.
