@@ -4,9 +4,6 @@
 -- caller itself (its own membership row); those are SECURITY DEFINER and check claims explicitly.
 -- Errors use standard SQLSTATEs with a message saying what was wrong (README lists them).
 
--- A 256-bit key for widget session secrets, made once per database.
-INSERT INTO server_keys (widget_key) VALUES (campfire.random_bytes(32));
-
 CREATE FUNCTION raise_error(sqlstate text, message text, hint text DEFAULT NULL) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -168,6 +165,25 @@ BEGIN
 END
 $$;
 
+-- The database's 256-bit key for widget session secrets, made when the first session starts
+-- rather than by CREATE EXTENSION, so that a restored dump keeps its own key (and every secret
+-- issued before the backup). Concurrent first callers wait for one insert and read its key.
+CREATE FUNCTION server_key() RETURNS bytea
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+DECLARE
+    key pg_catalog.bytea;
+BEGIN
+    SELECT k.widget_key INTO key FROM campfire.server_keys k;
+    IF NOT FOUND THEN
+        INSERT INTO campfire.server_keys (widget_key) VALUES (campfire.random_bytes(32))
+        ON CONFLICT (singleton) DO NOTHING;
+        SELECT k.widget_key INTO STRICT key FROM campfire.server_keys k;
+    END IF;
+    RETURN key;
+END
+$$;
+
 -- Starts or resumes a visitor's widget session and returns its open conversation.
 -- Idempotent: the same visitor gets the same session and conversation. Without a secret, a
 -- visitor that already has a session gets it back only within 60 seconds of its creation
@@ -245,8 +261,7 @@ BEGIN
     END IF;
 
     RETURN QUERY
-        SELECT conversation, session.id, campfire.widget_secret(k.widget_key, session.id, session.secret_nonce)
-        FROM campfire.server_keys k;
+        SELECT conversation, session.id, campfire.widget_secret(campfire.server_key(), session.id, session.secret_nonce);
 END
 $$;
 
@@ -643,7 +658,7 @@ CREATE FUNCTION log_head() RETURNS bigint
 -- reload history.
 CREATE FUNCTION log_tail() RETURNS bigint
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$ SELECT pruned_through FROM campfire.log_state $$;
+    AS $$ SELECT coalesce((SELECT s.pruned_through FROM campfire.log_state s), 0) $$;
 
 -- Deletes events older than `older_than`; returns how many, and records how far the log now
 -- starts (log_tail). Clients further behind than the retention must reload history.
@@ -659,7 +674,8 @@ BEGIN
     END IF;
     WITH gone AS (DELETE FROM campfire.events e WHERE e.created_at < now() - older_than RETURNING e.id)
     SELECT count(*), max(id) INTO deleted, through FROM gone;
-    UPDATE campfire.log_state SET pruned_through = greatest(pruned_through, coalesce(through, 0));
+    INSERT INTO campfire.log_state AS s (pruned_through) VALUES (coalesce(through, 0))
+    ON CONFLICT (singleton) DO UPDATE SET pruned_through = greatest(s.pruned_through, EXCLUDED.pruned_through);
     RETURN deleted;
 END
 $$;

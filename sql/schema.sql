@@ -261,11 +261,12 @@ CREATE TABLE event_queue (
 );
 
 -- How far the log has been pruned: a cursor at or below this id can no longer be resumed from.
+-- Its one row, like server_keys', is written on first use, never by this script: pg_dump keeps
+-- the rows of both, which must not collide with rows CREATE EXTENSION made at restore.
 CREATE TABLE log_state (
     singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     pruned_through bigint NOT NULL DEFAULT 0
 );
-INSERT INTO log_state DEFAULT VALUES;
 
 -- The key that seals every NOTIFY payload (campfire_core::sealed): the owner and, through
 -- notify_key(), the relay role read it; any other login that LISTENs sees only ciphertext.
@@ -274,7 +275,8 @@ CREATE TABLE notify_keys (
     notify_key bytea NOT NULL CHECK (length(notify_key) = 32)
 );
 
--- Private server key for widget session secrets; no role but the owner can read it.
+-- Private server key for widget session secrets (made by campfire.server_key() when the first
+-- session starts); no role but the owner can read it.
 CREATE TABLE server_keys (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     widget_key bytea NOT NULL

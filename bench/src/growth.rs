@@ -56,8 +56,8 @@ async fn cast(port: u16) -> Result<Cast> {
         (ids.get(0), ids.get(1), ids.get(2), ids.get(3));
     let secret: String = admin
         .query_one(
-            "SELECT campfire.widget_secret(k.widget_key, s.id, s.secret_nonce) \
-             FROM campfire.server_keys k, campfire.widget_sessions s WHERE s.id = $1",
+            "SELECT campfire.widget_secret(campfire.server_key(), s.id, s.secret_nonce) \
+             FROM campfire.widget_sessions s WHERE s.id = $1",
             &[&session],
         )
         .await?

@@ -114,8 +114,8 @@ fn no_path_reads_a_growing_table_by_sequential_scan() {
         std::array::from_fn(|i| ids.get(i));
     let secret: String = admin
         .query_one(
-            "SELECT campfire.widget_secret(k.widget_key, s.id, s.secret_nonce) \
-             FROM campfire.server_keys k, campfire.widget_sessions s WHERE s.id = $1",
+            "SELECT campfire.widget_secret(campfire.server_key(), s.id, s.secret_nonce) \
+             FROM campfire.widget_sessions s WHERE s.id = $1",
             &[&session],
         )
         .unwrap()
