@@ -1,0 +1,838 @@
+-- pg_campfire 0.1.0 -> 0.2.0: everything that changed since release 0.1.0 (commit 05918c5).
+SET LOCAL search_path TO campfire, pg_catalog;
+
+-- 0.1.0 sat in schema campfire, which CREATE EXTENSION made before running the script, so the
+-- schema was no member and DROP EXTENSION left it behind; and a schema that holds an extension
+-- cannot become one of its members. 0.2.0 sits in pg_catalog and owns campfire. No command moves
+-- a non-relocatable extension, hence the catalog update (the script runs as a superuser).
+UPDATE pg_catalog.pg_extension SET extnamespace = 'pg_catalog'::pg_catalog.regnamespace
+ WHERE extname = 'pg_campfire';
+-- pg_catalog is pinned: an extension in it records no dependency on its schema.
+DELETE FROM pg_catalog.pg_depend d
+ USING pg_catalog.pg_extension e
+ WHERE d.classid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.objid = e.oid AND e.extname = 'pg_campfire'
+   AND d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass;
+ALTER EXTENSION pg_campfire ADD SCHEMA campfire;
+
+-- Indexes for row-level security and the log's readers and retention.
+CREATE INDEX conversations_widget_session_idx ON conversations (widget_session_id);
+CREATE INDEX events_organization_idx ON events (organization_id, id);
+CREATE INDEX events_created_at_idx ON events USING brin (created_at) WITH (pages_per_range = 16, autosummarize = on);
+
+-- Owner's-rights code pins pg_temp last; PL/pgSQL declarations are schema-qualified; the RLS
+-- helpers are PL/pgSQL (plans kept per session); "not yours" and "does not exist" answer alike.
+ALTER FUNCTION flush_events() SET search_path = pg_catalog, campfire, pg_temp;
+ALTER FUNCTION sync_realtime_conversations() SET search_path = pg_catalog, campfire, pg_temp;
+ALTER FUNCTION broadcast(uuid, text, text, jsonb) SET search_path = pg_catalog, campfire, pg_temp;
+
+CREATE OR REPLACE FUNCTION current_widget_session_id() RETURNS uuid
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+BEGIN
+    IF campfire.claim_role() IS DISTINCT FROM 'visitor' THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT s.id FROM campfire.widget_sessions s
+            WHERE s.id = campfire.try_uuid(campfire.current_claims() ->> 'widget_session_id')
+              AND s.revoked_at IS NULL AND s.expires_at > now());
+END
+$$;
+
+CREATE OR REPLACE FUNCTION member_organizations(min_role text DEFAULT 'viewer') RETURNS uuid[]
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+BEGIN
+    RETURN (SELECT coalesce(array_agg(m.organization_id), '{}')
+            FROM campfire.organization_members m
+            WHERE m.user_id = campfire.current_user_id() AND m.status = 'active'
+              AND CASE min_role WHEN 'viewer' THEN true
+                                WHEN 'agent' THEN m.role IN ('agent', 'admin')
+                                WHEN 'admin' THEN m.role = 'admin'
+                                ELSE false END);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION member_role(organization_id uuid) RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+BEGIN
+    RETURN (SELECT m.role FROM campfire.organization_members m
+            WHERE m.organization_id = $1 AND m.user_id = campfire.current_user_id() AND m.status = 'active');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION visitor_conversations() RETURNS uuid[]
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+BEGIN
+    RETURN (SELECT coalesce(array_agg(c.id), '{}') FROM campfire.conversations c
+            WHERE c.widget_session_id = (SELECT campfire.current_widget_session_id()));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION may_insert_message(organization_id uuid, conversation_id uuid, sender_type text,
+                                   message_type text, sender_user_id uuid) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN coalesce((SELECT campfire.is_service())
+                    OR ($1 = ANY ((SELECT campfire.member_organizations('agent'))::uuid[]) AND $3 <> 'customer')
+                    OR ($2 = ANY ((SELECT campfire.visitor_conversations())::uuid[])
+                        AND $3 = 'customer' AND $4 = 'text' AND $5 IS NULL), false);
+
+CREATE OR REPLACE FUNCTION authorize_channel(topic text, claims jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+DECLARE
+    channel record;
+    role pg_catalog.text := claims ->> 'role';
+    membership pg_catalog.text;
+    session campfire.widget_sessions;
+    conversation_session pg_catalog.uuid;
+    conversation_exists boolean;
+    may_read boolean := false;
+    may_broadcast boolean := false;
+    may_presence boolean := false;
+    reason pg_catalog.text;
+BEGIN
+    SELECT * INTO channel FROM campfire.parse_channel(topic);
+    -- Whose conversation the channel names (existence is only revealed to those who pass).
+    IF channel.conversation_id IS NOT NULL THEN
+        SELECT c.widget_session_id INTO conversation_session
+        FROM campfire.conversations c
+        WHERE c.id = channel.conversation_id AND c.organization_id = channel.organization_id;
+        conversation_exists := FOUND;
+    END IF;
+
+    IF role = 'service_role' THEN
+        -- As campfire.is_service(): the claim gives service power only to a campfire_service
+        -- login (session_user stays the caller's login inside this function).
+        IF pg_catalog.pg_has_role(session_user, 'campfire_service', 'MEMBER') THEN
+            may_read := true; may_broadcast := true; may_presence := true;
+        ELSE
+            reason := 'service_role claims act only for a database login that is a member of campfire_service';
+        END IF;
+    ELSIF role = 'authenticated' THEN
+        SELECT m.role INTO membership FROM campfire.organization_members m
+        WHERE m.organization_id = channel.organization_id
+          AND m.user_id = campfire.try_uuid(claims ->> 'sub') AND m.status = 'active';
+        IF membership IS NULL THEN
+            reason := format('user %s is not an active member of organization %s',
+                             coalesce(claims ->> 'sub', '(no sub claim)'), channel.organization_id);
+        ELSE
+            may_read := true;
+            may_presence := channel.kind IN ('agents_presence', 'conversation_presence');
+            -- Viewers watch; only admins and agents speak (typing).
+            may_broadcast := membership <> 'viewer'
+                             AND channel.kind IN ('conversation_typing', 'conversation_presence', 'agents_presence');
+        END IF;
+    ELSIF role = 'visitor' THEN
+        SELECT * INTO session FROM campfire.widget_sessions s
+        WHERE s.id = campfire.try_uuid(claims ->> 'widget_session_id')
+          AND s.revoked_at IS NULL AND s.expires_at > now();
+        IF NOT FOUND THEN
+            reason := 'the widget session is unknown, revoked or expired';
+        ELSIF session.organization_id <> channel.organization_id THEN
+            reason := 'the channel belongs to another organization than the widget session';
+        ELSIF channel.kind IN ('conversation', 'conversation_typing', 'conversation_presence') THEN
+            IF conversation_session IS DISTINCT FROM session.id THEN
+                reason := 'visitors may only join their own conversation';
+            ELSE
+                may_read := true;
+                may_broadcast := channel.kind IN ('conversation_typing', 'conversation_presence');
+                may_presence := channel.kind = 'conversation_presence';
+            END IF;
+        ELSIF channel.kind = 'widget_session' THEN
+            may_read := channel.widget_session_id = session.id;
+            reason := CASE WHEN NOT may_read THEN 'visitors may only join their own widget session channel' END;
+        ELSIF channel.kind = 'widget_visitor' THEN
+            may_read := channel.visitor_id = session.visitor_id;
+            reason := CASE WHEN NOT may_read THEN 'visitors may only join their own visitor channel' END;
+        ELSIF channel.kind = 'agents_presence' THEN
+            -- Read-only: lets the widget show whether an agent is online.
+            may_read := true;
+        ELSE
+            reason := 'visitors may not join organization-wide channels';
+        END IF;
+    ELSE
+        reason := format('claims carry no usable role (%s): expected authenticated, visitor or service_role',
+                         coalesce(role, 'none'));
+    END IF;
+
+    IF may_read AND channel.conversation_id IS NOT NULL AND NOT conversation_exists THEN
+        may_read := false; may_broadcast := false; may_presence := false;
+        reason := format('conversation %s does not exist in organization %s',
+                         channel.conversation_id, channel.organization_id);
+    END IF;
+
+    RETURN jsonb_build_object('read', may_read, 'broadcast', may_broadcast, 'presence', may_presence,
+                              'reason', reason, 'topic', channel.canonical);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION admit_message() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.organization_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '23502', MESSAGE = 'messages.organization_id is required',
+            HINT = 'pass the organization of the conversation';
+    END IF;
+    IF pg_catalog.row_security_active('campfire.messages')
+       AND NOT campfire.may_insert_message(NEW.organization_id, NEW.conversation_id, NEW.sender_type,
+                                           NEW.message_type, NEW.sender_user_id) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = 'new row violates row-level security policy for table "messages"';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION assign_message_seq() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+DECLARE
+    conversation_status campfire.conversation_status;
+BEGIN
+    IF NEW.client_message_id IS NOT NULL THEN
+        PERFORM FROM campfire.conversations c WHERE c.id = NEW.conversation_id FOR UPDATE;
+        IF EXISTS (SELECT FROM campfire.messages m
+                   WHERE m.conversation_id = NEW.conversation_id
+                     AND m.client_message_id = NEW.client_message_id) THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    UPDATE campfire.conversations c
+       SET last_message_seq = c.last_message_seq + 1,
+           last_message_at = now(),
+           last_message_preview = left(NEW.content, 140),
+           last_message_sender_type = NEW.sender_type
+     WHERE c.id = NEW.conversation_id AND c.organization_id = NEW.organization_id
+    RETURNING c.last_message_seq, c.status INTO NEW.seq, conversation_status;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = format('conversation %s not found in organization %s', NEW.conversation_id, NEW.organization_id);
+    END IF;
+    IF conversation_status = 'resolved' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('conversation %s is resolved', NEW.conversation_id),
+            HINT = 'start a new conversation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER messages_admit BEFORE INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION admit_message();
+
+-- Visitors read their conversations through this view, no longer through the mirror.
+CREATE VIEW widget_conversations WITH (security_barrier) AS
+    SELECT c.id, c.organization_id, c.widget_session_id, c.visitor_id, c.customer_name, c.customer_email,
+           c.status::text AS status, c.created_at,
+           coalesce(last.seq, 0) AS last_message_seq, last.created_at AS last_message_at,
+           left(last.content, 140) AS last_message_preview, last.sender_type AS last_message_sender_type
+    FROM campfire.conversations c
+    LEFT JOIN LATERAL (
+        SELECT m.seq, m.created_at, m.content, m.sender_type FROM campfire.messages m
+        WHERE m.conversation_id = c.id AND m.message_type <> 'note'
+        ORDER BY m.seq DESC LIMIT 1) last ON true
+    WHERE c.id = ANY ((SELECT campfire.visitor_conversations())::uuid[]);
+
+CREATE OR REPLACE FUNCTION require_role() RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    role pg_catalog.text := campfire.claim_role();
+BEGIN
+    IF role IS NULL THEN
+        PERFORM campfire.raise_error('28000', 'not authenticated: request.jwt.claims carries no role',
+            'set request.jwt.claims for the transaction');
+    END IF;
+    RETURN role;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION create_organization(name text, slug text, allowed_origins text[] DEFAULT '{}')
+    RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    created pg_catalog.uuid;
+BEGIN
+    IF NOT campfire.is_service() THEN
+        PERFORM campfire.raise_error('42501', 'only the service role may create organizations');
+    END IF;
+    IF slug IS NULL OR slug !~ '^[a-z0-9][a-z0-9-]{1,62}$' THEN
+        PERFORM campfire.raise_error('22023', 'slug must be 2-63 characters of a-z, 0-9 and -, starting with a letter or digit');
+    END IF;
+    IF name IS NULL OR length(btrim(name)) NOT BETWEEN 1 AND 200 THEN
+        PERFORM campfire.raise_error('22023', 'name must be 1-200 characters');
+    END IF;
+    INSERT INTO campfire.organizations (name, slug, allowed_origins)
+    VALUES (name, slug, coalesce(allowed_origins, '{}'))
+    RETURNING id INTO created;
+    RETURN created;
+EXCEPTION WHEN unique_violation THEN
+    PERFORM campfire.raise_error('23505', format('an organization with slug %s already exists', slug));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION set_availability(organization_id uuid, availability text)
+    RETURNS campfire.organization_members
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    member campfire.organization_members;
+BEGIN
+    IF campfire.require_role() <> 'authenticated' OR campfire.current_user_id() IS NULL THEN
+        PERFORM campfire.raise_error('42501', 'only an agent (role authenticated with a sub) has an availability');
+    END IF;
+    IF availability IS NULL OR availability NOT IN ('online', 'away', 'offline') THEN
+        PERFORM campfire.raise_error('22023', 'availability must be one of online, away, offline');
+    END IF;
+    UPDATE campfire.organization_members m
+       SET availability = set_availability.availability,
+           availability_changed_at = CASE WHEN m.availability = set_availability.availability
+                                          THEN m.availability_changed_at ELSE now() END
+     WHERE m.organization_id = set_availability.organization_id
+       AND m.user_id = campfire.current_user_id() AND m.status = 'active'
+    RETURNING * INTO member;
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('42501',
+            format('user %s is not an active member of organization %s', campfire.current_user_id(), organization_id));
+    END IF;
+    RETURN member;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION session_by_secret(session_secret text) RETURNS campfire.widget_sessions
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+DECLARE
+    session campfire.widget_sessions;
+BEGIN
+    SELECT s.* INTO session FROM campfire.widget_sessions s, campfire.server_keys k
+    WHERE s.id = campfire.widget_secret_session(session_secret)
+      AND campfire.widget_secret_matches(k.widget_key, s.id, s.secret_nonce, session_secret);
+    IF NOT FOUND OR session.revoked_at IS NOT NULL OR session.expires_at <= now() THEN
+        PERFORM campfire.raise_error('28000', 'the widget session secret is invalid, revoked or expired',
+            'start a new session without a secret');
+    END IF;
+    RETURN session;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION start_widget_session(organization_id uuid, visitor_id text,
+                                     customer_email text DEFAULT NULL, customer_name text DEFAULT NULL,
+                                     resume_secret text DEFAULT NULL)
+    RETURNS TABLE (conversation_id uuid, widget_session_id uuid, session_secret text)
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    org campfire.organizations;
+    session campfire.widget_sessions;
+    conversation pg_catalog.uuid;
+    claim_window constant interval := interval '60 seconds';
+BEGIN
+    IF start_widget_session.organization_id IS NULL THEN
+        PERFORM campfire.raise_error('22023', 'organization_id is required');
+    END IF;
+    IF start_widget_session.visitor_id IS NULL OR NOT campfire.is_valid_visitor_id(start_widget_session.visitor_id) THEN
+        PERFORM campfire.raise_error('22023', 'visitor_id must be 1-128 characters of A-Z a-z 0-9 . _ -');
+    END IF;
+    PERFORM campfire.validate_email(start_widget_session.customer_email, 'customer_email');
+    IF length(start_widget_session.customer_name) > 200 THEN
+        PERFORM campfire.raise_error('22001', 'customer_name is longer than 200 characters');
+    END IF;
+    SELECT * INTO org FROM campfire.organizations o WHERE o.id = start_widget_session.organization_id;
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('P0002', format('organization %s not found', start_widget_session.organization_id));
+    END IF;
+
+    IF start_widget_session.resume_secret IS NOT NULL THEN
+        session := campfire.session_by_secret(start_widget_session.resume_secret);
+        IF session.organization_id <> org.id OR session.visitor_id <> start_widget_session.visitor_id THEN
+            PERFORM campfire.raise_error('28000', 'the widget session secret belongs to another visitor');
+        END IF;
+        UPDATE campfire.widget_sessions s
+           SET last_seen_at = now(), expires_at = now() + interval '30 days',
+               customer_email = coalesce(start_widget_session.customer_email, s.customer_email),
+               customer_name = coalesce(start_widget_session.customer_name, s.customer_name)
+         WHERE s.id = session.id;
+    ELSE
+        INSERT INTO campfire.widget_sessions (organization_id, visitor_id, secret_nonce, customer_email, customer_name)
+        VALUES (org.id, start_widget_session.visitor_id, campfire.random_bytes(16),
+                start_widget_session.customer_email, start_widget_session.customer_name)
+        ON CONFLICT (organization_id, visitor_id) DO NOTHING
+        RETURNING * INTO session;
+        IF NOT FOUND THEN
+            SELECT * INTO session FROM campfire.widget_sessions s
+            WHERE s.organization_id = org.id AND s.visitor_id = start_widget_session.visitor_id;
+            IF session.created_at < now() - claim_window OR session.revoked_at IS NOT NULL THEN
+                PERFORM campfire.raise_error('28000',
+                    format('visitor %s already has a widget session', start_widget_session.visitor_id),
+                    'present its session_secret to resume it');
+            END IF;
+        END IF;
+    END IF;
+
+    SELECT c.id INTO conversation FROM campfire.conversations c
+    WHERE c.widget_session_id = session.id AND c.status <> 'resolved';
+    IF NOT FOUND THEN
+        INSERT INTO campfire.conversations AS c (organization_id, widget_session_id, visitor_id,
+                                                 customer_name, customer_email, status)
+        VALUES (org.id, session.id, session.visitor_id,
+                coalesce(start_widget_session.customer_name, session.customer_name),
+                coalesce(start_widget_session.customer_email, session.customer_email),
+                CASE WHEN (org.settings ->> 'bot_enabled')::boolean THEN 'bot' ELSE 'open' END::campfire.conversation_status)
+        ON CONFLICT (widget_session_id) WHERE status <> 'resolved' AND widget_session_id IS NOT NULL DO NOTHING
+        RETURNING c.id INTO conversation;
+        IF NOT FOUND THEN
+            SELECT c.id INTO conversation FROM campfire.conversations c
+            WHERE c.widget_session_id = session.id AND c.status <> 'resolved';
+        END IF;
+    END IF;
+
+    RETURN QUERY
+        SELECT conversation, session.id, campfire.widget_secret(campfire.server_key(), session.id, session.secret_nonce);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION visitor_claims(session_secret text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+DECLARE
+    session campfire.widget_sessions := campfire.session_by_secret(session_secret);
+BEGIN
+    RETURN jsonb_build_object('role', 'visitor', 'org_id', session.organization_id,
+                              'widget_session_id', session.id, 'visitor_id', session.visitor_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION revoke_widget_session(widget_session_id uuid) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org pg_catalog.uuid;
+BEGIN
+    -- Only a session the caller may see is found (as its row-level security would have it), so
+    -- "not yours" and "does not exist" get the same answer.
+    SELECT s.organization_id INTO org FROM campfire.widget_sessions s
+    WHERE s.id = widget_session_id
+      AND (campfire.is_service() OR campfire.has_org_role(s.organization_id, 'viewer')
+           OR s.id = campfire.current_widget_session_id());
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('P0002', format('widget session %s not found', widget_session_id));
+    END IF;
+    IF NOT (campfire.is_service() OR campfire.has_org_role(org, 'agent')
+            OR coalesce(campfire.current_widget_session_id() = widget_session_id, false)) THEN
+        PERFORM campfire.raise_error('42501', 'not allowed to revoke this widget session');
+    END IF;
+    UPDATE campfire.widget_sessions s SET revoked_at = now(), secret_nonce = campfire.random_bytes(16)
+     WHERE s.id = widget_session_id;
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION visible_conversation_org(conversation_id uuid) RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org pg_catalog.uuid;
+BEGIN
+    SELECT r.organization_id INTO org FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
+    IF NOT FOUND THEN
+        -- A visitor sees its own conversations through their visitor-safe view only.
+        SELECT w.organization_id INTO org FROM campfire.widget_conversations w WHERE w.id = conversation_id;
+    END IF;
+    IF org IS NULL THEN
+        PERFORM campfire.raise_error('P0002', format('conversation %s not found', conversation_id));
+    END IF;
+    RETURN org;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION send_message(conversation_id uuid, content text, sender_type text DEFAULT NULL,
+                             client_message_id text DEFAULT NULL, message_type text DEFAULT 'text',
+                             sender_name text DEFAULT NULL, sender_email text DEFAULT NULL,
+                             metadata jsonb DEFAULT '{}', attachments jsonb DEFAULT '[]')
+    RETURNS campfire.messages
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    role pg_catalog.text := campfire.require_role();
+    org pg_catalog.uuid;
+    sender pg_catalog.text := sender_type;
+    sender_user pg_catalog.uuid;
+    name pg_catalog.text := sender_name;
+    email pg_catalog.text := sender_email;
+    kind pg_catalog.text := coalesce(message_type, 'text');
+    message campfire.messages;
+BEGIN
+    PERFORM campfire.validate_content(content);
+    IF sender IS NOT NULL AND sender NOT IN ('customer', 'agent', 'system', 'bot') THEN
+        PERFORM campfire.raise_error('22023', 'sender_type must be one of customer, agent, system, bot');
+    END IF;
+    IF kind NOT IN ('text', 'note', 'event') THEN
+        PERFORM campfire.raise_error('22023', 'message_type must be one of text, note, event');
+    END IF;
+    IF client_message_id IS NOT NULL AND client_message_id !~ '^[A-Za-z0-9._:-]{1,128}$' THEN
+        PERFORM campfire.raise_error('22023', 'client_message_id must be 1-128 characters of A-Z a-z 0-9 . _ : -');
+    END IF;
+    PERFORM campfire.validate_email(email, 'sender_email');
+    IF length(name) > 200 THEN
+        PERFORM campfire.raise_error('22001', 'sender_name is longer than 200 characters');
+    END IF;
+    org := campfire.visible_conversation_org(conversation_id);
+
+    IF role = 'visitor' THEN
+        IF coalesce(sender, 'customer') <> 'customer' OR kind <> 'text' THEN
+            PERFORM campfire.raise_error('42501', 'a visitor can only send text messages as customer');
+        END IF;
+        sender := 'customer';
+        SELECT coalesce(name, s.customer_name), coalesce(email, s.customer_email) INTO name, email
+        FROM campfire.widget_sessions s WHERE s.id = campfire.current_widget_session_id();
+    ELSIF role = 'authenticated' THEN
+        IF coalesce(campfire.member_role(org), 'viewer') = 'viewer' THEN
+            PERFORM campfire.raise_error('42501', 'only admins and agents of the organization may send messages');
+        END IF;
+        IF coalesce(sender, 'agent') <> 'agent' THEN
+            PERFORM campfire.raise_error('42501', 'an agent can only send as agent');
+        END IF;
+        sender := 'agent';
+        sender_user := campfire.current_user_id();
+        SELECT coalesce(name, m.display_name) INTO name FROM campfire.organization_members m
+        WHERE m.organization_id = org AND m.user_id = sender_user;
+    ELSIF campfire.is_service() THEN
+        IF sender IS NULL THEN
+            PERFORM campfire.raise_error('22023', 'sender_type is required for the service role');
+        END IF;
+    ELSE
+        PERFORM campfire.raise_error('42501', format('role %s may not send messages', role));
+    END IF;
+    IF kind = 'note' AND sender = 'customer' THEN
+        PERFORM campfire.raise_error('22023', 'notes are agent-only: a customer cannot send one');
+    END IF;
+
+    IF client_message_id IS NOT NULL THEN
+        SELECT * INTO message FROM campfire.messages m
+        WHERE m.conversation_id = send_message.conversation_id AND m.client_message_id = send_message.client_message_id;
+        IF FOUND THEN
+            RETURN message;
+        END IF;
+    END IF;
+    INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type, sender_user_id,
+                                   sender_name, sender_email, message_type, client_message_id,
+                                   metadata, attachments)
+    VALUES (conversation_id, org, content, sender, sender_user, name, email, kind, client_message_id,
+            coalesce(metadata, '{}'), coalesce(attachments, '[]'))
+    RETURNING * INTO message;
+    IF message.id IS NULL THEN
+        -- A concurrent retry stored it first (the insert trigger skipped this one).
+        SELECT * INTO message FROM campfire.messages m
+        WHERE m.conversation_id = send_message.conversation_id AND m.client_message_id = send_message.client_message_id;
+    END IF;
+    RETURN message;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mark_read(conversation_id uuid, up_to_seq bigint DEFAULT NULL) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    role pg_catalog.text := campfire.require_role();
+    org pg_catalog.uuid := campfire.visible_conversation_org(conversation_id);
+    newest bigint;
+    reader_kind pg_catalog.text;
+    reader pg_catalog.uuid;
+    watermark bigint;
+BEGIN
+    IF up_to_seq IS NOT NULL AND up_to_seq < 0 THEN
+        PERFORM campfire.raise_error('22023', 'up_to_seq must not be negative');
+    END IF;
+    IF role = 'visitor' THEN
+        reader_kind := 'customer';
+        reader := campfire.current_widget_session_id();
+    ELSIF role = 'authenticated' THEN
+        reader_kind := 'agent';
+        reader := campfire.current_user_id();
+    ELSE
+        PERFORM campfire.raise_error('42501', 'only a visitor or an agent has a read watermark');
+    END IF;
+    -- The newest message the caller may read: for a visitor, never an agent-only note.
+    SELECT coalesce(max(m.seq), 0) INTO newest FROM (
+        SELECT m.seq FROM campfire.messages m WHERE m.conversation_id = mark_read.conversation_id
+        ORDER BY m.seq DESC LIMIT 1) m;
+    INSERT INTO campfire.conversation_reads AS r (organization_id, conversation_id, reader_type, reader_id, last_read_seq)
+    VALUES (org, conversation_id, reader_kind, reader, least(coalesce(up_to_seq, newest), newest))
+    ON CONFLICT ON CONSTRAINT conversation_reads_pkey DO UPDATE
+        SET last_read_seq = EXCLUDED.last_read_seq, updated_at = now()
+        WHERE r.last_read_seq < EXCLUDED.last_read_seq;
+    SELECT r.last_read_seq INTO watermark FROM campfire.conversation_reads r
+    WHERE r.conversation_id = mark_read.conversation_id AND r.reader_type = reader_kind AND r.reader_id = reader;
+    RETURN watermark;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION writable_conversation_org(conversation_id uuid) RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    org pg_catalog.uuid;
+BEGIN
+    PERFORM campfire.require_role();
+    org := campfire.visible_conversation_org(conversation_id);
+    IF NOT (campfire.is_service() OR campfire.has_org_role(org, 'agent')) THEN
+        PERFORM campfire.raise_error('42501', 'only admins and agents of the organization may change conversations');
+    END IF;
+    RETURN org;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION assign_conversation(conversation_id uuid, assignee_id uuid)
+    RETURNS campfire.realtime_conversations
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org pg_catalog.uuid;
+BEGIN
+    org := campfire.writable_conversation_org(conversation_id);
+    IF assignee_id IS NOT NULL AND NOT EXISTS (
+        SELECT FROM campfire.organization_members m
+        WHERE m.organization_id = org AND m.user_id = assignee_id
+          AND m.status = 'active' AND m.role IN ('admin', 'agent')) THEN
+        PERFORM campfire.raise_error('22023',
+            format('user %s is not an active admin or agent of organization %s', assignee_id, org));
+    END IF;
+    UPDATE campfire.conversations c
+       SET assigned_to = assignee_id,
+           assigned_at = CASE WHEN assignee_id IS NULL THEN NULL ELSE now() END,
+           status = CASE WHEN assignee_id IS NOT NULL AND c.status IN ('bot', 'pending') THEN 'open' ELSE c.status END
+     WHERE c.id = conversation_id;
+    RETURN campfire.conversation_view(conversation_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION claim_conversation(conversation_id uuid)
+    RETURNS campfire.realtime_conversations
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    org pg_catalog.uuid;
+    me pg_catalog.uuid := campfire.current_user_id();
+BEGIN
+    PERFORM campfire.require_role();
+    org := campfire.visible_conversation_org(conversation_id);
+    IF me IS NULL OR coalesce(campfire.member_role(org), 'viewer') = 'viewer' THEN
+        PERFORM campfire.raise_error('42501', 'only an admin or agent of the organization may claim a conversation');
+    END IF;
+    UPDATE campfire.conversations c
+       SET status = 'open', assigned_to = me, assigned_at = now()
+     WHERE c.id = conversation_id AND c.status IN ('bot', 'pending') AND c.assigned_to IS NULL;
+    IF NOT FOUND THEN
+        PERFORM campfire.raise_error('55000',
+            format('conversation %s is not waiting for an agent (already claimed or not handed over)', conversation_id));
+    END IF;
+    RETURN campfire.conversation_view(conversation_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION events_since(after bigint, topic text DEFAULT NULL, max_rows integer DEFAULT 500)
+    RETURNS SETOF campfire.events
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    canonical pg_catalog.text;
+BEGIN
+    PERFORM campfire.require_role();
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
+        PERFORM campfire.raise_error('22023', 'max_rows must be between 1 and 10000');
+    END IF;
+    -- Each case walks an index of what the caller may read after the cursor, never the whole log
+    -- (row-level security then has little left to filter).
+    IF topic IS NOT NULL THEN
+        SELECT p.canonical INTO canonical FROM campfire.parse_channel(topic) p;
+        RETURN QUERY
+            SELECT e.* FROM campfire.events e
+            WHERE e.topic = canonical AND e.id > coalesce(after, 0) ORDER BY e.id LIMIT max_rows;
+    ELSIF campfire.is_service() THEN
+        RETURN QUERY
+            SELECT e.* FROM campfire.events e WHERE e.id > coalesce(after, 0) ORDER BY e.id LIMIT max_rows;
+    ELSIF campfire.claim_role() = 'visitor' THEN
+        -- A visitor reads its conversations' channels only.
+        RETURN QUERY
+            SELECT e.* FROM campfire.events e
+            WHERE e.topic = ANY (ARRAY(SELECT 'org:' || w.organization_id || ':conv:' || w.id FROM campfire.widget_conversations w))
+              AND e.id > coalesce(after, 0)
+            ORDER BY e.id LIMIT max_rows;
+    ELSE
+        RETURN QUERY
+            SELECT e.* FROM campfire.events e
+            WHERE e.organization_id = ANY (campfire.member_organizations('viewer')) AND e.id > coalesce(after, 0)
+            ORDER BY e.id LIMIT max_rows;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, topic text DEFAULT NULL)
+    RETURNS TABLE (id bigint, topic text, event text, payload json)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+        -- One channel's part walks the channel's index, the whole log the log's: the parameters
+        -- switch one branch off, and each keeps its own index plan.
+        (SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
+         WHERE $3 IS NULL AND e.id > $1 ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
+        UNION ALL
+        (SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
+         WHERE e.topic = $3 AND e.id > $1 ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
+        ORDER BY 1
+    $$;
+
+CREATE OR REPLACE FUNCTION log_head() RETURNS bigint
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$ SELECT coalesce(max(e.id), 0) FROM campfire.events e $$;
+
+CREATE OR REPLACE FUNCTION erase_visitor(organization_id uuid, visitor_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    conversations pg_catalog.uuid[];
+    erased_events bigint;
+    erased_queued bigint;
+    erased_messages bigint;
+    erased_sessions bigint;
+BEGIN
+    PERFORM campfire.require_role();
+    IF NOT (campfire.is_service() OR campfire.has_org_role(organization_id, 'admin')) THEN
+        PERFORM campfire.raise_error('42501', 'only an admin of the organization may erase a visitor');
+    END IF;
+    SELECT coalesce(array_agg(c.id), '{}') INTO conversations FROM campfire.conversations c
+    WHERE c.organization_id = erase_visitor.organization_id AND c.visitor_id = erase_visitor.visitor_id;
+    SELECT count(*) INTO erased_messages FROM campfire.messages m WHERE m.conversation_id = ANY (conversations);
+    -- The log lock (events.rs) pauses the sequencer, so no queued event slips into the log
+    -- between the two deletes.
+    PERFORM pg_advisory_xact_lock(1667329392, 1);
+    DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
+    GET DIAGNOSTICS erased_events = ROW_COUNT;
+    DELETE FROM campfire.event_queue q WHERE q.conversation_id = ANY (conversations);
+    GET DIAGNOSTICS erased_queued = ROW_COUNT;
+    DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
+    DELETE FROM campfire.widget_sessions s
+    WHERE s.organization_id = erase_visitor.organization_id AND s.visitor_id = erase_visitor.visitor_id;
+    GET DIAGNOSTICS erased_sessions = ROW_COUNT;
+    RETURN jsonb_build_object('conversations', cardinality(conversations), 'messages', erased_messages,
+                              'events', erased_events + erased_queued, 'sessions', erased_sessions);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION list_conversations(organization_id uuid, filter text DEFAULT 'all',
+                                   after_updated_at timestamptz DEFAULT NULL, after_id uuid DEFAULT NULL,
+                                   max_rows integer DEFAULT 50)
+    RETURNS TABLE (conversation campfire.realtime_conversations, unread bigint)
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_variable
+DECLARE
+    me pg_catalog.uuid := campfire.current_user_id();
+BEGIN
+    PERFORM campfire.require_role();
+    IF NOT (campfire.is_service() OR campfire.has_org_role(organization_id, 'viewer')) THEN
+        PERFORM campfire.raise_error('42501', format('not a member of organization %s', organization_id));
+    END IF;
+    IF filter IS NULL OR filter NOT IN ('all', 'mine', 'unassigned', 'bot', 'pending', 'open', 'resolved') THEN
+        PERFORM campfire.raise_error('22023', 'filter must be one of all, mine, unassigned, bot, pending, open, resolved');
+    END IF;
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 200 THEN
+        PERFORM campfire.raise_error('22023', 'max_rows must be between 1 and 200');
+    END IF;
+    IF (after_updated_at IS NULL) <> (after_id IS NULL) THEN
+        PERFORM campfire.raise_error('22023', 'after_updated_at and after_id go together');
+    END IF;
+    RETURN QUERY
+        SELECT r, (SELECT count(*) FROM campfire.messages m
+                   WHERE m.conversation_id = r.id AND m.seq > coalesce(cr.last_read_seq, 0)
+                     AND m.sender_type = 'customer')
+        FROM campfire.realtime_conversations r
+        LEFT JOIN campfire.conversation_reads cr
+               ON cr.conversation_id = r.id AND cr.reader_type = 'agent' AND cr.reader_id = me
+        WHERE r.organization_id = list_conversations.organization_id
+          AND (after_id IS NULL OR (r.updated_at, r.id) < (after_updated_at, after_id))
+          AND CASE filter WHEN 'all' THEN true
+                          WHEN 'mine' THEN r.assigned_to = me
+                          WHEN 'unassigned' THEN r.assigned_to IS NULL AND r.status <> 'resolved'
+                          ELSE r.status = filter END
+        ORDER BY r.updated_at DESC, r.id DESC
+        LIMIT max_rows;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION widget_config(organization_id uuid)
+    RETURNS TABLE (name text, allowed_origins text[], agents_online integer)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+        SELECT o.name, o.allowed_origins,
+               (SELECT count(*)::integer FROM campfire.organization_members m
+                WHERE m.organization_id = o.id AND m.status = 'active' AND m.availability = 'online')
+        FROM campfire.organizations o WHERE o.id = $1
+    $$;
+
+-- The server key and the log's state are written on first use, so that a restored dump's rows do
+-- not collide with new ones (an installation from 0.1.0 already has both).
+CREATE OR REPLACE FUNCTION server_key() RETURNS bytea
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+DECLARE
+    key pg_catalog.bytea;
+BEGIN
+    SELECT k.widget_key INTO key FROM campfire.server_keys k;
+    IF NOT FOUND THEN
+        INSERT INTO campfire.server_keys (widget_key) VALUES (campfire.random_bytes(32))
+        ON CONFLICT (singleton) DO NOTHING;
+        SELECT k.widget_key INTO STRICT key FROM campfire.server_keys k;
+    END IF;
+    RETURN key;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION log_tail() RETURNS bigint
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$ SELECT coalesce((SELECT s.pruned_through FROM campfire.log_state s), 0) $$;
+
+CREATE OR REPLACE FUNCTION prune_events(older_than interval) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+DECLARE
+    deleted bigint;
+    through bigint;
+BEGIN
+    IF NOT campfire.is_service() THEN
+        PERFORM campfire.raise_error('42501', 'only the service role may prune the event log');
+    END IF;
+    WITH gone AS (DELETE FROM campfire.events e WHERE e.created_at < now() - older_than RETURNING e.id)
+    SELECT count(*), max(id) INTO deleted, through FROM gone;
+    INSERT INTO campfire.log_state AS s (pruned_through) VALUES (coalesce(through, 0))
+    ON CONFLICT (singleton) DO UPDATE SET pruned_through = greatest(s.pruned_through, EXCLUDED.pruned_through);
+    RETURN deleted;
+END
+$$;
+
+-- Policies and grants.
+ALTER POLICY realtime_conversations_read ON realtime_conversations
+    USING ((SELECT campfire.is_service())
+           OR organization_id = ANY ((SELECT campfire.member_organizations('viewer'))::uuid[]));
+ALTER POLICY messages_insert ON messages
+    WITH CHECK (campfire.may_insert_message(organization_id, conversation_id, sender_type, message_type, sender_user_id));
+
+REVOKE ALL ON widget_conversations FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid), admit_message(), server_key() FROM PUBLIC;
+GRANT SELECT ON widget_conversations TO campfire_client;
+GRANT EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid) TO campfire_client;
