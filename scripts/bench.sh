@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 echo "==> building the extension and the relay (release)"
-(cd pg_campfire && cargo pgrx install --release --pg-config /usr/bin/pg_config)
+install_extension --release
 cargo build --release -p campfire-relay -p campfire-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec target/release/campfire-bench "$@"

@@ -26,7 +26,7 @@ trap stop EXIT
 trap 'exit 130' INT TERM
 
 echo "==> building and installing the extension (release)"
-(cd pg_campfire && cargo pgrx install --release --pg-config /usr/bin/pg_config)
+install_extension --release
 echo "==> building the relay (release)"
 cargo build --release -p campfire-relay --bin campfire-relay
 

@@ -32,7 +32,7 @@ step "extension unit tests and #[pg_test]s"
 (cd pg_campfire && cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-data")
 
 step "installing the extension into the system PostgreSQL"
-(cd pg_campfire && cargo pgrx install --pg-config /usr/bin/pg_config)
+install_extension
 
 step "pg_regress golden tests"
 scripts/cluster.sh start "$work/pg" "$port"
