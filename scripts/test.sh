@@ -4,7 +4,8 @@
 #
 #   1. unit tests and #[pg_test]s of the extension   (cargo pgrx test)
 #   2. the extension installed into the system PostgreSQL (cargo pgrx install)
-#   3. pg_regress golden tests of the SQL surface    (scripts/regress.sh)
+#   3. pg_regress golden tests of the SQL surface    (scripts/regress.sh), then a DBA's
+#      backup and restore, upgrade, DROP and CREATE EXTENSION   (scripts/dba_test.sh)
 #   4. the relay's own tests, unit and integration   (cargo test -p campfire-relay)
 #   5. end-to-end tests: SQL over real connections, the relay with real WebSocket clients
 #                                                     (cargo test -p campfire-tests)
@@ -37,6 +38,9 @@ install_extension
 step "pg_regress golden tests"
 scripts/cluster.sh start "$work/pg" "$port"
 scripts/regress.sh "$port"
+
+step "DBA operations: backup and restore, upgrade, DROP and CREATE EXTENSION"
+scripts/dba_test.sh "$port"
 
 step "shared core and relay tests (unit, and integration against a cluster they start)"
 cargo test -p campfire-core -p campfire-relay
