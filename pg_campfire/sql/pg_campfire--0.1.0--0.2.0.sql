@@ -825,6 +825,32 @@ BEGIN
 END
 $$;
 
+-- Sealed notifications: the key, made on first use, that seals every NOTIFY payload, and the
+-- access-change trigger in Rust, which seals with it as the owner.
+CREATE TABLE notify_keys (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    notify_key bytea NOT NULL CHECK (length(notify_key) = 32)
+);
+ALTER TABLE notify_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE notify_keys FORCE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('campfire.notify_keys', '');
+
+CREATE OR REPLACE FUNCTION notify_key() RETURNS bytea
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM campfire.notify_keys) THEN
+        INSERT INTO campfire.notify_keys (notify_key) VALUES (campfire.random_bytes(32)) ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN (SELECT k.notify_key FROM campfire.notify_keys k);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION announce_access_change() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'announce_access_change_wrapper';
+ALTER FUNCTION announce_access_change() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
+
 -- Policies and grants.
 ALTER POLICY realtime_conversations_read ON realtime_conversations
     USING ((SELECT campfire.is_service())
@@ -832,7 +858,9 @@ ALTER POLICY realtime_conversations_read ON realtime_conversations
 ALTER POLICY messages_insert ON messages
     WITH CHECK (campfire.may_insert_message(organization_id, conversation_id, sender_type, message_type, sender_user_id));
 
-REVOKE ALL ON widget_conversations FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid), admit_message(), server_key() FROM PUBLIC;
+REVOKE ALL ON widget_conversations, notify_keys FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid), admit_message(), server_key(), notify_key(),
+                           announce_access_change() FROM PUBLIC;
 GRANT SELECT ON widget_conversations TO campfire_client;
 GRANT EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid) TO campfire_client;
+GRANT EXECUTE ON FUNCTION notify_key() TO campfire_relay;
