@@ -78,12 +78,9 @@ echo "== upgrade from 0.1.0"
 as_root install -m 644 "$here/pg_campfire/sql/pg_campfire--0.1.0.sql" "$here/pg_campfire/sql/pg_campfire--0.1.0.control" \
     "$(pg_config --sharedir)/extension/"
 sql -d campfire_upgraded -c "CREATE EXTENSION pg_campfire VERSION '0.1.0'"
-# This library seals notifications with campfire.notify_key(), which 0.1.0's SQL lacks: until
-# ALTER EXTENSION UPDATE, writes that emit events fail (README, Upgrade). A stand-in lets this
-# 0.1.0 installation take its data; it goes before the update, which makes the real one.
-sql -d campfire_upgraded -c "CREATE FUNCTION campfire.notify_key() RETURNS bytea LANGUAGE sql RETURN sha256('stand-in')"
+# Written by this (0.2.0) library on 0.1.0's SQL, as between a restart and the update: it sends
+# notifications unsealed, as 0.1.0 did, until the update brings campfire.notify_key().
 secret=$(sql -d campfire_upgraded -f "$dba/data.sql")
-sql -d campfire_upgraded -c "DROP FUNCTION campfire.notify_key()"
 sql -d campfire_upgraded -f "$dba/contents.sql" >before.txt
 check "ALTER EXTENSION pg_campfire UPDATE" sql -d campfire_upgraded -c "ALTER EXTENSION pg_campfire UPDATE"
 sql -d campfire_upgraded -f "$dba/contents.sql" >after.txt

@@ -12,11 +12,19 @@ thread_local! {
     static KEY: Cell<Option<sealed::Key>> = const { Cell::new(None) };
 }
 
-/// The database's notify key, made on first use. Must run with the owner's rights (a SECURITY
-/// DEFINER caller or the sequencer).
-fn key() -> sealed::Key {
+/// The database's notify key, made on first use; `None` while the database's SQL is still that
+/// of 0.1.0 (the library was upgraded, `ALTER EXTENSION pg_campfire UPDATE` not yet run). Must run
+/// with the owner's rights (a SECURITY DEFINER caller or the sequencer).
+fn key() -> Option<sealed::Key> {
     if let Some(key) = KEY.get() {
-        return key;
+        return Some(key);
+    }
+    let installed = Spi::get_one::<bool>("SELECT pg_catalog.to_regprocedure('campfire.notify_key()') IS NOT NULL")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if !installed {
+        return None;
     }
     let bytes = Spi::get_one::<Vec<u8>>("SELECT campfire.notify_key()")
         .ok()
@@ -25,7 +33,7 @@ fn key() -> sealed::Key {
     let key: sealed::Key =
         bytes.try_into().unwrap_or_else(|_| pgrx::error!("the notify key must be {} bytes", sealed::KEY_BYTES));
     KEY.set(Some(key));
-    key
+    Some(key)
 }
 
 fn random_nonce() -> [u8; sealed::NONCE_BYTES] {
@@ -37,15 +45,24 @@ fn random_nonce() -> [u8; sealed::NONCE_BYTES] {
     nonce
 }
 
-/// Seals `payload` for `channel` and queues the NOTIFY (sent at commit, like any NOTIFY).
+/// Seals `payload` for `channel` and queues the NOTIFY (sent at commit, like any NOTIFY). Between
+/// a library upgrade and the SQL upgrade it sends as 0.1.0 did, unsealed, so writes keep working
+/// for the 0.1.0 relays still listening.
 pub fn send(channel: &str, payload: &str) {
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let sealed = sealed::seal(&key(), channel, now_ms, random_nonce(), payload.as_bytes())
-        .unwrap_or_else(|err| pgrx::error!("sealing a notification on {channel}: {err}"));
+    let notification = match key() {
+        Some(key) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            sealed::seal(&key, channel, now_ms, random_nonce(), payload.as_bytes())
+                .unwrap_or_else(|err| pgrx::error!("sealing a notification on {channel}: {err}"))
+        }
+        None => payload.to_owned(),
+    };
     // SAFETY: pg_notify takes two text datums, both valid for the call.
     unsafe {
-        pgrx::direct_function_call::<()>(pg_sys::pg_notify, &[channel.into_datum(), sealed.into_datum()]);
+        pgrx::direct_function_call::<()>(pg_sys::pg_notify, &[channel.into_datum(), notification.into_datum()]);
     }
 }
 
