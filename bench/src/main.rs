@@ -142,7 +142,10 @@ fn start_cluster() -> Result<Cluster> {
         "campfire",
     )?;
     // The trigger-cost baseline: an identical table (columns, constraints, indexes), no triggers.
-    psql("CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_seq", "campfire")?;
+    psql(
+        "CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_messages_seq",
+        "campfire",
+    )?;
     Ok(cluster)
 }
 
@@ -152,15 +155,20 @@ async fn start_relay(args: &Args, cluster: &Cluster) -> Result<Relay> {
 
 /// A relay on `port`; with `reuse_port`, one of several relay processes sharing it.
 async fn start_relay_on(args: &Args, cluster: &Cluster, port: u16, reuse_port: bool) -> Result<Relay> {
-    let child = Command::new(&args.relay_bin)
+    let mut relay = Command::new(&args.relay_bin);
+    relay
         .env("CAMPFIRE_REUSE_PORT", reuse_port.to_string())
         .env("DATABASE_URL", format!("host=127.0.0.1 port={} user=campfire_relay_bench dbname=campfire", cluster.port))
         .env("CAMPFIRE_LISTEN", format!("127.0.0.1:{port}"))
         .env("CAMPFIRE_JWT_SECRET", JWT_SECRET)
         .env("CAMPFIRE_SEND_QUEUE", "8192")
-        .env("RUST_LOG", "campfire_relay=warn")
-        .spawn()
-        .with_context(|| format!("starting {}", args.relay_bin))?;
+        .env("RUST_LOG", "campfire_relay=warn");
+    start_listening(relay, port).await
+}
+
+/// Starts a relay process and waits until it accepts connections on `port`.
+async fn start_listening(mut command: Command, port: u16) -> Result<Relay> {
+    let child = command.spawn().with_context(|| format!("starting {:?}", command.get_program()))?;
     let relay = Relay { child, port };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -209,17 +217,7 @@ async fn join(relay: &Relay, vsn: &str, token: &str, topic: &str) -> Result<Ws> 
 /// Joins from a given loopback source address: one address has only ~28,000 ephemeral ports,
 /// so tens of thousands of connections spread over 127.0.0.x.
 async fn join_from(port: u16, vsn: &str, token: &str, topic: &str, source: [u8; 4]) -> Result<Ws> {
-    let url = format!("ws://127.0.0.1:{port}/realtime/v1/websocket?apikey={token}&vsn={vsn}");
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    // Ports of earlier runs may linger in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind((std::net::Ipv4Addr::from(source), 0).into())?;
-    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
-    // Small frames must not wait for delayed ACKs; small buffers keep 50,000 clients affordable.
-    stream.set_nodelay(true)?;
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).await?;
+    let mut ws = open_socket(port, &format!("/realtime/v1/websocket?apikey={token}&vsn={vsn}"), source).await?;
     let frame = if vsn == "2.0.0" {
         json!(["1", "1", format!("realtime:{topic}"), "phx_join", {"config": {}}]).to_string()
     } else {
@@ -230,6 +228,21 @@ async fn join_from(port: u16, vsn: &str, token: &str, topic: &str, source: [u8; 
     for _ in 0..2 {
         tokio::time::timeout(WAIT, ws.next()).await?.context("closed during join")??;
     }
+    Ok(ws)
+}
+
+/// A WebSocket to `path` on a loopback port, as every client of the bench opens it.
+async fn open_socket(port: u16, path: &str, source: [u8; 4]) -> Result<Ws> {
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // Ports of earlier runs may linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind((std::net::Ipv4Addr::from(source), 0).into())?;
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    // Small frames must not wait for delayed ACKs; small buffers keep 50,000 clients affordable.
+    stream.set_nodelay(true)?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).await?;
     Ok(ws)
 }
 
@@ -259,40 +272,108 @@ fn median(mut values: Vec<f64>) -> f64 {
     percentile(&values, 0.5)
 }
 
-/// 1. Commit → frame latency at a fixed rate over many conversations.
-async fn latency(args: &Args, cluster: &Cluster, relay: &Relay, vsn: &str, org: &Org) -> Result<Value> {
+/// The median over runs of the figure at a JSON pointer, e.g. "/from_commit/p99_ms".
+fn median_at(runs: &[Value], pointer: &str) -> f64 {
+    median(runs.iter().map(|r| r.pointer(pointer).and_then(Value::as_f64).unwrap_or(f64::NAN)).collect())
+}
+
+/// p50, p95, p99 and max of latencies in milliseconds.
+fn percentiles(mut ms: Vec<f64>) -> Value {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    json!({
+        "p50_ms": percentile(&ms, 0.5), "p95_ms": percentile(&ms, 0.95),
+        "p99_ms": percentile(&ms, 0.99), "max_ms": ms.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// What a write scenario writes, and how its subscriber recognises the deliveries.
+#[derive(Clone, Copy)]
+enum Path {
+    /// `campfire.send_message`, delivered by the relay as `message:created` on the conversation list.
+    Campfire,
+    /// An insert into `plain_messages`: no trigger, nothing delivered.
+    Plain,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Campfire => "pg_campfire",
+            Path::Plain => "plain_insert",
+        }
+    }
+
+    /// One message into conversation $1 with client message id $2 (or NULL), run as the service.
+    fn sql(self) -> String {
+        let table = match self {
+            Path::Campfire => return "SELECT campfire.send_message($1, 'bench message', 'agent', $2)".into(),
+            Path::Plain => "plain_messages",
+        };
+        format!(
+            "INSERT INTO {table} (conversation_id, organization_id, seq, content, sender_type, client_message_id) \
+             SELECT $1, organization_id, nextval('{table}_seq'), 'bench message', 'agent', $2 \
+             FROM campfire.conversations WHERE id = $1"
+        )
+    }
+
+    /// A client of `relay` that receives every message this path writes.
+    async fn subscribe(self, relay: &Relay, org: &Org, vsn: &str) -> Result<Ws> {
+        match self {
+            Path::Campfire => join(relay, vsn, &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await,
+            Path::Plain => bail!("plain inserts are not delivered"),
+        }
+    }
+
+    /// The message row a frame delivers (with its `client_message_id`), if it delivers one.
+    fn delivered(self, frame: &str) -> Option<Value> {
+        match self {
+            Path::Campfire => broadcast_payload(frame)
+                .filter(|p| p["event"] == "message:created")
+                .map(|mut p| p["payload"]["message"].take()),
+            Path::Plain => None,
+        }
+    }
+}
+
+const LATENCY_WRITERS: usize = 4;
+
+/// Scenario 1: latency at a fixed rate over many conversations, from the writer's commit
+/// acknowledgement to the frame, and from insert start (just before the writer sends the
+/// statement) to the frame.
+async fn latency(args: &Args, cluster: &Cluster, path: Path, relay: &Relay, vsn: &str, org: &Org) -> Result<Value> {
     let messages = args.latency_messages;
     // Client message ids unique to this run: a repeated id would be an idempotent no-op.
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut ws = join(relay, vsn, &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await?;
-    let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
-    let writers = 4;
+    let mut ws = path.subscribe(relay, org, vsn).await?;
+    // Each message's insert start and commit acknowledgement.
+    let sent: Arc<std::sync::Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
+    let writers = LATENCY_WRITERS;
     let interval = Duration::from_nanos(1_000_000_000 * writers as u64 / args.rate);
     let mut tasks = Vec::new();
     for w in 0..writers {
         let (db, sent, conversations, run) =
             (connect(cluster.port, "postgres").await?, sent.clone(), org.conversations.clone(), run.clone());
         db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
-        let statement = db.prepare("SELECT campfire.send_message($1, 'latency probe', 'agent', $2)").await?;
+        let statement = db.prepare(&path.sql()).await?;
         tasks.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             for i in (w..messages).step_by(writers) {
                 ticker.tick().await;
                 let id = format!("{run}-{i}");
                 let conversation = conversations[i % conversations.len()];
-                db.query_one(&statement, &[&conversation, &id]).await?;
-                sent.lock().unwrap().insert(id, Instant::now());
+                let started = Instant::now();
+                db.execute(&statement, &[&conversation, &id]).await?;
+                sent.lock().unwrap().insert(id, (started, Instant::now()));
             }
             anyhow::Ok(())
         }));
     }
-    let mut latencies = Vec::with_capacity(messages);
     let mut arrived: HashMap<String, Instant> = HashMap::new();
     let deadline = Instant::now() + WAIT + Duration::from_secs(messages as u64 / args.rate);
     while arrived.len() < messages && Instant::now() < deadline {
         let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(WAIT, ws.next()).await else { break };
-        if let Some(payload) = broadcast_payload(&text)
-            && let Some(id) = payload["payload"]["message"]["client_message_id"].as_str()
+        if let Some(message) = path.delivered(&text)
+            && let Some(id) = message["client_message_id"].as_str()
         {
             arrived.insert(id.to_owned(), Instant::now());
         }
@@ -301,17 +382,17 @@ async fn latency(args: &Args, cluster: &Cluster, relay: &Relay, vsn: &str, org: 
         task.await??;
     }
     let sent = sent.lock().unwrap();
+    let (mut from_commit, mut from_start) = (Vec::with_capacity(messages), Vec::with_capacity(messages));
     for (id, at) in &arrived {
-        if let Some(committed) = sent.get(id) {
+        if let Some((started, committed)) = sent.get(id) {
             // A frame can beat the writer's own commit acknowledgement: that counts as 0.
-            latencies.push(at.saturating_duration_since(*committed).as_secs_f64() * 1000.0);
+            from_commit.push(at.saturating_duration_since(*committed).as_secs_f64() * 1000.0);
+            from_start.push(at.duration_since(*started).as_secs_f64() * 1000.0);
         }
     }
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Ok(json!({
-        "messages": messages, "received": arrived.len(), "rate": args.rate,
-        "p50_ms": percentile(&latencies, 0.5), "p95_ms": percentile(&latencies, 0.95),
-        "p99_ms": percentile(&latencies, 0.99), "max_ms": latencies.last().copied().unwrap_or(f64::NAN),
+        "path": path.name(), "messages": messages, "received": arrived.len(), "rate": args.rate,
+        "from_commit": percentiles(from_commit), "from_insert_start": percentiles(from_start),
     }))
 }
 
@@ -325,23 +406,20 @@ async fn settle(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// Scenarios 2 and 5: the most messages `writers` commit in `seconds`, `per_tx` per transaction,
-/// through the SQL API or (`plain`) into the trigger-less copy of the table; with a relay, each is
-/// also counted as delivered to a subscriber.
+/// Scenarios 2 and 5: the most messages `writers` commit in `seconds`, `per_tx`
+/// per transaction, along `path`; with a relay, each is also counted as delivered to a subscriber.
 async fn write_rate(
     cluster: &Cluster,
+    path: Path,
     relay: Option<&Relay>,
     org: &Org,
     writers: usize,
     per_tx: usize,
     seconds: u64,
-    plain: bool,
 ) -> Result<Value> {
     settle(cluster).await?;
     let mut listener = match relay {
-        Some(relay) => {
-            Some(join(relay, "2.0.0", &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await?)
-        }
+        Some(relay) => Some(path.subscribe(relay, org, "2.0.0").await?),
         None => None,
     };
     let committed = Arc::new(AtomicU64::new(0));
@@ -351,25 +429,19 @@ async fn write_rate(
         let (db, committed, conversations) =
             (connect(cluster.port, "postgres").await?, committed.clone(), org.conversations.clone());
         db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
-        let sql = if plain {
-            "INSERT INTO plain_messages (conversation_id, organization_id, seq, content, sender_type) \
-             SELECT $1, organization_id, nextval('plain_seq'), 'throughput', 'agent' \
-             FROM campfire.conversations WHERE id = $1"
-        } else {
-            "SELECT campfire.send_message($1, 'throughput', 'agent')"
-        };
-        let statement = db.prepare(sql).await?;
+        let statement = db.prepare(&path.sql()).await?;
         tasks.push(tokio::spawn(async move {
             let mut i = w;
+            let no_id: Option<&str> = None;
             while Instant::now() < stop {
                 let conversation = conversations[i % conversations.len()];
                 i += writers;
                 if per_tx == 1 {
-                    db.execute(&statement, &[&conversation]).await?;
+                    db.execute(&statement, &[&conversation, &no_id]).await?;
                 } else {
                     db.batch_execute("BEGIN").await?;
                     for _ in 0..per_tx {
-                        db.execute(&statement, &[&conversation]).await?;
+                        db.execute(&statement, &[&conversation, &no_id]).await?;
                     }
                     db.batch_execute("COMMIT").await?;
                 }
@@ -390,7 +462,7 @@ async fn write_rate(
             }
             match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
                 Ok(Some(Ok(Message::Text(text)))) => {
-                    if broadcast_payload(&text).is_some_and(|p| p["event"] == "message:created") {
+                    if path.delivered(&text).is_some() {
                         delivered += 1;
                         last_delivery = Instant::now();
                     }
@@ -405,7 +477,7 @@ async fn write_rate(
     let committed = wanted(&committed);
     let elapsed = if listener.is_some() { last_delivery.duration_since(started) } else { started.elapsed() };
     Ok(json!({
-        "writers": writers, "per_transaction": per_tx, "committed": committed,
+        "path": path.name(), "writers": writers, "per_transaction": per_tx, "committed": committed,
         "delivered": if listener.is_some() { json!(delivered) } else { Value::Null },
         "lost": if listener.is_some() { json!(committed.saturating_sub(delivered)) } else { Value::Null },
         "per_second": committed as f64 / elapsed.as_secs_f64(),
@@ -673,9 +745,9 @@ async fn main() -> Result<()> {
     for vsn in ["2.0.0", "1.0.0"].into_iter().filter(|_| wanted("latency")) {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
-            runs.push(latency(&args, &cluster, &relay, vsn, &org).await?);
+            runs.push(latency(&args, &cluster, Path::Campfire, &relay, vsn, &org).await?);
         }
-        let m = |k: &str| median(runs.iter().map(|r| r[k].as_f64().unwrap_or(f64::NAN)).collect());
+        let m = |k: &str| median_at(&runs, &format!("/from_commit/{k}"));
         println!(
             "latency vsn {vsn} @ {}/s: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
             args.rate,
@@ -691,9 +763,9 @@ async fn main() -> Result<()> {
     for (writers, per_tx) in [(1, 1), (8, 1), (32, 1), (8, 10)].into_iter().filter(|_| wanted("throughput")) {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
-            runs.push(write_rate(&cluster, Some(&relay), &org, writers, per_tx, args.seconds, false).await?);
+            runs.push(write_rate(&cluster, Path::Campfire, Some(&relay), &org, writers, per_tx, args.seconds).await?);
         }
-        let rate = median(runs.iter().map(|r| r["per_second"].as_f64().unwrap()).collect());
+        let rate = median_at(&runs, "/per_second");
         let lost: u64 = runs.iter().map(|r| r["lost"].as_u64().unwrap_or(0)).sum();
         println!("throughput {writers} writers x {per_tx}/tx: {rate:.0} messages/s delivered, {lost} lost");
         throughput.push(json!({ "writers": writers, "per_transaction": per_tx, "median_per_second": rate, "lost": lost, "runs": runs }));
@@ -705,16 +777,10 @@ async fn main() -> Result<()> {
         let mut plain = Vec::new();
         let mut campfire = Vec::new();
         for _ in 0..args.runs {
-            plain.push(
-                write_rate(&cluster, None, &org, writers, 1, args.seconds, true).await?["per_second"].as_f64().unwrap(),
-            );
-            campfire.push(
-                write_rate(&cluster, None, &org, writers, 1, args.seconds, false).await?["per_second"]
-                    .as_f64()
-                    .unwrap(),
-            );
+            plain.push(write_rate(&cluster, Path::Plain, None, &org, writers, 1, args.seconds).await?);
+            campfire.push(write_rate(&cluster, Path::Campfire, None, &org, writers, 1, args.seconds).await?);
         }
-        let (plain, campfire) = (median(plain), median(campfire));
+        let (plain, campfire) = (median_at(&plain, "/per_second"), median_at(&campfire, "/per_second"));
         println!(
             "trigger cost, {writers} writers: plain {plain:.0}/s, through pg_campfire {campfire:.0}/s = {:.2}x",
             campfire / plain
