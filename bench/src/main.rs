@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod growth;
+mod naive;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks pg_campfire and campfire-relay on this machine")]
@@ -60,6 +61,9 @@ struct Args {
     /// Internal: run as a client process of the connections scenario (a JSON `WorkerSpec`).
     #[arg(long, hide = true)]
     connect_worker: Option<String>,
+    /// Internal: run as the naive baseline's relay, listening on this address (see naive.rs).
+    #[arg(long, hide = true)]
+    naive_relay: Option<String>,
 }
 
 const JWT_SECRET: &str = "bench-secret";
@@ -141,9 +145,14 @@ fn start_cluster() -> Result<Cluster> {
          CREATE ROLE campfire_relay_bench LOGIN IN ROLE campfire_relay; END IF; END $$",
         "campfire",
     )?;
-    // The trigger-cost baseline: an identical table (columns, constraints, indexes), no triggers.
+    // Identical tables (columns, constraints, indexes): the plain one has no trigger (the cost
+    // baseline), the naive one NOTIFYs each row to the naive relay (the delivery baseline).
     psql(
-        "CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_messages_seq",
+        "CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_messages_seq; \
+         CREATE TABLE naive_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE naive_messages_seq; \
+         CREATE FUNCTION naive_notify() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_notify('naive_messages', row_to_json(NEW)::text); RETURN NULL; END $$; \
+         CREATE TRIGGER naive_notify AFTER INSERT ON naive_messages FOR EACH ROW EXECUTE FUNCTION naive_notify()",
         "campfire",
     )?;
     Ok(cluster)
@@ -720,6 +729,9 @@ async fn main() -> Result<()> {
     let mut args = Args::parse();
     if let Some(spec) = &args.connect_worker {
         return connect_worker(spec).await;
+    }
+    if let Some(listen) = &args.naive_relay {
+        return naive::relay(listen).await;
     }
     if args.smoke {
         (args.runs, args.seconds, args.latency_messages, args.rate) = (1, 1, 200, 200);
