@@ -52,7 +52,8 @@ struct Args {
     /// Calls timed per path and step in the growth scenario.
     #[arg(long, default_value_t = 200)]
     growth_reps: usize,
-    /// Scenarios to run (latency, throughput, cost, fanout, connections, growth); all by default.
+    /// Scenarios to run (latency, throughput, cost, baseline, fanout, connections, growth); all by
+    /// default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// A short run (a few hundred messages, small counts) that only checks the benchmark works.
@@ -172,6 +173,16 @@ async fn start_relay_on(args: &Args, cluster: &Cluster, port: u16, reuse_port: b
         .env("CAMPFIRE_JWT_SECRET", JWT_SECRET)
         .env("CAMPFIRE_SEND_QUEUE", "8192")
         .env("RUST_LOG", "campfire_relay=warn");
+    start_listening(relay, port).await
+}
+
+/// The naive baseline's relay: this program again, as a process of its own (see naive.rs).
+async fn start_naive_relay(cluster: &Cluster) -> Result<Relay> {
+    let port = free_port();
+    let mut relay = Command::new(std::env::current_exe()?);
+    relay
+        .args(["--naive-relay", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", format!("host=127.0.0.1 port={} user=postgres dbname=campfire", cluster.port));
     start_listening(relay, port).await
 }
 
@@ -300,6 +311,8 @@ fn percentiles(mut ms: Vec<f64>) -> Value {
 enum Path {
     /// `campfire.send_message`, delivered by the relay as `message:created` on the conversation list.
     Campfire,
+    /// An insert into `naive_messages`, whose trigger NOTIFYs the row to the naive relay.
+    Naive,
     /// An insert into `plain_messages`: no trigger, nothing delivered.
     Plain,
 }
@@ -308,6 +321,7 @@ impl Path {
     fn name(self) -> &'static str {
         match self {
             Path::Campfire => "pg_campfire",
+            Path::Naive => "naive",
             Path::Plain => "plain_insert",
         }
     }
@@ -316,6 +330,7 @@ impl Path {
     fn sql(self) -> String {
         let table = match self {
             Path::Campfire => return "SELECT campfire.send_message($1, 'bench message', 'agent', $2)".into(),
+            Path::Naive => "naive_messages",
             Path::Plain => "plain_messages",
         };
         format!(
@@ -329,6 +344,7 @@ impl Path {
     async fn subscribe(self, relay: &Relay, org: &Org, vsn: &str) -> Result<Ws> {
         match self {
             Path::Campfire => join(relay, vsn, &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await,
+            Path::Naive => open_socket(relay.port, "/", [127, 0, 0, 1]).await,
             Path::Plain => bail!("plain inserts are not delivered"),
         }
     }
@@ -339,6 +355,7 @@ impl Path {
             Path::Campfire => broadcast_payload(frame)
                 .filter(|p| p["event"] == "message:created")
                 .map(|mut p| p["payload"]["message"].take()),
+            Path::Naive => serde_json::from_str(frame).ok(),
             Path::Plain => None,
         }
     }
@@ -415,7 +432,7 @@ async fn settle(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// Scenarios 2 and 5: the most messages `writers` commit in `seconds`, `per_tx`
+/// Scenarios 2 and 5 and the baseline: the most messages `writers` commit in `seconds`, `per_tx`
 /// per transaction, along `path`; with a relay, each is also counted as delivered to a subscriber.
 async fn write_rate(
     cluster: &Cluster,
@@ -490,6 +507,78 @@ async fn write_rate(
         "delivered": if listener.is_some() { json!(delivered) } else { Value::Null },
         "lost": if listener.is_some() { json!(committed.saturating_sub(delivered)) } else { Value::Null },
         "per_second": committed as f64 / elapsed.as_secs_f64(),
+    }))
+}
+
+/// Scenario 7, the side-by-side baseline of issue 15: what a user writes instead of pg_campfire
+/// (a copy of the messages table whose trigger NOTIFYs each row, and the minimal LISTEN →
+/// WebSocket relay of naive.rs), and the plain insert with no delivery, driven in the same run by
+/// the same load generator and the same client. Each run measures every path in turn; the
+/// ratios, of medians, are those the targets are set in.
+async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, org: &Org) -> Result<Value> {
+    let writers = 8;
+    let mut write: HashMap<&str, Vec<Value>> = HashMap::new();
+    let mut delay: HashMap<&str, Vec<Value>> = HashMap::new();
+    for _ in 0..args.runs {
+        for (path, relay) in [(Path::Campfire, Some(relay)), (Path::Naive, Some(naive)), (Path::Plain, None)] {
+            let run = write_rate(cluster, path, relay, org, writers, 1, args.seconds).await?;
+            write.entry(path.name()).or_default().push(run);
+        }
+        for (path, relay) in [(Path::Campfire, relay), (Path::Naive, naive)] {
+            delay.entry(path.name()).or_default().push(latency(args, cluster, path, relay, "2.0.0", org).await?);
+        }
+    }
+
+    let rate = |path: Path| median_at(&write[path.name()], "/per_second");
+    let lost = |path: Path| write[path.name()].iter().filter_map(|r| r["lost"].as_u64()).sum::<u64>();
+    let (campfire, naive, plain) = (rate(Path::Campfire), rate(Path::Naive), rate(Path::Plain));
+    println!(
+        "baseline write rate, {writers} writers x 1/tx: pg_campfire {campfire:.0} msg/s delivered ({} lost), naive {naive:.0} msg/s delivered ({} lost), plain insert {plain:.0}/s",
+        lost(Path::Campfire),
+        lost(Path::Naive)
+    );
+    println!(
+        "baseline write rate ratios: pg_campfire / naive {:.2}x (target >= 1.8x), pg_campfire / plain insert {:.2}x (target >= 0.5x)",
+        campfire / naive,
+        campfire / plain
+    );
+
+    // Medians over runs of each percentile, from insert start or from commit.
+    let figures = |path: Path, from: &str| -> std::collections::BTreeMap<&str, f64> {
+        ["p50_ms", "p95_ms", "p99_ms", "max_ms"]
+            .into_iter()
+            .map(|k| (k, median_at(&delay[path.name()], &format!("/{from}/{k}"))))
+            .collect()
+    };
+    let (campfire_ms, naive_ms) =
+        (figures(Path::Campfire, "from_insert_start"), figures(Path::Naive, "from_insert_start"));
+    for (name, ms) in [("pg_campfire", &campfire_ms), ("naive", &naive_ms)] {
+        println!(
+            "baseline latency {name} @ {}/s, insert start -> frame: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            args.rate, ms["p50_ms"], ms["p95_ms"], ms["p99_ms"], ms["max_ms"]
+        );
+    }
+    let p99_ratio = campfire_ms["p99_ms"] / naive_ms["p99_ms"];
+    println!(
+        "baseline latency ratios: p99 pg_campfire / naive {p99_ratio:.2}x (target <= 0.33x), pg_campfire p50 {:.2} ms (target <= 1 ms)",
+        campfire_ms["p50_ms"]
+    );
+
+    Ok(json!({
+        "write_rate": {
+            "writers": writers, "per_transaction": 1,
+            "median_per_second": { "pg_campfire": campfire, "naive": naive, "plain_insert": plain },
+            "lost": { "pg_campfire": lost(Path::Campfire), "naive": lost(Path::Naive) },
+            "campfire_to_naive": campfire / naive, "campfire_to_plain": campfire / plain,
+            "runs": write,
+        },
+        "latency": {
+            "rate": args.rate, "writers": LATENCY_WRITERS, "conversations": org.conversations.len(),
+            "from_insert_start": { "pg_campfire": campfire_ms, "naive": naive_ms },
+            "from_commit": { "pg_campfire": figures(Path::Campfire, "from_commit"), "naive": figures(Path::Naive, "from_commit") },
+            "p99_campfire_to_naive": p99_ratio,
+            "runs": delay,
+        },
     }))
 }
 
@@ -800,6 +889,11 @@ async fn main() -> Result<()> {
         cost.push(json!({ "writers": writers, "plain_per_second": plain, "campfire_per_second": campfire, "ratio": campfire / plain }));
     }
     results["trigger_cost"] = json!(cost);
+
+    if wanted("baseline") {
+        let naive = start_naive_relay(&cluster).await?;
+        results["baseline"] = baseline(&args, &cluster, &relay, &naive, &org).await?;
+    }
 
     let mut fan = Vec::new();
     for &subscribers in args.fanout.iter().filter(|_| wanted("fanout")) {
