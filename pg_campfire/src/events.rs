@@ -53,6 +53,7 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    // SAFETY: registered once per backend, from _PG_init; the callbacks are pg_guard'ed.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subtransaction_end), std::ptr::null_mut());
@@ -67,6 +68,7 @@ pub fn queue(
     event: impl Into<String>,
     payload: Value,
 ) {
+    // SAFETY: a plain read of the backend's transaction state, inside a transaction.
     let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with(|pending| {
         pending.borrow_mut().push(PendingEvent {
@@ -262,6 +264,7 @@ fn claim_idle_log() -> bool {
     if !queue_is_empty() {
         return false;
     }
+    // SAFETY: the int4 pair form of pg_try_advisory_xact_lock, called with two int4 datums.
     let locked = unsafe {
         pgrx::direct_function_call::<bool>(
             pg_sys::pg_try_advisory_xact_lock_int4,
@@ -272,6 +275,7 @@ fn claim_idle_log() -> bool {
 }
 
 fn lock_log() {
+    // SAFETY: the int4 pair form of pg_advisory_xact_lock, called with two int4 datums.
     unsafe {
         pgrx::direct_function_call::<()>(
             pg_sys::pg_advisory_xact_lock_int4,

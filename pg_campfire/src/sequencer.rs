@@ -61,8 +61,10 @@ impl Sequencers {
     }
 }
 
+// SAFETY: plain data (integers) only, read and written under the LWLock.
 unsafe impl PGRXSharedMemory for Sequencers {}
 
+// SAFETY: initialised by pg_shmem_init! in _PG_init when preloaded, and only used when PRELOADED.
 static SEQUENCERS: PgLwLock<Sequencers> = unsafe { PgLwLock::new(c"campfire_sequencers") };
 /// Set in the postmaster when preloaded; inherited by every backend it forks.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
@@ -83,6 +85,7 @@ thread_local! {
 
 /// Called from `_PG_init`: reserves the shared slots when loaded by `shared_preload_libraries`.
 pub fn init() {
+    // SAFETY: a read of a postmaster global that is only written before backends start.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(SEQUENCERS);
         PRELOADED.store(true, Ordering::Relaxed);
@@ -90,6 +93,7 @@ pub fn init() {
 }
 
 fn this_database() -> u32 {
+    // SAFETY: a read of the backend's database, set once at connection.
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
@@ -138,6 +142,7 @@ pub fn on_transaction_end(committed: bool) {
     let database = this_database();
     let procno = SEQUENCERS.share().find(database).map(|slot| slot.procno);
     match procno {
+        // SAFETY: procno is a live worker's PGPROC number, published by that worker in its slot.
         Some(procno) if procno >= 0 && after == AfterCommit::Wake => unsafe { pg_sys::ProcSendSignal(procno) },
         Some(_) => {} // starting: it drains everything committed before it runs
         None => start(database),
@@ -186,11 +191,13 @@ unsafe extern "C-unwind" fn release_on_exit(_code: std::ffi::c_int, database: pg
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn campfire_sequencer_main(argument: pg_sys::Datum) {
     let database = argument.value() as u32;
+    // SAFETY: a pg_guard'ed callback, registered once at the worker's start.
     unsafe { pg_sys::before_shmem_exit(Some(release_on_exit), argument) };
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     // The worker runs as the bootstrap superuser: resolve nothing through a schema that other
     // roles may create objects in ("$user", public).
+    // SAFETY: two valid C strings, for a setting the worker's session owns.
     unsafe {
         pg_sys::SetConfigOption(
             c"search_path".as_ptr(),
@@ -200,6 +207,7 @@ pub extern "C-unwind" fn campfire_sequencer_main(argument: pg_sys::Datum) {
         );
     }
     if let Some(slot) = SEQUENCERS.exclusive().find_mut(database) {
+        // SAFETY: MyProc is this worker's own PGPROC, valid once it is connected.
         slot.procno = unsafe { (*pg_sys::MyProc).pgprocno };
     }
 
@@ -223,6 +231,7 @@ pub extern "C-unwind" fn campfire_sequencer_main(argument: pg_sys::Datum) {
             return;
         }
         if BackgroundWorker::sighup_received() {
+            // SAFETY: how a background worker rereads its configuration after SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
     }
@@ -230,6 +239,7 @@ pub extern "C-unwind" fn campfire_sequencer_main(argument: pg_sys::Datum) {
 
 fn drain_once() -> Option<usize> {
     // A catalog-cache lookup, not a query: cheap enough for every batch.
+    // SAFETY: to_regclass takes one text datum, valid for the call.
     let queue = unsafe {
         pgrx::direct_function_call::<pg_sys::Oid>(pg_sys::to_regclass, &["campfire.event_queue".into_datum()])
     };

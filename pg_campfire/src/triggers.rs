@@ -26,6 +26,7 @@ impl Change {
     fn of(trigger: &PgTrigger) -> Change {
         let data = trigger.trigger_data();
         let op = trigger.op().unwrap_or_else(|e| pgrx::error!("{e}"));
+        // SAFETY: a row-level trigger's relation and its tuples stay valid for the trigger call.
         let tupdesc = unsafe { (*data.tg_relation).rd_att };
         let row = |tuple: *mut pg_sys::HeapTupleData| (!tuple.is_null()).then(|| unsafe { Row::new(tuple, tupdesc) });
         let (old, new) = match op {
@@ -188,6 +189,7 @@ fn mirror_statements(
     trigger: &PgTrigger,
     source: &Row,
 ) -> Result<Rc<MirrorStatements>, pgrx::spi::Error> {
+    // SAFETY: tg_trigger is valid for the trigger call.
     let key = unsafe { (*trigger.trigger_data().tg_trigger).tgoid };
     if let Some(statements) = MIRRORS.with(|cache| cache.borrow().get(&key).cloned())
         && statements.fits(source)
