@@ -4,7 +4,7 @@
 
 use crate::Relay;
 use crate::auth::{self, Identity};
-use crate::session;
+use crate::{client_addr, session};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -13,10 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio_postgres::types::ToSql;
 
 /// Largest request body the API reads.
@@ -87,53 +86,12 @@ impl From<tokio_postgres::Error> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Fixed-window counters: at most `limit` calls per key per window.
-pub struct RateLimiter {
-    limit: u32,
-    window: Duration,
-    counters: Mutex<HashMap<String, (Instant, u32)>>,
-}
-
-impl RateLimiter {
-    pub fn new(limit: u32, window: Duration) -> RateLimiter {
-        RateLimiter { limit, window, counters: Mutex::new(HashMap::new()) }
-    }
-
-    fn check(&self, key: &str, what: &str) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let mut counters = self.counters.lock().expect("rate limiter lock");
-        if counters.len() > 100_000 {
-            counters.retain(|_, (start, _)| now.duration_since(*start) < self.window);
-        }
-        let (start, count) = counters.entry(key.to_owned()).or_insert((now, 0));
-        if now.duration_since(*start) >= self.window {
-            (*start, *count) = (now, 0);
-        }
-        *count += 1;
-        if *count > self.limit {
-            let retry = self.window.saturating_sub(now.duration_since(*start)).as_secs().max(1);
-            let mut error =
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many {what}; retry in {retry} s"));
-            error.retry_after = Some(retry);
-            return Err(error);
-        }
-        Ok(())
-    }
-}
-
-/// The limits on anonymous and visitor calls.
-pub struct Limits {
-    pub sessions_per_ip: RateLimiter,
-    pub messages_per_session: RateLimiter,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            sessions_per_ip: RateLimiter::new(20, Duration::from_secs(3600)),
-            messages_per_session: RateLimiter::new(20, Duration::from_secs(60)),
-        }
-    }
+/// 429 with `Retry-After`: the caller did `what` too often.
+fn too_many(what: &str, retry: Duration) -> ApiError {
+    let seconds = retry.as_secs().max(1);
+    let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many {what}; retry in {seconds} s"));
+    error.retry_after = Some(seconds);
+    error
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -237,7 +195,12 @@ async fn widget_auth(
         }
     }
     if request.session_secret.is_none() {
-        relay.limits.sessions_per_ip.check(&peer.ip().to_string(), "new sessions from this address")?;
+        let address = client_addr::client_ip(&relay.config.trusted_proxies, peer.ip(), &headers);
+        relay
+            .limits
+            .sessions_per_address
+            .check(&address.to_string())
+            .map_err(|retry| too_many("new sessions from this address", retry))?;
     }
     let session = first(
         call_as(
@@ -273,7 +236,11 @@ struct SendRequest {
 
 async fn send(relay: &Relay, identity: &Identity, conversation: uuid::Uuid, request: SendRequest) -> ApiResult {
     if let Some(session) = identity.claims["widget_session_id"].as_str() {
-        relay.limits.messages_per_session.check(session, "messages from this session")?;
+        relay
+            .limits
+            .messages_per_session
+            .check(session)
+            .map_err(|retry| too_many("messages from this session", retry))?;
     }
     let message = first(
         call_as(

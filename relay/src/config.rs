@@ -24,6 +24,21 @@ pub struct Config {
     #[command(flatten)]
     pub tokens: TokenConfig,
 
+    #[command(flatten)]
+    pub limits: LimitConfig,
+
+    /// Proxies whose `X-Forwarded-For` names the client (comma-separated addresses or networks,
+    /// e.g. `10.0.0.0/8,127.0.0.1`). From any other peer the header is ignored: by default the
+    /// client is the TCP peer.
+    #[arg(
+        long,
+        env = "CAMPFIRE_TRUSTED_PROXIES",
+        value_name = "ADDR_OR_NET",
+        value_delimiter = ',',
+        value_parser = crate::client_addr::parse_proxy
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Largest client frame or broadcast payload, in bytes.
     #[arg(long, env = "CAMPFIRE_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
     pub max_payload_bytes: usize,
@@ -112,6 +127,55 @@ pub struct TokenConfig {
         default_value_t = DEFAULT_JWKS_COOLDOWN_SECS
     )]
     pub jwks_cooldown_secs: u64,
+}
+
+/// Abuse limits, counted per relay process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitConfig {
+    /// Open connections from one client address (an IPv6 address counts by its /64).
+    #[arg(long, env = "CAMPFIRE_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_CONNECTIONS_PER_IP, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
+
+    /// Open connections with one credential (a user's `sub`, a widget session), from anywhere.
+    #[arg(long, env = "CAMPFIRE_MAX_CONNECTIONS_PER_CREDENTIAL", default_value_t = DEFAULT_CONNECTIONS_PER_CREDENTIAL, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_credential: u32,
+
+    /// Milliseconds of the window the per-connection rates below count in.
+    #[arg(long, env = "CAMPFIRE_RATE_WINDOW_MS", default_value_t = DEFAULT_RATE_WINDOW_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate_window_ms: u64,
+
+    /// Joins one connection may send per window; more are refused (the connection stays).
+    #[arg(long, env = "CAMPFIRE_MAX_JOINS_PER_WINDOW", default_value_t = DEFAULT_JOINS_PER_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_joins_per_window: u32,
+
+    /// Heartbeats one connection may send per window; one more closes it.
+    #[arg(long, env = "CAMPFIRE_MAX_HEARTBEATS_PER_WINDOW", default_value_t = DEFAULT_HEARTBEATS_PER_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_heartbeats_per_window: u32,
+
+    /// Broadcasts one connection may send per window; more are refused (the connection stays).
+    #[arg(long, env = "CAMPFIRE_MAX_BROADCASTS_PER_WINDOW", default_value_t = DEFAULT_BROADCASTS_PER_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_broadcasts_per_window: u32,
+}
+
+const DEFAULT_CONNECTIONS_PER_IP: u32 = 1000;
+const DEFAULT_CONNECTIONS_PER_CREDENTIAL: u32 = 100;
+const DEFAULT_RATE_WINDOW_MS: u64 = 1000;
+const DEFAULT_JOINS_PER_WINDOW: u32 = 100;
+const DEFAULT_HEARTBEATS_PER_WINDOW: u32 = 10;
+const DEFAULT_BROADCASTS_PER_WINDOW: u32 = 50;
+
+/// The flags' defaults, for embedding the relay as a library (and tests).
+impl Default for LimitConfig {
+    fn default() -> LimitConfig {
+        LimitConfig {
+            max_connections_per_ip: DEFAULT_CONNECTIONS_PER_IP,
+            max_connections_per_credential: DEFAULT_CONNECTIONS_PER_CREDENTIAL,
+            rate_window_ms: DEFAULT_RATE_WINDOW_MS,
+            max_joins_per_window: DEFAULT_JOINS_PER_WINDOW,
+            max_heartbeats_per_window: DEFAULT_HEARTBEATS_PER_WINDOW,
+            max_broadcasts_per_window: DEFAULT_BROADCASTS_PER_WINDOW,
+        }
+    }
 }
 
 const DEFAULT_AUDIENCE: &str = "authenticated";

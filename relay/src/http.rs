@@ -4,15 +4,16 @@
 use crate::Relay;
 use crate::auth::{self, Identity};
 use crate::protocol::Vsn;
-use crate::session;
+use crate::{client_addr, limits, session};
 use axum::Json;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tower_http::cors::CorsLayer;
@@ -52,6 +53,7 @@ pub fn router(relay: Arc<Relay>) -> axum::Router {
 
 async fn websocket(
     State(relay): State<Arc<Relay>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -67,6 +69,12 @@ async fn websocket(
     let Some(key) = key else {
         return error(StatusCode::UNAUTHORIZED, "API key is missing");
     };
+    // Counted before the credential is checked: a flood from one address costs no verification.
+    let address = client_addr::client_ip(&relay.config.trusted_proxies, peer.ip(), &headers);
+    let mut slot = match relay.limits.connections.admit(address) {
+        Ok(slot) => slot,
+        Err(refused) => return too_many_connections(&relay, refused),
+    };
     // A Supabase API key (what supabase-js passes when the app gives it its project key) opens
     // a connection without a credential: each join must then carry an access_token.
     let identity = if auth::is_supabase_key(key) {
@@ -77,6 +85,11 @@ async fn websocket(
             Err((_, message)) => return error(StatusCode::UNAUTHORIZED, message),
         }
     };
+    if let Some(identity) = &identity
+        && let Err(refused) = relay.limits.connections.admit_credential(&mut slot, identity)
+    {
+        return too_many_connections(&relay, refused);
+    }
     // Frames up to 1 MiB (or twice the payload limit) are read, so that an oversized broadcast
     // or track gets an error reply naming the limit instead of a dropped connection.
     let max_in = (relay.config.max_payload_bytes * 2).max(1 << 20);
@@ -96,8 +109,15 @@ async fn websocket(
         .max_frame_size(max_in)
         .on_upgrade(move |socket| {
             let tracker = relay.sessions.clone();
-            tracker.track_future(session::serve(socket, relay, vsn, identity))
+            tracker.track_future(session::serve(socket, relay, vsn, identity, slot))
         })
+}
+
+/// A handshake over a connection limit: 429 naming it, as Supabase Realtime answers. (A browser
+/// sees a failed connection and reconnects with backoff.)
+fn too_many_connections(relay: &Relay, refused: limits::Refused) -> Response {
+    relay.metrics.limited.with_label_values(&[refused.label]).inc();
+    error(StatusCode::TOO_MANY_REQUESTS, refused.reason)
 }
 
 /// How long /healthz waits for the database: it answers within a second even when the link is

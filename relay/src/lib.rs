@@ -6,11 +6,13 @@
 
 mod api;
 pub mod auth;
+mod client_addr;
 pub mod config;
 mod db;
 mod http;
 mod hub;
 pub mod jwks;
+mod limits;
 mod metrics;
 mod notify;
 pub mod protocol;
@@ -96,7 +98,7 @@ pub struct Relay {
     next_connection: AtomicU64,
     shutdown: CancellationToken,
     sessions: TaskTracker,
-    limits: api::Limits,
+    limits: limits::Limits,
     access: tokio::sync::broadcast::Sender<AccessChange>,
 }
 
@@ -136,7 +138,7 @@ pub async fn run_with(
         next_connection: AtomicU64::new(1),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
-        limits: api::Limits::default(),
+        limits: limits::Limits::new(&config.limits),
         access: tokio::sync::broadcast::channel(ACCESS_QUEUE).0,
         config,
     });

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub peer_messages_out: IntCounter,
     pub peers_expired: IntCounter,
     pub refused_notifications: IntCounterVec,
+    pub limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -99,6 +100,12 @@ impl Metrics {
                 "campfire_refused_notifications_total",
                 "Notifications not believed (not sealed with the notify key, replayed, stale), by reason",
                 &["reason"],
+            ),
+            limited: counter_vec(
+                "campfire_limited_total",
+                "Connections refused and client frames refused or closed over an abuse limit, by limit \
+                 (connections_per_address, connections_per_credential, joins, heartbeats, broadcasts)",
+                &["limit"],
             ),
             registry,
         }

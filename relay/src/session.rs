@@ -5,6 +5,7 @@
 use crate::auth::{self, AuthError, Identity};
 use crate::db::DbError;
 use crate::hub::{self, Join, Outbox};
+use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Frame, Vsn};
 use crate::{AccessChange, Relay};
@@ -39,10 +40,15 @@ struct Session {
     /// the apikey was a Supabase API key.
     identity: Option<Identity>,
     channels: HashMap<String, Channel>,
+    usage: ConnectionUsage,
 }
 
 /// At most this many queued frames are coalesced into one socket write.
 const MAX_FRAMES_PER_WRITE: u64 = 64;
+
+/// Why a connection that sent heartbeats faster than its limit is closed (with 1008, policy
+/// violation): a client that keeps to the protocol sends one each 25 s.
+const TOO_MANY_HEARTBEATS: &str = "rate limit: too many heartbeats";
 
 /// A client silent this long after the close frame went out will not answer it: the socket is
 /// closed (its input drained, so without a reset).
@@ -125,7 +131,8 @@ pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, (Stri
     relay.verifier.verify(token).await.map_err(|e| (e.code().to_owned(), e.to_string()))
 }
 
-pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Option<Identity>) {
+/// Serves one connection; `_slot`, its place under the connection limits, is freed when it ends.
+pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Option<Identity>, _slot: ConnectionSlot) {
     let id = relay.next_connection_id();
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel::<Message>(relay.config.send_queue);
@@ -135,7 +142,9 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
     let writer =
         tokio::spawn(write_frames(sink, rx, outbox.clone(), relay.metrics.clone(), relay.config.write_timeout()));
 
-    let mut session = Session { relay: relay.clone(), outbox: outbox.clone(), identity, channels: HashMap::new() };
+    let usage = ConnectionUsage::new(relay.limits.per_connection);
+    let mut session =
+        Session { relay: relay.clone(), outbox: outbox.clone(), identity, channels: HashMap::new(), usage };
     let idle = relay.config.idle_timeout();
     let mut idle_deadline = tokio::time::Instant::now() + idle;
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -227,6 +236,8 @@ async fn write_frames(
         1013
     } else if reason.starts_with("server") {
         1001
+    } else if reason == TOO_MANY_HEARTBEATS {
+        1008
     } else {
         1000
     };
@@ -307,9 +318,20 @@ impl Session {
         self.send(&protocol::error_reply(frame, reason));
     }
 
+    /// Counts `action` against the connection's rate; over it, counted in the metrics and the
+    /// reason returned.
+    fn over_rate(&mut self, action: Action) -> Option<String> {
+        let reason = self.usage.hit(action).err()?;
+        self.relay.metrics.limited.with_label_values(&[action.label()]).inc();
+        Some(reason)
+    }
+
     async fn handle(&mut self, frame: Frame) {
         match (frame.topic.as_str(), frame.event.as_str()) {
-            ("phoenix", "heartbeat") => self.send(&protocol::reply(&frame, "ok", json!({}))),
+            ("phoenix", "heartbeat") => match self.over_rate(Action::Heartbeat) {
+                None => self.send(&protocol::reply(&frame, "ok", json!({}))),
+                Some(_) => self.outbox.close(TOO_MANY_HEARTBEATS),
+            },
             (_, "phx_join") => self.join(frame).await,
             _ => {
                 let Some(channel) = self.channels.get(&frame.topic) else {
@@ -344,6 +366,9 @@ impl Session {
         };
         if name.is_empty() {
             return self.send(&protocol::error_reply(&frame, "TopicNameRequired: You must provide a topic name"));
+        }
+        if let Some(reason) = self.over_rate(Action::Join) {
+            return self.send(&protocol::error_reply(&frame, format!("ClientJoinRateLimitReached: {reason}")));
         }
         if self.channels.len() >= self.relay.config.max_channels && !self.channels.contains_key(&topic) {
             return self.send(&protocol::error_reply(&frame, "ChannelRateLimitReached: Too many channels"));
@@ -501,6 +526,9 @@ impl Session {
             return self.send(&protocol::error_reply(frame, "a broadcast needs payload.event (a string)"));
         };
         let payload = frame.payload.get("payload").cloned().unwrap_or_else(|| json!({}));
+        if let Some(reason) = self.over_rate(Action::Broadcast) {
+            return self.send(&protocol::error_reply(frame, format!("RateLimitReached: {reason}")));
+        }
         let channel = self.channels.get_mut(&frame.topic).expect("checked by handle");
         let size = payload.to_string().len();
         if size > self.relay.config.max_payload_bytes {

@@ -237,6 +237,8 @@ impl Fixture {
             listen: "127.0.0.1:0".parse().unwrap(),
             jwt_secret: JWT_SECRET.into(),
             tokens: Default::default(),
+            limits: Default::default(),
+            trusted_proxies: Vec::new(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
             write_timeout_ms: 10_000,
