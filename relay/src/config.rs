@@ -39,6 +39,11 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Event names of your own (comma-separated) that clients may not broadcast, beside the
+    /// database's: those your `campfire.broadcast()` calls publish.
+    #[arg(long, env = "CAMPFIRE_RESERVED_EVENTS", value_name = "EVENT", value_delimiter = ',')]
+    pub reserved_events: Vec<String>,
+
     /// Largest client frame or broadcast payload, in bytes.
     #[arg(long, env = "CAMPFIRE_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
     pub max_payload_bytes: usize,

@@ -4,7 +4,7 @@
 use crate::Relay;
 use crate::auth::{self, Identity};
 use crate::protocol::Vsn;
-use crate::{client_addr, limits, session};
+use crate::{client_addr, client_broadcast, limits, session};
 use axum::Json;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
@@ -252,17 +252,21 @@ async fn check_broadcast(
             format!("payload for {} must be a JSON object", message.topic),
         ));
     }
-    if message.payload.to_string().len() > relay.config.max_payload_bytes {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "Payload size exceeds the limit"));
-    }
-    match relay.db.authorize(&message.topic, &identity.claims).await {
-        Ok(a) if a.broadcast => Ok(BroadcastMessage { topic: a.topic, ..message }),
+    let topic = match relay.db.authorize(&message.topic, &identity.claims).await {
+        Ok(a) if a.broadcast => a.topic,
         Ok(a) => {
             let reason = a.reason.unwrap_or_else(|| "broadcast not allowed".into());
-            Err(error(StatusCode::FORBIDDEN, format!("may not broadcast on {}: {reason}", message.topic)))
+            return Err(error(StatusCode::FORBIDDEN, format!("may not broadcast on {}: {reason}", message.topic)));
         }
-        Err(crate::db::DbError::InvalidChannel(m)) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, m)),
-        Err(err) => Err(error(StatusCode::SERVICE_UNAVAILABLE, err.to_string())),
+        Err(crate::db::DbError::InvalidChannel(m)) => return Err(error(StatusCode::UNPROCESSABLE_ENTITY, m)),
+        Err(err) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, err.to_string())),
+    };
+    match relay.broadcast_rules.check(&message.event, &message.payload) {
+        Ok(()) => Ok(BroadcastMessage { topic, ..message }),
+        Err(refusal @ client_broadcast::Refusal::TooLarge { .. }) => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, refusal.to_string()))
+        }
+        Err(refusal) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, refusal.to_string())),
     }
 }
 

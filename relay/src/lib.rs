@@ -7,6 +7,7 @@
 mod api;
 pub mod auth;
 mod client_addr;
+mod client_broadcast;
 pub mod config;
 mod db;
 mod http;
@@ -99,6 +100,7 @@ pub struct Relay {
     shutdown: CancellationToken,
     sessions: TaskTracker,
     limits: limits::Limits,
+    broadcast_rules: client_broadcast::Rules,
     access: tokio::sync::broadcast::Sender<AccessChange>,
 }
 
@@ -139,6 +141,7 @@ pub async fn run_with(
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         limits: limits::Limits::new(&config.limits),
+        broadcast_rules: client_broadcast::Rules::new(&config.reserved_events, config.max_payload_bytes),
         access: tokio::sync::broadcast::channel(ACCESS_QUEUE).0,
         config,
     });

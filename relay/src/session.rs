@@ -3,6 +3,7 @@
 //! close that lets the close frame reach the client.
 
 use crate::auth::{self, AuthError, Identity};
+use crate::client_broadcast;
 use crate::db::DbError;
 use crate::hub::{self, Join, Outbox};
 use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
@@ -530,19 +531,16 @@ impl Session {
             return self.send(&protocol::error_reply(frame, format!("RateLimitReached: {reason}")));
         }
         let channel = self.channels.get_mut(&frame.topic).expect("checked by handle");
-        let size = payload.to_string().len();
-        if size > self.relay.config.max_payload_bytes {
-            self.relay.metrics.drops.with_label_values(&["payload_too_large"]).inc();
-            let limit = self.relay.config.max_payload_bytes;
-            return self.send(&protocol::error_reply(
-                frame,
-                format!("payload_size_exceeded: the payload is {size} bytes, the limit is {limit}"),
-            ));
-        }
         if !channel.may_broadcast {
             self.relay.metrics.drops.with_label_values(&["unauthorized"]).inc();
             let reason = format!("Unauthorized: you may not broadcast on {}", sub_topic(&frame.topic));
             return self.send(&protocol::error_reply(frame, reason));
+        }
+        if let Err(refusal) = self.relay.broadcast_rules.check(&event, &payload) {
+            if matches!(refusal, client_broadcast::Refusal::TooLarge { .. }) {
+                self.relay.metrics.drops.with_label_values(&["payload_too_large"]).inc();
+            }
+            return self.send(&protocol::error_reply(frame, refusal.to_string()));
         }
         match event.as_str() {
             "typing:start" => channel.typing = Some((payload.clone(), Instant::now())),

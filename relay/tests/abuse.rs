@@ -1,14 +1,15 @@
-//! What a client may not make the relay do: hold connections without limit, or flood it with
-//! joins, heartbeats or broadcasts.
+//! What a client may not make the relay do: hold connections without limit, flood it with
+//! joins, heartbeats or broadcasts, or pass its broadcasts off as the database's events.
 
 mod common;
 
 use campfire_relay::Options;
-use common::{Client, Ended, Fixture, Relay, WAIT};
+use common::{Client, Ended, Fixture, Relay, WAIT, binary_broadcast_with_metadata};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -178,5 +179,85 @@ async fn joins_broadcasts_and_heartbeats_over_their_rate_are_refused_or_close_wi
     for (limit, count) in [("joins", 1.0), ("broadcasts", 1.0), ("heartbeats", 1.0)] {
         assert_eq!(relay.metric(&format!("campfire_limited_total{{limit=\"{limit}\"}}")).await, count, "{limit}");
     }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_broadcasts_never_pass_for_database_events_on_the_socket_or_over_http() {
+    let f = Fixture::new().await;
+    let mut config = f.config();
+    config.reserved_events = vec!["invoice:paid".into()];
+    let relay = Relay::start_with(config, Options::default()).await;
+    let presence = format!("org:{}:agents:presence", f.org);
+    let topic = format!("realtime:{presence}");
+    let mut visitor = Client::connect(relay.addr, "2.0.0", &f.secret).await;
+    visitor.join_ok(&presence, json!({"config": {}})).await;
+    let mut agent = Client::connect(relay.addr, "2.0.0", &f.agent_token()).await;
+    let join_ref = agent.join_ok(&presence, json!({"config": {}})).await;
+
+    // Another agent's status with a cursor far ahead, as text and as a binary push: refused.
+    let impostor = json!({"userId": uuid::Uuid::new_v4(), "availability": "online", "cursor": 999_999});
+    let forged = [
+        ("agent:status:online", impostor.clone()),
+        ("Agent:Status:Offline", json!({})),
+        ("invoice:paid", json!({})),
+        ("agent:mood", json!({"mood": "sunny", "cursor": 999_999})),
+    ];
+    for (event, payload) in &forged {
+        let r = agent
+            .push(
+                Some(&join_ref),
+                &topic,
+                "broadcast",
+                json!({"type": "broadcast", "event": event, "payload": payload}),
+            )
+            .await;
+        let reply = agent.recv_where(|m| m.r#ref == json!(r)).await.payload;
+        let reason = reply["response"]["reason"].as_str().unwrap();
+        let expected = if *event == "agent:mood" { "ReservedField: payload.cursor" } else { "ReservedEvent: " };
+        assert!(reason.starts_with(expected), "{event}: {reason}");
+    }
+    let binary =
+        binary_broadcast_with_metadata(&join_ref, "99", &topic, "read:receipt", b"", impostor.to_string().as_bytes());
+    agent.send_raw(Message::binary(binary)).await;
+    let reply = agent.recv_where(|m| m.r#ref == json!("99")).await.payload;
+    assert!(reply["response"]["reason"].as_str().unwrap().starts_with("ReservedEvent: read:receipt"), "{reply}");
+
+    // Over HTTP, batch and single: the same refusals, with 422.
+    let auth = format!("Bearer {}", f.agent_token());
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let batch = json!({"messages": [
+        {"topic": format!("{}:typing", f.topic()), "event": "typing:start", "payload": {}},
+        {"topic": presence, "event": "agent:status:online", "payload": impostor},
+    ]});
+    let (status, body) = common::http(relay.addr, "POST", "/api/broadcast", &headers, &batch.to_string()).await;
+    assert_eq!((status, body.contains("ReservedEvent: agent:status:online")), (422, true), "{body}");
+    let single = format!("/api/broadcast/{presence}/events/conversation:deleted");
+    let (status, body) = common::http(relay.addr, "POST", &single, &headers, "{}").await;
+    assert_eq!((status, body.contains("ReservedEvent: conversation:deleted")), (422, true), "{body}");
+    let single = format!("/api/broadcast/{presence}/events/agent:mood");
+    let (status, body) = common::http(relay.addr, "POST", &single, &headers, r#"{"cursor": 5}"#).await;
+    assert_eq!((status, body.contains("ReservedField: payload.cursor")), (422, true), "{body}");
+
+    // What the visitor receives: the one honest client broadcast, without a cursor, and the
+    // database's own event, with its cursor; nothing forged.
+    let honest = json!({"type": "broadcast", "event": "agent:mood", "payload": {"mood": "sunny"}});
+    agent.push(Some(&join_ref), &topic, "broadcast", honest).await;
+    let db = f.agent_db().await;
+    db.execute("SELECT campfire.set_availability($1, 'online')", &[&f.org]).await.unwrap();
+    let (mut mood, mut status) = (None, None);
+    while mood.is_none() || status.is_none() {
+        let frame = visitor.recv_where(|m| m.event == "broadcast").await;
+        let slot = match frame.payload["event"].as_str() {
+            Some("agent:mood") => &mut mood,
+            Some("agent:status:online") => &mut status,
+            other => panic!("the visitor received {other:?}: {:?}", frame.payload),
+        };
+        assert!(slot.replace(frame.payload["payload"].clone()).is_none(), "received twice: {:?}", frame.payload);
+    }
+    assert_eq!(mood.unwrap(), json!({"mood": "sunny"}));
+    let status = status.unwrap();
+    assert!(status["cursor"].as_i64().unwrap() > 0, "{status}");
+    assert_eq!(status["userId"], json!(f.agent));
     relay.stop().await;
 }

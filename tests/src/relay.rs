@@ -34,6 +34,7 @@ impl RelayHandle {
             tokens: Default::default(),
             limits: Default::default(),
             trusted_proxies: Vec::new(),
+            reserved_events: Vec::new(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
             write_timeout_ms: 10_000,

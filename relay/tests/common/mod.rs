@@ -239,6 +239,7 @@ impl Fixture {
             tokens: Default::default(),
             limits: Default::default(),
             trusted_proxies: Vec::new(),
+            reserved_events: Vec::new(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
             write_timeout_ms: 10_000,
@@ -618,9 +619,26 @@ pub fn binary_broadcast(
     encoding: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut frame =
-        vec![3u8, join_ref.len() as u8, r#ref.len() as u8, topic.len() as u8, event.len() as u8, 0, encoding];
-    for part in [join_ref.as_bytes(), r#ref.as_bytes(), topic.as_bytes(), event.as_bytes(), payload] {
+    let mut frame = binary_broadcast_with_metadata(join_ref, r#ref, topic, event, b"", payload);
+    frame[6] = encoding;
+    frame
+}
+
+/// A kind-3 push of a JSON payload carrying `metadata` (JSON, or empty), as realtime-js 2.119
+/// sends `channel.send({..., persist})`.
+pub fn binary_broadcast_with_metadata(
+    join_ref: &str,
+    r#ref: &str,
+    topic: &str,
+    event: &str,
+    metadata: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let fields = [join_ref.as_bytes(), r#ref.as_bytes(), topic.as_bytes(), event.as_bytes(), metadata];
+    let mut frame = vec![3u8];
+    frame.extend(fields.iter().map(|field| field.len() as u8));
+    frame.push(1);
+    for part in fields.into_iter().chain([payload]) {
         frame.extend_from_slice(part);
     }
     frame
