@@ -398,9 +398,20 @@ impl Session {
                     .send(&protocol::error_reply(&frame, "UnableToConnectToProject: the database is unavailable"));
             }
         };
-        // A second join of a topic replaces the first, as Phoenix does.
-        if self.channels.contains_key(&topic) {
-            self.close_channel(&topic);
+        // One subscription per channel per connection, or each event would arrive once per
+        // spelling (`bcast:`, capitals, the seeds' widget name): a second join of a channel
+        // replaces the first, as Phoenix does for a repeated topic.
+        let canonical = authorization.topic.clone();
+        if let Some(previous) = self.channels.iter().find(|(_, c)| c.canonical == canonical).map(|(t, _)| t.clone()) {
+            if previous == topic {
+                self.close_channel(&topic);
+            } else {
+                let message = format!(
+                    "DuplicateJoin: this connection joined the same channel again as {topic}; \
+                     one subscription per channel per connection"
+                );
+                self.end_channel(&previous, &message);
+            }
         }
         let config = &frame.payload["config"];
         let presence_key = config["presence"]["key"]
@@ -408,7 +419,6 @@ impl Session {
             .filter(|k| !k.is_empty())
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let cursor = resume_cursor(config);
-        let canonical = authorization.topic.clone();
         let presence_state = self.relay.hub.join(
             &canonical,
             Join {

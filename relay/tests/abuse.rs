@@ -1,5 +1,6 @@
 //! What a client may not make the relay do: hold connections without limit, flood it with
-//! joins, heartbeats or broadcasts, or pass its broadcasts off as the database's events.
+//! joins, heartbeats or broadcasts, pass its broadcasts off as the database's events, or receive an
+//! event once per spelling of a channel.
 
 mod common;
 
@@ -259,5 +260,51 @@ async fn client_broadcasts_never_pass_for_database_events_on_the_socket_or_over_
     let status = status.unwrap();
     assert!(status["cursor"].as_i64().unwrap() > 0, "{status}");
     assert_eq!(status["userId"], json!(f.agent));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_joined_under_several_spellings_delivers_each_event_once() {
+    let f = Fixture::new().await;
+    let relay = Relay::start(&f).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &f.agent_token()).await;
+    let spellings = [
+        f.topic(),
+        format!("bcast:{}", f.topic()),
+        format!("org:{}:conv:{}", f.org.to_string().to_uppercase(), f.conversation.to_string().to_uppercase()),
+        format!("org:{}:widget:{}", f.org, f.conversation),
+    ];
+    let mut previous: Option<(String, String)> = None;
+    for spelling in &spellings {
+        let join_ref = client.send_join(spelling, json!({"config": {}})).await;
+        if let Some((old_name, old_ref)) = &previous {
+            // The earlier join ends, saying why, before the new one is answered.
+            let system = client.recv_where(|m| m.event == "system").await;
+            assert_eq!(system.topic, format!("realtime:{old_name}"));
+            let message = system.payload["message"].as_str().unwrap();
+            assert!(
+                message.starts_with(&format!(
+                    "DuplicateJoin: this connection joined the same channel again as realtime:{spelling}"
+                )),
+                "{message}"
+            );
+            let close = client.recv_where(|m| m.event == "phx_close").await;
+            assert_eq!((close.topic, close.join_ref), (format!("realtime:{old_name}"), json!(old_ref)));
+        }
+        let reply = client.recv_where(|m| m.event == "phx_reply").await;
+        assert_eq!(
+            (reply.r#ref.clone(), reply.payload["status"].clone()),
+            (json!(join_ref), json!("ok")),
+            "{spelling}"
+        );
+        previous = Some((spelling.clone(), join_ref));
+    }
+    assert_eq!(relay.metric("campfire_channels ").await, 1.0);
+    let db = f.agent_db().await;
+    f.send_as_agent(&db, "once").await;
+    let first = client.broadcast_event("message:created").await;
+    assert_eq!(first.topic, format!("realtime:{}", spellings[3]));
+    let again = client.drain(Duration::from_millis(300)).await;
+    assert!(again.iter().all(|m| m.payload["event"] != "message:created"), "delivered again: {again:?}");
     relay.stop().await;
 }
