@@ -39,6 +39,11 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Bearer token for `/metrics` and `/healthz/details`. Unset, they answer to clients on this
+    /// machine (loopback) only.
+    #[arg(long, env = "CAMPFIRE_OPS_TOKEN", hide_env_values = true)]
+    pub ops_token: Option<String>,
+
     /// Event names of your own (comma-separated) that clients may not broadcast, beside the
     /// database's: those your `campfire.broadcast()` calls publish.
     #[arg(long, env = "CAMPFIRE_RESERVED_EVENTS", value_name = "EVENT", value_delimiter = ',')]

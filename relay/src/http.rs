@@ -40,13 +40,17 @@ pub fn router(relay: Arc<Relay>) -> axum::Router {
             .nest_service("/static", ServeDir::new(dir)),
         None => axum::Router::new(),
     };
+    let operator = axum::Router::new()
+        .route("/healthz/details", get(health_details))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(relay.clone(), operator_only));
     axum::Router::new()
         .merge(pages)
         .route("/realtime/v1/websocket", any(websocket))
         .route("/socket/websocket", any(websocket))
         .route("/websocket", any(websocket))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .merge(operator)
         .merge(api)
         .with_state(relay)
 }
@@ -124,23 +128,48 @@ fn too_many_connections(relay: &Relay, refused: limits::Refused) -> Response {
 /// silent.
 const HEALTH_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Healthy only while LISTEN is up and the database answered this very check: a check that could
-/// not be made never reads as ok.
+/// What the health check found.
+struct Health {
+    listening: bool,
+    head: Option<i64>,
+}
+
+impl Health {
+    /// Healthy only while LISTEN is up and the database answered this very check: a check that
+    /// could not be made never reads as ok.
+    async fn check(relay: &Relay) -> Health {
+        let listening = relay.health.listen_connected.load(Ordering::SeqCst);
+        let head = tokio::time::timeout(HEALTH_QUERY_TIMEOUT, relay.db.log_head()).await.ok().and_then(Result::ok);
+        Health { listening, head }
+    }
+
+    fn respond(&self, mut body: Value) -> Response {
+        let healthy = self.listening && self.head.is_some();
+        body["status"] = json!(if healthy { "ok" } else { "degraded" });
+        let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Public liveness: the status alone (the event cursor and link states are the operator's).
 async fn healthz(State(relay): State<Arc<Relay>>) -> Response {
-    let listening = relay.health.listen_connected.load(Ordering::SeqCst);
+    Health::check(&relay).await.respond(json!({}))
+}
+
+/// The health check's findings, for the operator: LISTEN and query links, the relay's cursor,
+/// the log head and the lag.
+async fn health_details(State(relay): State<Arc<Relay>>) -> Response {
+    let health = Health::check(&relay).await;
     let last = relay.health.last_event_id.load(Ordering::SeqCst);
-    let head = tokio::time::timeout(HEALTH_QUERY_TIMEOUT, relay.db.log_head()).await.ok().and_then(Result::ok);
-    let healthy = listening && head.is_some();
-    let body = json!({
-        "status": if healthy { "ok" } else { "degraded" },
-        "listen_connected": listening,
+    let link_up = |connection| relay.metrics.db_link_up.with_label_values(&[connection]).get() == 1;
+    health.respond(json!({
+        "listen_connected": health.listening,
+        "query_connected": link_up("query"),
         "last_event_id": last,
-        "log_head": head,
-        "lag": head.map(|h| (h - last).max(0)),
+        "log_head": health.head,
+        "lag": health.head.map(|h| (h - last).max(0)),
         "connections": relay.metrics.connections.get(),
-    });
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(body)).into_response()
+    }))
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> String {
@@ -150,13 +179,45 @@ async fn metrics(State(relay): State<Arc<Relay>>) -> String {
     relay.metrics.render()
 }
 
-/// `Authorization: Bearer` wins over the `apikey` header, as in Supabase.
-async fn http_identity(relay: &Relay, headers: &HeaderMap) -> Result<Identity, Response> {
-    let bearer = headers
+/// The operator's endpoints answer `Authorization: Bearer <ops token>` when one is configured,
+/// and otherwise clients on this machine only.
+async fn operator_only(
+    State(relay): State<Arc<Relay>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    match &relay.config.ops_token {
+        Some(token) if constant_time_eq(bearer(headers).unwrap_or_default().as_bytes(), token.as_bytes()) => {}
+        Some(_) => return error(StatusCode::UNAUTHORIZED, "this endpoint needs Authorization: Bearer <the ops token>"),
+        None if client_addr::client_ip(&relay.config.trusted_proxies, peer.ip(), headers).is_loopback() => {}
+        None => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "this endpoint answers clients on the relay's machine only; set CAMPFIRE_OPS_TOKEN to read it from elsewhere",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell how much
+/// of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+}
+
+/// `Authorization: Bearer` wins over the `apikey` header, as in Supabase.
+async fn http_identity(relay: &Relay, headers: &HeaderMap) -> Result<Identity, Response> {
+    let token = bearer(headers).or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
     let Some(token) = token else {
         return Err(error(StatusCode::UNAUTHORIZED, "missing Authorization bearer token or apikey header"));
     };

@@ -1,6 +1,6 @@
 //! What a client may not make the relay do: hold connections without limit, flood it with
-//! joins, heartbeats or broadcasts, pass its broadcasts off as the database's events, or receive an
-//! event once per spelling of a channel.
+//! joins, heartbeats or broadcasts, pass its broadcasts off as the database's events, receive an
+//! event once per spelling of a channel, or read the relay's cursor from the public health check.
 
 mod common;
 
@@ -306,5 +306,51 @@ async fn a_channel_joined_under_several_spellings_delivers_each_event_once() {
     assert_eq!(first.topic, format!("realtime:{}", spellings[3]));
     let again = client.drain(Duration::from_millis(300)).await;
     assert!(again.iter().all(|m| m.payload["event"] != "message:created"), "delivered again: {again:?}");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_health_is_a_status_and_the_details_are_the_operators() {
+    let f = Fixture::new().await;
+    let mut config = f.config();
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let relay = Relay::start_with(config.clone(), Options::default()).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &f.agent_token()).await;
+    client.join_ok(&f.topic(), json!({"config": {}})).await;
+    let db = f.agent_db().await;
+    f.send_as_agent(&db, "moves the cursor").await;
+    client.broadcast_event("message:created").await;
+
+    let (status, body) = common::http(relay.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()), (200, json!({"status": "ok"})));
+    // Without an ops token: this machine reads the details; a client forwarded from elsewhere
+    // does not.
+    let (status, body) = common::http(relay.addr, "GET", "/healthz/details", &[], "").await;
+    let details: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &details["status"], &details["query_connected"]), (200, &json!("ok"), &json!(true)));
+    assert!(details["last_event_id"].as_i64().unwrap() > 0, "{details}");
+    let remote = [("X-Forwarded-For", "198.51.100.7")];
+    for path in ["/healthz/details", "/metrics"] {
+        let (status, body) = common::http(relay.addr, "GET", path, &remote, "").await;
+        assert_eq!((status, body.contains("CAMPFIRE_OPS_TOKEN")), (403, true), "{path}: {body}");
+    }
+    assert_eq!(common::http(relay.addr, "GET", "/healthz", &remote, "").await.0, 200);
+    drop(client);
+    relay.stop().await;
+
+    // With one: the token opens them, to anyone; nothing else does.
+    config.ops_token = Some("ops-secret".into());
+    let relay = Relay::start_with(config, Options::default()).await;
+    for path in ["/healthz/details", "/metrics"] {
+        assert_eq!(common::http(relay.addr, "GET", path, &[], "").await.0, 401, "{path}: loopback needs it too");
+        let wrong = [("Authorization", "Bearer ops-secreT")];
+        assert_eq!(common::http(relay.addr, "GET", path, &wrong, "").await.0, 401, "{path}");
+        let right = [("Authorization", "Bearer ops-secret"), ("X-Forwarded-For", "198.51.100.7")];
+        let (status, body) = common::http(relay.addr, "GET", path, &right, "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.contains("last_event_id"), "{path}: {body}");
+    }
+    let (status, body) = common::http(relay.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
     relay.stop().await;
 }

@@ -395,7 +395,7 @@ async fn health_and_metrics_report_what_the_relay_holds() {
     let db = f.agent_db().await;
     f.send_as_agent(&db, "counted").await;
     client.broadcast_event("message:created").await;
-    let health: Value = serde_json::from_str(&relay.get("/healthz").await).unwrap();
+    let health: Value = serde_json::from_str(&relay.get("/healthz/details").await).unwrap();
     assert_eq!(health["listen_connected"], true);
     assert_eq!(health["lag"], 0);
     assert!(health["last_event_id"].as_i64().unwrap() > 0);

@@ -84,7 +84,8 @@ async fn health_is_never_ok_when_its_own_check_fails() {
     let admin = f.db().await;
     // LISTEN stays up; only the health check's own query fails.
     admin.batch_execute("REVOKE EXECUTE ON FUNCTION campfire.log_head() FROM campfire_relay").await.unwrap();
-    let (status, body) = common::http(relay.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(health_status(relay.addr).await, 503);
+    let (status, body) = common::http(relay.addr, "GET", "/healthz/details", &[], "").await;
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((status, &health["status"], &health["log_head"]), (503, &json!("degraded"), &json!(null)), "{health}");
     assert_eq!(health["listen_connected"], true);

@@ -34,6 +34,7 @@ impl RelayHandle {
             tokens: Default::default(),
             limits: Default::default(),
             trusted_proxies: Vec::new(),
+            ops_token: None,
             reserved_events: Vec::new(),
             max_payload_bytes: 65_536,
             send_queue: 1024,
@@ -65,9 +66,8 @@ impl RelayHandle {
     pub async fn wait_healthy(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Ok(body) = self.get("/healthz").await
-                && body.contains("\"listen_connected\":true")
-            {
+            // 200 only while LISTEN is up and the database answers.
+            if let Ok((200, _)) = self.http("GET", "/healthz", &[], "").await {
                 return;
             }
             assert!(tokio::time::Instant::now() < deadline, "relay did not become healthy");

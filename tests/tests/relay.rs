@@ -499,7 +499,7 @@ async fn http_broadcast_health_metrics_and_widget_tokens() {
         .unwrap();
     assert_eq!(status, 200);
 
-    let (status, health) = relay.http("GET", "/healthz", &[], "").await.unwrap();
+    let (status, health) = relay.http("GET", "/healthz/details", &[], "").await.unwrap();
     let health: Value = serde_json::from_str(&health).unwrap();
     assert_eq!((status, health["listen_connected"].clone(), health["lag"].clone()), (200, json!(true), json!(0)));
     let metrics = relay.get("/metrics").await.unwrap();
