@@ -110,7 +110,9 @@ pub fn decode_binary(bytes: &[u8]) -> Result<Frame, DecodeError> {
     let r#ref = text(take(lengths[1])?)?;
     let topic = text(take(lengths[2])?)?;
     let user_event = text(take(lengths[3])?)?;
-    let _metadata = take(lengths[4])?;
+    // Metadata (realtime-js 2.119 sends `{"persist": ...}` when asked to store the message) is
+    // skipped whatever it holds: client broadcasts are delivered, never stored.
+    take(lengths[4])?;
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     let mut frame = Frame {
         join_ref: non_empty(join_ref),
@@ -229,6 +231,18 @@ mod tests {
         assert_eq!(frame.topic, "realtime:room1");
         assert_eq!(frame.event, "broadcast");
         assert_eq!(frame.payload, json!({"type":"broadcast","event":"message","payload":{"text":"hi"}}));
+    }
+
+    #[test]
+    fn binary_kind_3_with_metadata_is_a_broadcast_all_the_same() {
+        // realtime-js 2.119: `channel.send({type: 'broadcast', event: 'note', payload: {n: 1}, persist: true})`.
+        let mut bytes = vec![3, 1, 1, 14, 4, 16, 1];
+        bytes.extend_from_slice(b"13realtime:room1note{\"persist\":true}{\"n\":1}");
+        let frame = decode_binary(&bytes).unwrap();
+        assert_eq!(frame.payload, json!({"type":"broadcast","event":"note","payload":{"n":1}}));
+        let mut ttl = vec![3, 0, 0, 1, 1, 22, 1];
+        ttl.extend_from_slice(b"te{\"persist\":{\"ttl\":60}}[]");
+        assert_eq!(decode_binary(&ttl).unwrap().payload["payload"], json!([]));
     }
 
     #[test]

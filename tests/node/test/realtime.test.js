@@ -75,7 +75,37 @@ for (const { name, RealtimeClient, vsn } of versions) {
         const stranger = client(fixture.visitorB.session_secret).channel(topic)
         await assert.rejects(stranger.httpSend('typing:start', { isTyping: true }), /visitors may only join their own conversation/)
       })
+
+      test('a binary broadcast carrying metadata (persist, on a private channel) is delivered', async () => {
+        const topic = `org:${fixture.org}:conv:${fixture.visitorA.conversation_id}:typing`
+        const config = { private: true, broadcast: { ack: true } }
+        const listener = client(fixture.visitorA.session_secret).channel(topic, { config })
+        const typing = waitFor((done) => listener.on('broadcast', { event: 'typing:start' }, done), 'typing:start')
+        assert.equal((await subscribe(listener)).status, 'SUBSCRIBED')
+        const agentChannel = client(fixture.agentToken).channel(topic, { config })
+        assert.equal((await subscribe(agentChannel)).status, 'SUBSCRIBED')
+        const sent = await agentChannel.send({ type: 'broadcast', event: 'typing:start', payload: { isTyping: true }, persist: true })
+        assert.equal(sent, 'ok')
+        const event = await typing
+        assert.deepEqual(event.payload, { isTyping: true })
+      })
     }
+
+    test('a broadcast under a database event name is refused, and reaches no one', async () => {
+      const topic = `org:${fixture.org}:agents:presence`
+      const visitor = client(fixture.visitorA.session_secret).channel(topic)
+      const received = []
+      visitor.on('broadcast', { event: '*' }, (event) => received.push(event))
+      assert.equal((await subscribe(visitor)).status, 'SUBSCRIBED')
+      const agent = client(fixture.agentToken).channel(topic, { config: { broadcast: { ack: true } } })
+      assert.equal((await subscribe(agent)).status, 'SUBSCRIBED')
+      const forged = { userId: fixture.agent, availability: 'online', cursor: 1e9 }
+      assert.equal(await agent.send({ type: 'broadcast', event: 'agent:status:online', payload: forged }), 'error')
+      assert.equal(await agent.send({ type: 'broadcast', event: 'agent:mood', payload: { cursor: 1e9 } }), 'error')
+      assert.equal(await agent.send({ type: 'broadcast', event: 'agent:mood', payload: { mood: 'sunny' } }), 'ok')
+      await waitFor((done) => { const t = setInterval(() => { if (received.length) { clearInterval(t); done() } }, 20) }, 'the honest broadcast')
+      assert.deepEqual(received.map((e) => [e.event, e.payload]), [['agent:mood', { mood: 'sunny' }]])
+    })
 
     test('presence syncs between two clients', async () => {
       const topic = `org:${fixture.org}:agents:presence`
