@@ -172,6 +172,10 @@ async fn start_relay_on(args: &Args, cluster: &Cluster, port: u16, reuse_port: b
         .env("CAMPFIRE_LISTEN", format!("127.0.0.1:{port}"))
         .env("CAMPFIRE_JWT_SECRET", JWT_SECRET)
         .env("CAMPFIRE_SEND_QUEUE", "8192")
+        // The load generator is one address and one agent holding thousands of connections:
+        // the per-address and per-credential caps are for clients, not for this.
+        .env("CAMPFIRE_MAX_CONNECTIONS_PER_IP", "1000000")
+        .env("CAMPFIRE_MAX_CONNECTIONS_PER_CREDENTIAL", "1000000")
         .env("RUST_LOG", "campfire_relay=warn");
     start_listening(relay, port).await
 }
