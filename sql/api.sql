@@ -702,14 +702,16 @@ BEGIN
     SELECT coalesce(array_agg(c.id), '{}') INTO conversations FROM campfire.conversations c
     WHERE c.organization_id = erase_visitor.organization_id AND c.visitor_id = erase_visitor.visitor_id;
     SELECT count(*) INTO erased_messages FROM campfire.messages m WHERE m.conversation_id = ANY (conversations);
-    -- The log lock (events.rs) pauses the sequencer, so no queued event slips into the log
-    -- between the two deletes.
-    PERFORM pg_advisory_xact_lock(1667329392, 1);
-    DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
-    GET DIAGNOSTICS erased_events = ROW_COUNT;
+    -- In this order, and without holding the log's lock while the caller's transaction is open:
+    -- the conversations go first (waiting for writers in flight, after which no new event for
+    -- them can be written); then the queue (waiting for a sequencer moving its rows); then the
+    -- log, in a statement that sees whatever that sequencer moved. Each statement sees what
+    -- committed before it started; under REPEATABLE READ a race is a serialization error instead.
+    DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
     DELETE FROM campfire.event_queue q WHERE q.conversation_id = ANY (conversations);
     GET DIAGNOSTICS erased_queued = ROW_COUNT;
-    DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
+    DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
+    GET DIAGNOSTICS erased_events = ROW_COUNT;
     DELETE FROM campfire.widget_sessions s
     WHERE s.organization_id = erase_visitor.organization_id AND s.visitor_id = erase_visitor.visitor_id;
     GET DIAGNOSTICS erased_sessions = ROW_COUNT;

@@ -1,6 +1,8 @@
 -- Triggers: ordering, the scalar-only mirror and transactional events.
--- The event triggers (Rust) only queue events in memory; the deferred constraint trigger
--- flush_events writes them to campfire.events and issues one NOTIFY at commit.
+-- The event triggers (Rust) only queue events in memory; the extension writes them to the log
+-- (or the sequencer's queue) and sends the NOTIFYs at pre-commit, after every deferred trigger:
+-- never earlier, so no transaction holds the log's lock while it is still open (SET CONSTRAINTS
+-- ALL IMMEDIATE used to fire a deferred flush trigger, and take that lock, at once).
 
 ALTER FUNCTION flush_events() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
 ALTER FUNCTION sync_realtime_conversations() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
@@ -79,8 +81,6 @@ CREATE TRIGGER organization_members_touch BEFORE UPDATE ON organization_members
     FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
 CREATE TRIGGER organization_members_events AFTER INSERT OR UPDATE OF availability ON organization_members
     FOR EACH ROW EXECUTE FUNCTION agent_status_events();
-CREATE CONSTRAINT TRIGGER organization_members_flush_events AFTER INSERT OR UPDATE OF availability ON organization_members
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
 
 CREATE TRIGGER conversations_touch BEFORE UPDATE ON conversations
     FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
@@ -88,8 +88,6 @@ CREATE TRIGGER sync_realtime_conversations_trigger AFTER INSERT OR UPDATE OR DEL
     FOR EACH ROW EXECUTE FUNCTION sync_realtime_conversations('campfire.realtime_conversations');
 CREATE TRIGGER conversations_events AFTER INSERT OR UPDATE OR DELETE ON conversations
     FOR EACH ROW EXECUTE FUNCTION conversation_events();
-CREATE CONSTRAINT TRIGGER conversations_flush_events AFTER INSERT OR UPDATE OR DELETE ON conversations
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
 
 -- Before-row triggers fire in name order: admit first.
 CREATE TRIGGER messages_admit BEFORE INSERT ON messages
@@ -100,13 +98,9 @@ CREATE TRIGGER messages_touch BEFORE UPDATE ON messages
     FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
 CREATE TRIGGER messages_events AFTER INSERT OR UPDATE ON messages
     FOR EACH ROW EXECUTE FUNCTION message_events();
-CREATE CONSTRAINT TRIGGER messages_flush_events AFTER INSERT OR UPDATE ON messages
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
 
 CREATE TRIGGER conversation_reads_events AFTER INSERT OR UPDATE ON conversation_reads
     FOR EACH ROW EXECUTE FUNCTION read_receipt_events();
-CREATE CONSTRAINT TRIGGER conversation_reads_flush_events AFTER INSERT OR UPDATE ON conversation_reads
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flush_events();
 
 -- Rights taken back (announce_access_change, Rust) are announced sealed: it reads the notify key.
 ALTER FUNCTION announce_access_change() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;

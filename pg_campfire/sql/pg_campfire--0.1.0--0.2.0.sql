@@ -14,6 +14,14 @@ DELETE FROM pg_catalog.pg_depend d
    AND d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass;
 ALTER EXTENSION pg_campfire ADD SCHEMA campfire;
 
+-- Events are flushed at pre-commit by the library, never by a deferred trigger that SET
+-- CONSTRAINTS ALL IMMEDIATE could fire early (and hold the log's lock while the transaction stays
+-- open).
+DROP TRIGGER organization_members_flush_events ON organization_members;
+DROP TRIGGER conversations_flush_events ON conversations;
+DROP TRIGGER messages_flush_events ON messages;
+DROP TRIGGER conversation_reads_flush_events ON conversation_reads;
+
 -- Indexes for row-level security and the log's readers and retention.
 CREATE INDEX conversations_widget_session_idx ON conversations (widget_session_id);
 CREATE INDEX events_organization_idx ON events (organization_id, id);
@@ -718,14 +726,16 @@ BEGIN
     SELECT coalesce(array_agg(c.id), '{}') INTO conversations FROM campfire.conversations c
     WHERE c.organization_id = erase_visitor.organization_id AND c.visitor_id = erase_visitor.visitor_id;
     SELECT count(*) INTO erased_messages FROM campfire.messages m WHERE m.conversation_id = ANY (conversations);
-    -- The log lock (events.rs) pauses the sequencer, so no queued event slips into the log
-    -- between the two deletes.
-    PERFORM pg_advisory_xact_lock(1667329392, 1);
-    DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
-    GET DIAGNOSTICS erased_events = ROW_COUNT;
+    -- In this order, and without holding the log's lock while the caller's transaction is open:
+    -- the conversations go first (waiting for writers in flight, after which no new event for
+    -- them can be written); then the queue (waiting for a sequencer moving its rows); then the
+    -- log, in a statement that sees whatever that sequencer moved. Each statement sees what
+    -- committed before it started; under REPEATABLE READ a race is a serialization error instead.
+    DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
     DELETE FROM campfire.event_queue q WHERE q.conversation_id = ANY (conversations);
     GET DIAGNOSTICS erased_queued = ROW_COUNT;
-    DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
+    DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
+    GET DIAGNOSTICS erased_events = ROW_COUNT;
     DELETE FROM campfire.widget_sessions s
     WHERE s.organization_id = erase_visitor.organization_id AND s.visitor_id = erase_visitor.visitor_id;
     GET DIAGNOSTICS erased_sessions = ROW_COUNT;

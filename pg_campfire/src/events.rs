@@ -1,16 +1,17 @@
 //! Transactional realtime events.
 //!
-//! Triggers queue events in backend memory while a transaction runs. At commit, the deferred
-//! constraint trigger `campfire.flush_events()` hands them on: straight to `campfire.events` when
-//! the log is idle (or no sequencer can run), otherwise to `campfire.event_queue`, for the
-//! sequencer (see `sequencer.rs`) to log after the commit.
+//! Triggers queue events in backend memory while a transaction runs. At pre-commit, after every
+//! deferred trigger and never earlier, they are handed on: straight to `campfire.events` when the
+//! log is idle (or no sequencer can run), otherwise to `campfire.event_queue`, for the sequencer
+//! (see `sequencer.rs`) to log after the commit.
 //! Whoever writes to the log allocates the event ids (the cursor) under a transaction-scoped
 //! advisory lock held until its commit is visible, so ids become visible in increasing order: a
-//! reader asking for `id > cursor` never skips an event that commits later. Writing to the log
-//! sends `NOTIFY campfire_events` with the events inline (`{"first","last","events"}`), split over
-//! several notifications when they do not fit; an event too large for one is announced by its id
-//! alone (`{"first","last"}`), so NOTIFY limits can never fail a write. A rolled-back
-//! transaction or savepoint discards its queued events.
+//! reader asking for `id > cursor` never skips an event that commits later. Because the flush is
+//! the last thing before the commit, no open transaction ever holds that lock. Writing to the log
+//! sends sealed `NOTIFY campfire_events` with the events inline (`{"first","last","events"}`),
+//! split over several notifications when they do not fit; an event too large for one is
+//! announced by its id alone (`{"first","last"}`), so NOTIFY limits can never fail a write. A
+//! rolled-back transaction or savepoint discards its queued events.
 
 use crate::sequencer::Sequencer;
 use pgrx::PgOid;
@@ -19,7 +20,7 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde_json::Value;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Advisory lock (two-int form) that orders event-id allocation by commit: held from the flush to
 /// the end of the transaction, so the next flusher allocates only after this commit is visible.
@@ -86,9 +87,9 @@ pub fn queue(
 unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
-            // Events no table's deferred flush trigger took (broadcast(), or a DBA's table
-            // without one) are written now, at commit as the others, never earlier: a
-            // transaction that stays open holds no lock over the log.
+            // The transaction's events are written now, the last thing before its commit: a
+            // transaction that stays open (idle, slow, or with its constraints made immediate)
+            // holds no lock over the log.
             if PENDING.with(|pending| !pending.borrow().is_empty()) {
                 // SAFETY: a snapshot for the statements, pushed and popped around them, as
                 // PostgreSQL does for the deferred triggers it fires at this same point.
@@ -376,8 +377,9 @@ fn notify(logged: &[Logged]) {
     }
 }
 
-/// Deferred constraint trigger on every table that emits events: the first firing at commit
-/// flushes the whole transaction's queue, later firings find it empty.
+/// The transaction's queued events, written now. 0.1.0 fired it as a deferred constraint trigger
+/// on every table that emits events; since 0.2.0 the flush runs at pre-commit by itself, and a
+/// trigger a DBA still has on a table of their own does no harm (it flushes a little earlier).
 #[pg_trigger]
 fn flush_events<'a>(
     _trigger: &'a pgrx::PgTrigger<'a>,
@@ -386,16 +388,39 @@ fn flush_events<'a>(
     Ok(None)
 }
 
-/// Runs `f` as the extension's owner with the pinned search_path, as a SECURITY DEFINER function
-/// would: for the commit-time flush, which runs outside any function. On error the transaction
-/// aborts, which restores the user and the settings.
-fn as_owner(f: impl FnOnce()) {
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_campfire'",
+thread_local! {
+    /// The extension and its owner, looked up again only when the extension is another one
+    /// (dropped and created again) than last time.
+    static OWNER: Cell<Option<(pg_sys::Oid, pg_sys::Oid)>> = const { Cell::new(None) };
+}
+
+fn extension_owner() -> pg_sys::Oid {
+    // SAFETY: a catalog lookup by name, inside a transaction; missing_ok returns InvalidOid.
+    let extension = unsafe { pg_sys::get_extension_oid(c"pg_campfire".as_ptr(), true) };
+    if extension == pg_sys::InvalidOid {
+        pgrx::error!("pg_campfire is not installed in this database");
+    }
+    if let Some((cached, owner)) = OWNER.get()
+        && cached == extension
+    {
+        return owner;
+    }
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.oid OPERATOR(pg_catalog.=) $1",
+        &[extension.into()],
     )
     .ok()
     .flatten()
     .unwrap_or_else(|| pgrx::error!("pg_campfire is not installed in this database"));
+    OWNER.set(Some((extension, owner)));
+    owner
+}
+
+/// Runs `f` as the extension's owner with the pinned search_path, as a SECURITY DEFINER function
+/// would: for the commit-time flush, which runs outside any function. On error the transaction
+/// aborts, which restores the user and the settings.
+fn as_owner(f: impl FnOnce()) {
+    let owner = extension_owner();
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
     // SAFETY: plain reads and writes of the backend's current user; the previous values are put
     // back below, or by the abort of the transaction.

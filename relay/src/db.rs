@@ -276,7 +276,7 @@ impl Db {
     }
 }
 
-/// The notification payload written by the extension's flush_events.
+/// The notification payload the extension writes when it logs events (opened from its seal).
 #[derive(serde::Deserialize)]
 struct EventsNotification {
     first: i64,

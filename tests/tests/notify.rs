@@ -180,9 +180,10 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
     assert_eq!(all, unique, "no duplicates across the resume");
 }
 
-/// A transaction holding the log (it wrote its events directly and has not committed yet) does
-/// not hold up other writers: their events wait in the queue, their commits return at once, and
-/// the sequencer logs them after the holder's, in commit order.
+/// A transaction holding the log's lock (no SQL path holds it past a commit any more, so the
+/// test takes it by hand, as a transaction between its flush and its commit has it) does not hold
+/// up other writers: their events wait in the queue, their commits return at once, and the
+/// sequencer logs them once the lock is free, in commit order.
 #[test]
 fn writers_do_not_wait_for_a_transaction_that_holds_the_log() {
     let db = TestDb::new();
@@ -195,7 +196,7 @@ fn writers_do_not_wait_for_a_transaction_that_holds_the_log() {
     let mut holder = db.connect_as(&agent(agent_id));
     let mut holder_tx = holder.transaction().unwrap();
     holder_tx.query_one("SELECT campfire.send_message($1, 'held')", &[&first_conversation]).unwrap();
-    holder_tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").unwrap(); // flush now: the log is idle, so it claims it
+    holder_tx.batch_execute("SELECT pg_advisory_xact_lock(1667329392, 1)").unwrap(); // the log's lock
 
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let writer_db = db.connect_as(&agent(agent_id));
@@ -220,7 +221,7 @@ fn writers_do_not_wait_for_a_transaction_that_holds_the_log() {
         .filter(|e| e["event"] == "message:created" && e["topic"].as_str().unwrap().contains(":conv:"))
         .map(|e| e["payload"]["message"]["content"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(contents, ["held", "not held up"]);
+    assert_eq!(contents, ["not held up", "held"], "in commit order");
 }
 
 /// Events left in the queue by a sequencer that stopped (crashed, or was terminated) keep their
@@ -255,40 +256,61 @@ fn events_left_in_the_queue_keep_their_place_before_later_commits() {
     assert_eq!(events, ["custom:left-behind", "message:created", "message:created"]);
 }
 
-/// broadcast() writes nothing until its transaction commits: one left open (idle in
+/// A transaction's events are written when it commits, never earlier: one left open (idle in
 /// transaction, or slow) holds no lock over the log, and other writers' events go out at once.
-#[test]
-fn an_open_transaction_that_broadcast_holds_up_no_other_writer() {
+/// Whatever it did before idling: broadcast(), or a write with its constraints made immediate
+/// (which used to fire the deferred flush trigger, and take the log's lock, at once).
+fn an_open_transaction_holds_up_no_other_writer(opener: &str) {
     let db = TestDb::new();
     let (org, agent_id) = db.organization_with_agent("acme");
     let (conversation, session) = db.widget_session(org, "visitor-1");
+    // The idler writes elsewhere: a conversation's own writers do wait for each other (its row
+    // lock orders its messages).
+    let (idlers_conversation, _) = db.widget_session(org, "visitor-2");
     let mut listener = listen(&db);
     notifications(&mut listener, Duration::from_millis(200));
-    let mut broadcaster = db.connect_as(&service());
-    broadcaster.batch_execute("BEGIN").unwrap();
-    broadcaster
-        .query_one(
-            "SELECT campfire.broadcast($1, $2, 'custom', '{\"n\": 1}')",
-            &[&org, &format!("org:{org}:widget:session:{session}")],
-        )
-        .unwrap();
+    let mut idler = db.connect_as(&service());
+    idler.batch_execute("BEGIN").unwrap();
+    let statement = opener
+        .replace("{org}", &org.to_string())
+        .replace("{conversation}", &idlers_conversation.to_string())
+        .replace("{session}", &session.to_string());
+    idler.batch_execute(&statement).unwrap();
     assert!(notifications(&mut listener, Duration::from_millis(300)).is_empty(), "nothing before its commit");
 
-    // Meanwhile, other writers commit and their events go out while the broadcaster idles.
+    // Meanwhile, other writers commit (never waiting on the idler) and their events go out.
     for n in 0..3 {
-        db.connect_as(&agent(agent_id))
+        let mut writer = db.connect_as(&agent(agent_id));
+        writer.batch_execute("SET statement_timeout = '5s'").unwrap();
+        writer
             .query_one("SELECT campfire.send_message($1, $2)", &[&conversation, &format!("meanwhile {n}")])
-            .unwrap();
+            .unwrap_or_else(|err| panic!("a writer waited on the idle transaction: {err}"));
     }
     let meanwhile = notifications(&mut listener, Duration::from_secs(2));
     let announced: i64 = meanwhile.iter().map(|n| n["last"].as_i64().unwrap() - n["first"].as_i64().unwrap() + 1).sum();
-    assert_eq!(announced, 9, "three messages' events, while the broadcaster is still open: {meanwhile:?}");
+    assert_eq!(announced, 9, "three messages' events, while the idler is still open: {meanwhile:?}");
 
-    broadcaster.batch_execute("COMMIT").unwrap();
+    idler.batch_execute("COMMIT").unwrap();
     let after = notifications(&mut listener, Duration::from_secs(2));
-    let custom: Vec<&Value> = after.iter().flat_map(|n| n["events"].as_array().into_iter().flatten()).collect();
-    assert_eq!(custom.len(), 1, "{after:?}");
-    assert_eq!(custom[0]["event"], "custom");
+    let ids: Vec<i64> = after
+        .iter()
+        .flat_map(|n| n["events"].as_array().into_iter().flatten())
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
     let last_meanwhile = meanwhile.iter().map(|n| n["last"].as_i64().unwrap()).max().unwrap();
-    assert!(custom[0]["id"].as_i64().unwrap() > last_meanwhile, "its cursor follows its commit");
+    assert!(!ids.is_empty() && ids.iter().all(|id| *id > last_meanwhile), "its cursors follow its commit: {after:?}");
+}
+
+#[test]
+fn an_open_transaction_that_broadcast_holds_up_no_other_writer() {
+    an_open_transaction_holds_up_no_other_writer(
+        "SELECT campfire.broadcast('{org}', 'org:{org}:widget:session:{session}', 'custom', '{\"n\": 1}')",
+    );
+}
+
+#[test]
+fn an_open_transaction_with_immediate_constraints_holds_up_no_other_writer() {
+    an_open_transaction_holds_up_no_other_writer(
+        "SET CONSTRAINTS ALL IMMEDIATE; SELECT campfire.send_message('{conversation}', 'first', 'agent')",
+    );
 }
