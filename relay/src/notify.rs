@@ -42,9 +42,20 @@ impl Refusal {
 #[derive(Default)]
 pub struct Sealing {
     key: RwLock<Option<Key>>,
-    /// Nonces of peer and access notifications received within the freshness window.
-    seen: Mutex<HashMap<[u8; NONCE_BYTES], u64>>,
+    /// Nonces of peer and access notifications received within the freshness window, and when
+    /// the stale ones were last dropped.
+    seen: Mutex<Seen>,
 }
+
+#[derive(Default)]
+struct Seen {
+    nonces: HashMap<[u8; NONCE_BYTES], u64>,
+    pruned_at_ms: u64,
+}
+
+/// Stale nonces are dropped at most this often: a walk of the whole set per message would cost
+/// quadratic time under heavy peer traffic (typing, presence).
+const PRUNE_EVERY_MS: u64 = 1_000;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -74,8 +85,11 @@ impl Sealing {
                 return Err(Refusal::Stale);
             }
             let mut seen = self.seen.lock().unwrap();
-            seen.retain(|_, at| at.abs_diff(now_ms) <= FRESH_MS);
-            if seen.insert(opened.nonce, opened.sent_at_ms).is_some() {
+            if now_ms.abs_diff(seen.pruned_at_ms) >= PRUNE_EVERY_MS {
+                seen.nonces.retain(|_, at| at.abs_diff(now_ms) <= FRESH_MS);
+                seen.pruned_at_ms = now_ms;
+            }
+            if seen.nonces.insert(opened.nonce, opened.sent_at_ms).is_some() {
                 return Err(Refusal::Replayed);
             }
         }
