@@ -32,7 +32,7 @@ port = $port
 unix_socket_directories = '$dir'
 max_connections = 200
 fsync = on
-# The event sequencer (one background worker per database with events) needs the preload.
+# The event notifier (one background worker per busy database) and the log's horizon need the preload.
 shared_preload_libraries = 'pg_campfire'
 max_worker_processes = 40
 EOF

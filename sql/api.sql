@@ -595,13 +595,15 @@ $$;
 
 -- Events the caller may read, after a cursor, in cursor order; optionally one channel only.
 -- This is the catch-up a client runs after any gap (and the widget's polling fallback).
+-- Volatile, so that each query below takes its snapshot after the horizon is read (see read_log).
 CREATE FUNCTION events_since(after bigint, topic text DEFAULT NULL, max_rows integer DEFAULT 500)
     RETURNS SETOF campfire.events
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql VOLATILE
     AS $$
 #variable_conflict use_variable
 DECLARE
     canonical pg_catalog.text;
+    settled pg_catalog.int8 := coalesce(campfire.log_horizon(), 9223372036854775807);
 BEGIN
     PERFORM campfire.require_role();
     IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
@@ -613,46 +615,55 @@ BEGIN
         SELECT p.canonical INTO canonical FROM campfire.parse_channel(topic) p;
         RETURN QUERY
             SELECT e.* FROM campfire.events e
-            WHERE e.topic = canonical AND e.id > coalesce(after, 0) ORDER BY e.id LIMIT max_rows;
+            WHERE e.topic = canonical AND e.id > coalesce(after, 0) AND e.id <= settled ORDER BY e.id LIMIT max_rows;
     ELSIF campfire.is_service() THEN
         RETURN QUERY
-            SELECT e.* FROM campfire.events e WHERE e.id > coalesce(after, 0) ORDER BY e.id LIMIT max_rows;
+            SELECT e.* FROM campfire.events e WHERE e.id > coalesce(after, 0) AND e.id <= settled ORDER BY e.id LIMIT max_rows;
     ELSIF campfire.claim_role() = 'visitor' THEN
         -- A visitor reads its conversations' channels only.
         RETURN QUERY
             SELECT e.* FROM campfire.events e
             WHERE e.topic = ANY (ARRAY(SELECT 'org:' || w.organization_id || ':conv:' || w.id FROM campfire.widget_conversations w))
-              AND e.id > coalesce(after, 0)
+              AND e.id > coalesce(after, 0) AND e.id <= settled
             ORDER BY e.id LIMIT max_rows;
     ELSE
         RETURN QUERY
             SELECT e.* FROM campfire.events e
-            WHERE e.organization_id = ANY (campfire.member_organizations('viewer')) AND e.id > coalesce(after, 0)
+            WHERE e.organization_id = ANY (campfire.member_organizations('viewer')) AND e.id > coalesce(after, 0) AND e.id <= settled
             ORDER BY e.id LIMIT max_rows;
     END IF;
 END
 $$;
 
 -- The whole log after a cursor, for the relay (which routes each event to the subscribers
--- allowed to read it), optionally one channel only (a client resuming after a gap).
-CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, topic text DEFAULT NULL)
+-- allowed to read it), optionally one channel only (a client resuming after a gap). Only up to
+-- the log's horizon, in a query whose snapshot is taken after the horizon is read (a volatile
+-- function's statements each take a new one under READ COMMITTED): every id below it is then
+-- either visible or rolled back, so the next read after the last id returned misses nothing.
+CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, channel text DEFAULT NULL)
     RETURNS TABLE (id bigint, topic text, event text, payload json)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
-        -- One channel's part walks the channel's index, the whole log the log's: the parameters
-        -- switch one branch off, and each keeps its own index plan.
+#variable_conflict use_column
+DECLARE
+    settled pg_catalog.int8 := coalesce(campfire.log_horizon(), 9223372036854775807);
+BEGIN
+    -- One channel's part walks the channel's index, the whole log the log's: the parameters
+    -- switch one branch off, and each keeps its own index plan.
+    RETURN QUERY
         (SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
-         WHERE $3 IS NULL AND e.id > $1 ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
+         WHERE $3 IS NULL AND e.id > $1 AND e.id <= settled ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
         UNION ALL
         (SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
-         WHERE e.topic = $3 AND e.id > $1 ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
-        ORDER BY 1
-    $$;
+         WHERE e.topic = $3 AND e.id > $1 AND e.id <= settled ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
+        ORDER BY 1;
+END
+$$;
 
--- The newest committed cursor (0 when the log is empty).
+-- The cursor a reader starting now begins after: the log's horizon (0 when the log is empty).
 CREATE FUNCTION log_head() RETURNS bigint
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$ SELECT coalesce(max(e.id), 0) FROM campfire.events e $$;
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$ SELECT coalesce(campfire.log_horizon(), (SELECT max(e.id) FROM campfire.events e), 0) $$;
 
 -- The id through which the log has been pruned (0 if never). A client resuming from an older cursor has missed events for good and must
 -- reload history.
@@ -691,7 +702,6 @@ CREATE FUNCTION erase_visitor(organization_id uuid, visitor_id text) RETURNS jso
 DECLARE
     conversations pg_catalog.uuid[];
     erased_events bigint;
-    erased_queued bigint;
     erased_messages bigint;
     erased_sessions bigint;
 BEGIN
@@ -702,21 +712,18 @@ BEGIN
     SELECT coalesce(array_agg(c.id), '{}') INTO conversations FROM campfire.conversations c
     WHERE c.organization_id = erase_visitor.organization_id AND c.visitor_id = erase_visitor.visitor_id;
     SELECT count(*) INTO erased_messages FROM campfire.messages m WHERE m.conversation_id = ANY (conversations);
-    -- In this order, and without holding the log's lock while the caller's transaction is open:
-    -- the conversations go first (waiting for writers in flight, after which no new event for
-    -- them can be written); then the queue (waiting for a sequencer moving its rows); then the
-    -- log, in a statement that sees whatever that sequencer moved. Each statement sees what
+    -- In this order: the conversations go first (waiting for writers in flight, which log their
+    -- events before they commit, after which no new event for them can be written); then the
+    -- log, in a statement that sees what those writers logged. Each statement sees what
     -- committed before it started; under REPEATABLE READ a race is a serialization error instead.
     DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
-    DELETE FROM campfire.event_queue q WHERE q.conversation_id = ANY (conversations);
-    GET DIAGNOSTICS erased_queued = ROW_COUNT;
     DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
     GET DIAGNOSTICS erased_events = ROW_COUNT;
     DELETE FROM campfire.widget_sessions s
     WHERE s.organization_id = erase_visitor.organization_id AND s.visitor_id = erase_visitor.visitor_id;
     GET DIAGNOSTICS erased_sessions = ROW_COUNT;
     RETURN jsonb_build_object('conversations', cardinality(conversations), 'messages', erased_messages,
-                              'events', erased_events + erased_queued, 'sessions', erased_sessions);
+                              'events', erased_events, 'sessions', erased_sessions);
 END
 $$;
 

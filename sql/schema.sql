@@ -220,10 +220,10 @@ CREATE TABLE conversation_reads (
 
 -- Event log ---------------------------------------------------------------------------------------
 
--- The durable log every realtime event goes through. `id` is the cursor. Ids are allocated by
--- one writer at a time (the sequencer, or a transaction draining the queue itself), under a
--- transaction-scoped advisory lock held until its commit is visible, so ids become visible in
--- increasing order and a reader that asks for `id > cursor` never skips an event.
+-- The durable log every realtime event goes through. `id` is the cursor. Each transaction takes
+-- a block of consecutive ids at pre-commit, and readers read only up to the log's horizon
+-- (campfire.log_horizon(): below it every id is committed or rolled back), so a reader that asks
+-- for `id > cursor` never skips an event that commits later.
 CREATE SEQUENCE events_id_seq AS bigint;
 CREATE TABLE events (
     id              bigint PRIMARY KEY,
@@ -242,23 +242,6 @@ CREATE INDEX events_topic_idx ON events (topic, id);
 CREATE INDEX events_organization_idx ON events (organization_id, id);
 CREATE INDEX events_conversation_idx ON events (conversation_id) WHERE conversation_id IS NOT NULL;
 CREATE INDEX events_created_at_idx ON events USING brin (created_at) WITH (pages_per_range = 16, autosummarize = on);
-
--- Committed events waiting for their cursor. Writers append here without any shared lock, so
--- their commits group; the sequencer background worker moves them into `events` in queue order.
-CREATE TABLE event_queue (
-    id              bigserial PRIMARY KEY,
-    organization_id uuid NOT NULL,
-    conversation_id uuid,
-    topic           text NOT NULL,
-    event           text NOT NULL,
-    payload         json NOT NULL -- written by the extension as JSON text, never re-parsed
-) WITH (
-    -- Every row is deleted within moments of its insert: vacuum often, without throttling, so
-    -- the sequencer's scans stay short.
-    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
-    autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000,
-    autovacuum_vacuum_cost_delay = 0
-);
 
 -- How far the log has been pruned: a cursor at or below this id can no longer be resumed from.
 -- Its one row, like server_keys', is written on first use, never by this script: pg_dump keeps

@@ -9,7 +9,7 @@ DECLARE
     t pg_catalog.text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['organizations', 'organization_members', 'widget_sessions', 'conversations',
-                             'realtime_conversations', 'messages', 'conversation_reads', 'events', 'event_queue', 'server_keys', 'notify_keys',
+                             'realtime_conversations', 'messages', 'conversation_reads', 'events', 'server_keys', 'notify_keys',
                              'log_state']
     LOOP
         EXECUTE format('ALTER TABLE campfire.%I ENABLE ROW LEVEL SECURITY', t);
@@ -115,7 +115,7 @@ CREATE POLICY events_read ON events FOR SELECT
            OR (conversation_id = ANY ((SELECT campfire.visitor_conversations())::uuid[])
                AND topic = 'org:' || organization_id || ':conv:' || conversation_id));
 
--- event_queue, server_keys, notify_keys and log_state have no policy at all: only the owner and definer functions read them.
+-- server_keys, notify_keys and log_state have no policy at all: only the owner and definer functions read them.
 
 -- Privileges ---------------------------------------------------------------------------------------
 
@@ -147,13 +147,13 @@ GRANT EXECUTE ON FUNCTION
     send_message(uuid, text, text, text, text, text, text, jsonb, jsonb),
     history(uuid, bigint, integer), mark_read(uuid, bigint),
     assign_conversation(uuid, uuid), request_handover(uuid, text), claim_conversation(uuid),
-    set_conversation_status(uuid, text), events_since(bigint, text, integer),
+    set_conversation_status(uuid, text), events_since(bigint, text, integer), log_horizon(),
     prune_events(interval), erase_visitor(uuid, text),
     list_conversations(uuid, text, timestamptz, uuid, integer), widget_config(uuid)
 TO campfire_client;
 
 -- The relay reads the whole log and decides joins.
-GRANT EXECUTE ON FUNCTION read_log(bigint, integer, text), log_head(), log_tail(), authorize_channel(text, jsonb),
+GRANT EXECUTE ON FUNCTION read_log(bigint, integer, text), log_head(), log_tail(), log_horizon(), authorize_channel(text, jsonb),
                           visitor_claims(text), notify_key() TO campfire_relay;
 
 -- Custom events straight into the log.
@@ -169,12 +169,13 @@ SELECT pg_catalog.pg_extension_config_dump('campfire.realtime_conversations', ''
 SELECT pg_catalog.pg_extension_config_dump('campfire.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.conversation_reads', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.events', '');
-SELECT pg_catalog.pg_extension_config_dump('campfire.event_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.server_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.notify_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.log_state', '');
 SELECT pg_catalog.pg_extension_config_dump('campfire.events_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('campfire.event_queue_id_seq', '');
+
+-- log_horizon reads the log's sequence, which no client role may read.
+ALTER FUNCTION log_horizon() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
 
 -- broadcast writes to the log itself: it runs as the owner, for the service role only.
 ALTER FUNCTION broadcast(uuid, text, text, jsonb) SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;

@@ -22,6 +22,25 @@ DROP TRIGGER conversations_flush_events ON conversations;
 DROP TRIGGER messages_flush_events ON messages;
 DROP TRIGGER conversation_reads_flush_events ON conversation_reads;
 
+-- No queue and no second write: each transaction logs its events itself at pre-commit, with a
+-- block of ids it announces in shared memory until its commit is visible, and readers read up
+-- to the log's horizon, below which every id is settled. Events a 0.1.0 server queued and its
+-- sequencer had not logged yet go to the log now, in queue order.
+CREATE FUNCTION log_horizon() RETURNS bigint
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'log_horizon_wrapper';
+ALTER FUNCTION log_horizon() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
+REVOKE EXECUTE ON FUNCTION log_horizon() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION log_horizon() TO campfire_client, campfire_relay;
+INSERT INTO events (id, organization_id, conversation_id, topic, event, payload)
+SELECT nextval('campfire.events_id_seq'::regclass), q.organization_id, q.conversation_id, q.topic, q.event, q.payload
+FROM event_queue q ORDER BY q.id;
+-- Out of the extension first, which also takes them out of its dump configuration.
+ALTER EXTENSION pg_campfire DROP SEQUENCE event_queue_id_seq;
+ALTER EXTENSION pg_campfire DROP TABLE event_queue;
+DROP TABLE event_queue;
+
 -- Indexes for row-level security and the log's readers and retention.
 CREATE INDEX conversations_widget_session_idx ON conversations (widget_session_id);
 CREATE INDEX events_organization_idx ON events (organization_id, id);
@@ -654,11 +673,12 @@ $$;
 
 CREATE OR REPLACE FUNCTION events_since(after bigint, topic text DEFAULT NULL, max_rows integer DEFAULT 500)
     RETURNS SETOF campfire.events
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql VOLATILE
     AS $$
 #variable_conflict use_variable
 DECLARE
     canonical pg_catalog.text;
+    settled pg_catalog.int8 := coalesce(campfire.log_horizon(), 9223372036854775807);
 BEGIN
     PERFORM campfire.require_role();
     IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
@@ -670,43 +690,50 @@ BEGIN
         SELECT p.canonical INTO canonical FROM campfire.parse_channel(topic) p;
         RETURN QUERY
             SELECT e.* FROM campfire.events e
-            WHERE e.topic = canonical AND e.id > coalesce(after, 0) ORDER BY e.id LIMIT max_rows;
+            WHERE e.topic = canonical AND e.id > coalesce(after, 0) AND e.id <= settled ORDER BY e.id LIMIT max_rows;
     ELSIF campfire.is_service() THEN
         RETURN QUERY
-            SELECT e.* FROM campfire.events e WHERE e.id > coalesce(after, 0) ORDER BY e.id LIMIT max_rows;
+            SELECT e.* FROM campfire.events e WHERE e.id > coalesce(after, 0) AND e.id <= settled ORDER BY e.id LIMIT max_rows;
     ELSIF campfire.claim_role() = 'visitor' THEN
         -- A visitor reads its conversations' channels only.
         RETURN QUERY
             SELECT e.* FROM campfire.events e
             WHERE e.topic = ANY (ARRAY(SELECT 'org:' || w.organization_id || ':conv:' || w.id FROM campfire.widget_conversations w))
-              AND e.id > coalesce(after, 0)
+              AND e.id > coalesce(after, 0) AND e.id <= settled
             ORDER BY e.id LIMIT max_rows;
     ELSE
         RETURN QUERY
             SELECT e.* FROM campfire.events e
-            WHERE e.organization_id = ANY (campfire.member_organizations('viewer')) AND e.id > coalesce(after, 0)
+            WHERE e.organization_id = ANY (campfire.member_organizations('viewer')) AND e.id > coalesce(after, 0) AND e.id <= settled
             ORDER BY e.id LIMIT max_rows;
     END IF;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, topic text DEFAULT NULL)
+DROP FUNCTION read_log(bigint, integer, text); -- its channel parameter was called topic, like a column
+CREATE OR REPLACE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, channel text DEFAULT NULL)
     RETURNS TABLE (id bigint, topic text, event text, payload json)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
-        -- One channel's part walks the channel's index, the whole log the log's: the parameters
-        -- switch one branch off, and each keeps its own index plan.
+#variable_conflict use_column
+DECLARE
+    settled pg_catalog.int8 := coalesce(campfire.log_horizon(), 9223372036854775807);
+BEGIN
+    -- One channel's part walks the channel's index, the whole log the log's: the parameters
+    -- switch one branch off, and each keeps its own index plan.
+    RETURN QUERY
         (SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
-         WHERE $3 IS NULL AND e.id > $1 ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
+         WHERE $3 IS NULL AND e.id > $1 AND e.id <= settled ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
         UNION ALL
         (SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
-         WHERE e.topic = $3 AND e.id > $1 ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
-        ORDER BY 1
-    $$;
+         WHERE e.topic = $3 AND e.id > $1 AND e.id <= settled ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
+        ORDER BY 1;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION log_head() RETURNS bigint
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$ SELECT coalesce(max(e.id), 0) FROM campfire.events e $$;
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$ SELECT coalesce(campfire.log_horizon(), (SELECT max(e.id) FROM campfire.events e), 0) $$;
 
 CREATE OR REPLACE FUNCTION erase_visitor(organization_id uuid, visitor_id text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
@@ -715,7 +742,6 @@ CREATE OR REPLACE FUNCTION erase_visitor(organization_id uuid, visitor_id text) 
 DECLARE
     conversations pg_catalog.uuid[];
     erased_events bigint;
-    erased_queued bigint;
     erased_messages bigint;
     erased_sessions bigint;
 BEGIN
@@ -726,21 +752,18 @@ BEGIN
     SELECT coalesce(array_agg(c.id), '{}') INTO conversations FROM campfire.conversations c
     WHERE c.organization_id = erase_visitor.organization_id AND c.visitor_id = erase_visitor.visitor_id;
     SELECT count(*) INTO erased_messages FROM campfire.messages m WHERE m.conversation_id = ANY (conversations);
-    -- In this order, and without holding the log's lock while the caller's transaction is open:
-    -- the conversations go first (waiting for writers in flight, after which no new event for
-    -- them can be written); then the queue (waiting for a sequencer moving its rows); then the
-    -- log, in a statement that sees whatever that sequencer moved. Each statement sees what
+    -- In this order: the conversations go first (waiting for writers in flight, which log their
+    -- events before they commit, after which no new event for them can be written); then the
+    -- log, in a statement that sees what those writers logged. Each statement sees what
     -- committed before it started; under REPEATABLE READ a race is a serialization error instead.
     DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
-    DELETE FROM campfire.event_queue q WHERE q.conversation_id = ANY (conversations);
-    GET DIAGNOSTICS erased_queued = ROW_COUNT;
     DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
     GET DIAGNOSTICS erased_events = ROW_COUNT;
     DELETE FROM campfire.widget_sessions s
     WHERE s.organization_id = erase_visitor.organization_id AND s.visitor_id = erase_visitor.visitor_id;
     GET DIAGNOSTICS erased_sessions = ROW_COUNT;
     RETURN jsonb_build_object('conversations', cardinality(conversations), 'messages', erased_messages,
-                              'events', erased_events + erased_queued, 'sessions', erased_sessions);
+                              'events', erased_events, 'sessions', erased_sessions);
 END
 $$;
 
@@ -870,7 +893,7 @@ ALTER POLICY messages_insert ON messages
 
 REVOKE ALL ON widget_conversations, notify_keys FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid), admit_message(), server_key(), notify_key(),
-                           announce_access_change() FROM PUBLIC;
+                           announce_access_change(), read_log(bigint, integer, text) FROM PUBLIC;
 GRANT SELECT ON widget_conversations TO campfire_client;
 GRANT EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid) TO campfire_client;
-GRANT EXECUTE ON FUNCTION notify_key() TO campfire_relay;
+GRANT EXECUTE ON FUNCTION notify_key(), read_log(bigint, integer, text) TO campfire_relay;

@@ -1,19 +1,18 @@
 //! Transactional realtime events.
 //!
 //! Triggers queue events in backend memory while a transaction runs. At pre-commit, after every
-//! deferred trigger and never earlier, they are handed on: straight to `campfire.events` when the
-//! log is idle (or no sequencer can run), otherwise to `campfire.event_queue`, for the sequencer
-//! (see `sequencer.rs`) to log after the commit.
-//! Whoever writes to the log allocates the event ids (the cursor) under a transaction-scoped
-//! advisory lock held until its commit is visible, so ids become visible in increasing order: a
-//! reader asking for `id > cursor` never skips an event that commits later. Because the flush is
-//! the last thing before the commit, no open transaction ever holds that lock. Writing to the log
-//! sends sealed `NOTIFY campfire_events` with the events inline (`{"first","last","events"}`),
-//! split over several notifications when they do not fit; an event too large for one is
-//! announced by its id alone (`{"first","last"}`), so NOTIFY limits can never fail a write. A
-//! rolled-back transaction or savepoint discards its queued events.
+//! deferred trigger and never earlier, they are written to `campfire.events` with a block of ids
+//! from `horizon::reserve`, and readers see them once the log's horizon passes them, which is at
+//! this transaction's commit and never before an earlier id is settled (see `horizon.rs`): a
+//! reader asking for `id > cursor` never skips an event that commits later, and no lock is held
+//! across anyone's transaction. The relays hear of new events by a sealed
+//! `NOTIFY campfire_events` with the events inline (`{"first","last","events"}`), split over
+//! several notifications when they do not fit; an event too large for one is announced by its
+//! range alone (`{"first","last"}`), so NOTIFY limits can never fail a write. Under load the
+//! notifier background worker sends them, one notification for many commits (see
+//! `notifier.rs`); otherwise the writer does. A rolled-back transaction or savepoint discards its
+//! queued events.
 
-use crate::sequencer::Sequencer;
 use pgrx::PgOid;
 use pgrx::datum::{DatumWithOid, JsonString};
 use pgrx::prelude::*;
@@ -21,10 +20,6 @@ use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
-
-/// Advisory lock (two-int form) that orders event-id allocation by commit: held from the flush to
-/// the end of the transaction, so the next flusher allocates only after this commit is visible.
-const LOG_LOCK: (i32, i32) = (0x6361_6d70, 1); // "camp", 1
 
 /// Inline events in the NOTIFY payload up to this many bytes before sealing (at most
 /// `campfire_core::sealed::MAX_PAYLOAD`, what fits in one notification once sealed).
@@ -86,10 +81,10 @@ pub fn queue(
 #[pg_guard]
 unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             // The transaction's events are written now, the last thing before its commit: a
             // transaction that stays open (idle, slow, or with its constraints made immediate)
-            // holds no lock over the log.
+            // holds back nobody's events.
             if PENDING.with(|pending| !pending.borrow().is_empty()) {
                 // SAFETY: a snapshot for the statements, pushed and popped around them, as
                 // PostgreSQL does for the deferred triggers it fires at this same point.
@@ -100,13 +95,27 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
                 unsafe { pg_sys::PopActiveSnapshot() };
             }
         }
-        pg_sys::XactEvent::XACT_EVENT_COMMIT => crate::sequencer::on_transaction_end(true),
+        // A prepared transaction commits later, from another session, which could not withdraw
+        // its ids from the horizon: refused, as PostgreSQL refuses to prepare one that NOTIFYs.
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            if PENDING.with(|pending| !pending.borrow().is_empty()) {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "cannot PREPARE a transaction that has written realtime events",
+                    "Its event ids would stay in flight after the transaction left its session."
+                );
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            crate::horizon::settle();
+            crate::notifier::on_transaction_end(true);
+        }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             PENDING.with(|pending| pending.borrow_mut().clear());
-            crate::sequencer::on_transaction_end(false);
+            crate::horizon::settle();
+            crate::notifier::on_transaction_end(false);
         }
-        // A prepared transaction commits later, elsewhere: the sequencer's idle poll finds it.
-        pg_sys::XactEvent::XACT_EVENT_PREPARE => crate::sequencer::on_transaction_end(false),
         _ => {}
     }
 }
@@ -126,11 +135,11 @@ unsafe extern "C-unwind" fn on_subtransaction_end(
 }
 
 /// An event as written to the log, its payload already JSON text.
-struct Logged {
-    id: i64,
-    topic: String,
-    event: String,
-    payload: String,
+pub struct Logged {
+    pub id: i64,
+    pub topic: String,
+    pub event: String,
+    pub payload: String,
 }
 
 thread_local! {
@@ -169,70 +178,71 @@ fn run_kept<T>(
 /// These statements run with the extension owner's rights inside a caller's session, so they name
 /// every relation, function and type by its schema: nothing in them may resolve through the
 /// caller's search_path or temp schema (the parameters are typed by oid, so they need no cast).
-const EVENT_ARRAY_TYPES: [pg_sys::Oid; 5] =
-    [pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONARRAYOID];
-
-/// The five parameter arrays as rows `u(o, c, t, e, p)`, numbered `n` in their order. (The
-/// multi-argument `unnest(a, b, ...)` shorthand exists only unqualified.)
-macro_rules! event_rows {
-    () => {
-        "ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), \
-         pg_catalog.unnest($5)) WITH ORDINALITY AS u(o, c, t, e, p, n)"
-    };
-}
-
-const QUEUE_EVENTS_SQL: &str = concat!(
-    "INSERT INTO campfire.event_queue (organization_id, conversation_id, topic, event, payload) \
-     SELECT o, c, t, e, p FROM ",
-    event_rows!(),
-    " ORDER BY n"
-);
-
-/// Ids come from the sequence in queue order; the log lock taken just before makes that order
-/// the commit order.
-const LOG_EVENTS_SQL: &str = concat!(
-    "INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-     SELECT pg_catalog.nextval('campfire.events_id_seq'::pg_catalog.regclass), o, c, t, e, p FROM ",
-    event_rows!(),
-    " ORDER BY n RETURNING id, topic, event, payload::pg_catalog.text"
-);
-
-const DRAIN_QUEUE_SQL: &str = "\
-    WITH moved AS ( \
-        DELETE FROM campfire.event_queue q \
-        WHERE q.id = ANY (ARRAY(SELECT id FROM campfire.event_queue ORDER BY id LIMIT $1)) \
-        RETURNING q.*) \
+///
+/// The five parameter arrays become rows `u(o, c, t, e, p)`, numbered `n` from 1 in their order,
+/// logged with the ids `$6 + n - 1`. (The multi-argument `unnest(a, b, ...)` shorthand exists only
+/// unqualified.)
+const LOG_EVENTS_SQL: &str = "\
     INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-    SELECT pg_catalog.nextval('campfire.events_id_seq'::pg_catalog.regclass), organization_id, conversation_id, topic, \
-           event, payload \
-    FROM moved ORDER BY moved.id \
-    RETURNING id, topic, event, payload::pg_catalog.text";
+    SELECT $6 OPERATOR(pg_catalog.+) u.n OPERATOR(pg_catalog.-) 1, o, c, t, e, p \
+    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), \
+                    pg_catalog.unnest($5)) WITH ORDINALITY AS u(o, c, t, e, p, n)";
 
-fn logged_row(row: &pgrx::spi::SpiHeapTupleData) -> Result<Logged, pgrx::spi::Error> {
-    Ok(Logged {
-        id: row.get::<i64>(1)?.unwrap_or_default(),
-        topic: row.get::<String>(2)?.unwrap_or_default(),
-        event: row.get::<String>(3)?.unwrap_or_default(),
-        payload: row.get::<String>(4)?.unwrap_or_default(),
+const LOG_EVENTS_TYPES: [pg_sys::Oid; 6] = [
+    pg_sys::UUIDARRAYOID,
+    pg_sys::UUIDARRAYOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::JSONARRAYOID,
+    pg_sys::INT8OID,
+];
+
+/// Writes the transaction's queued events to the log, with the ids `horizon::reserve` gives it,
+/// and announces them itself unless the notifier will (see `notifier.rs`). Returns the number of
+/// events.
+pub fn flush() -> i64 {
+    let events = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+    if events.is_empty() {
+        return 0;
+    }
+    let first = crate::horizon::reserve(events.len());
+    let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
+    let args: [DatumWithOid; 6] = [
+        events.iter().map(|e| e.organization_id).collect::<Vec<_>>().into(),
+        events.iter().map(|e| e.conversation_id).collect::<Vec<_>>().into(),
+        events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>().into(),
+        events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>().into(),
+        payloads.iter().map(|p| JsonString(p.clone())).collect::<Vec<_>>().into(),
+        first.into(),
+    ];
+    run_kept(LOG_EVENTS_SQL, &LOG_EVENTS_TYPES, &args, |_| Ok(()));
+    let count = events.len() as i64;
+    if !crate::notifier::will_announce(first) {
+        let logged: Vec<Logged> = events
+            .into_iter()
+            .zip(payloads)
+            .zip(first..)
+            .map(|((e, payload), id)| Logged { id, topic: e.topic, event: e.event, payload })
+            .collect();
+        notify(first, first + count - 1, &logged);
+    }
+    count
+}
+const READ_LOG_SQL: &str = "\
+    SELECT e.id, e.topic, e.event, e.payload::pg_catalog.text FROM campfire.events e \
+    WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 ORDER BY e.id LIMIT $3";
+
+/// Up to `limit` logged events with ids in `(after, through]`, in id order.
+pub fn read_log(after: i64, through: i64, limit: i64) -> Vec<Logged> {
+    let types = [pg_sys::INT8OID, pg_sys::INT8OID, pg_sys::INT8OID];
+    run_kept(READ_LOG_SQL, &types, &[after.into(), through.into(), limit.into()], |row| {
+        Ok(Logged {
+            id: row.get::<i64>(1)?.unwrap_or_default(),
+            topic: row.get::<String>(2)?.unwrap_or_default(),
+            event: row.get::<String>(3)?.unwrap_or_default(),
+            payload: row.get::<String>(4)?.unwrap_or_default(),
+        })
     })
-}
-
-const QUEUE_IS_EMPTY_SQL: &str = "SELECT NOT EXISTS (SELECT FROM campfire.event_queue ORDER BY id LIMIT 1)";
-
-fn queue_is_empty() -> bool {
-    by_index(|| run_kept(QUEUE_IS_EMPTY_SQL, &[], &[], |row| row.get::<bool>(1)))
-        .first()
-        .copied()
-        .flatten()
-        .unwrap_or(false)
-}
-
-/// Runs `f` with sequential and bitmap scans (and JIT) off, as a function's `SET` clause would. The
-/// queue is nearly always empty of live rows but full of dead ones between vacuums, and its
-/// statistics say "tiny": the planner would pick a sequential scan that reads every dead row.
-/// Kept plans are re-planned when invalidated, so the settings must hold while they execute.
-fn by_index<T>(f: impl FnOnce() -> T) -> T {
-    with_settings(&[(c"enable_seqscan", c"off"), (c"enable_bitmapscan", c"off"), (c"jit", c"off")], f)
 }
 
 /// Runs `f` with `settings` in force, restored afterwards (or by the abort of the transaction).
@@ -258,97 +268,26 @@ fn with_settings<T>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnO
     }
 }
 
-/// Takes the log lock when nobody holds it and nothing waits in the queue, so that this
-/// transaction may write its events to the log itself without passing events queued before it.
-/// The queue is looked at before (to avoid holding the lock for nothing) and after taking it.
-fn claim_idle_log() -> bool {
-    if !queue_is_empty() {
-        return false;
-    }
-    // SAFETY: the int4 pair form of pg_try_advisory_xact_lock, called with two int4 datums.
-    let locked = unsafe {
-        pgrx::direct_function_call::<bool>(
-            pg_sys::pg_try_advisory_xact_lock_int4,
-            &[LOG_LOCK.0.into_datum(), LOG_LOCK.1.into_datum()],
-        )
-    };
-    locked == Some(true) && queue_is_empty()
-}
-
-fn lock_log() {
-    // SAFETY: the int4 pair form of pg_advisory_xact_lock, called with two int4 datums.
-    unsafe {
-        pgrx::direct_function_call::<()>(
-            pg_sys::pg_advisory_xact_lock_int4,
-            &[LOG_LOCK.0.into_datum(), LOG_LOCK.1.into_datum()],
-        );
-    }
-}
-
-/// Writes the transaction's queued events: to the sequencer's queue when one serves this
-/// database, otherwise straight to the log with a NOTIFY. Returns the number of events.
-pub fn flush() -> i64 {
-    let events = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
-    if events.is_empty() {
-        return 0;
-    }
-    let organizations: Vec<pgrx::Uuid> = events.iter().map(|e| e.organization_id).collect();
-    let conversations: Vec<Option<pgrx::Uuid>> = events.iter().map(|e| e.conversation_id).collect();
-    let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
-    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    let payloads: Vec<JsonString> = events.iter().map(|e| JsonString(e.payload.to_string())).collect();
-    let args: [DatumWithOid; 5] =
-        [organizations.into(), conversations.into(), topics.into(), names.into(), payloads.into()];
-    // The log may be written here only when that passes no queued event: queued events of an
-    // earlier commit (say, the previous message of the conversation) must get lower cursors.
-    let direct = match crate::sequencer::state() {
-        Sequencer::Unavailable => true,
-        Sequencer::Stopped => {
-            lock_log();
-            queue_is_empty()
-        }
-        Sequencer::Running => claim_idle_log(),
-    };
-    if !direct {
-        run_kept(QUEUE_EVENTS_SQL, &EVENT_ARRAY_TYPES, &args, |_| Ok(()));
-        crate::sequencer::wake_after_commit();
-    } else {
-        lock_log(); // already held when claimed: advisory locks count re-entries
-        let mut logged = run_kept(LOG_EVENTS_SQL, &EVENT_ARRAY_TYPES, &args, logged_row);
-        logged.sort_by_key(|e| e.id);
-        notify(&logged);
-    }
-    events.len() as i64
-}
-
-/// Moves up to `limit` committed events from the queue into the log, in queue order, and
-/// notifies the relays. Used by the sequencer; returns how many it moved.
-pub fn drain_queue(limit: i64) -> usize {
-    lock_log();
-    let mut logged = by_index(|| run_kept(DRAIN_QUEUE_SQL, &[pg_sys::INT8OID], &[limit.into()], logged_row));
-    logged.sort_by_key(|e| e.id);
-    notify(&logged);
-    logged.len()
-}
-
-/// NOTIFYs for logged events, in id order: each carries as many whole events inline as fit in
-/// `campfire.notify_inline_max`; an event too large for that is announced by its id alone.
-fn notify(logged: &[Logged]) {
+/// NOTIFYs that account for every id from `from` through `through`, in order: each covers a range
+/// and carries its events inline (`{"first","last","events"}`, a range with none in it carries an
+/// empty list), as many as fit in `campfire.notify_inline_max`; an event too large for that is
+/// announced without events (`{"first","last"}`), for the relay to read from the log.
+pub fn notify(from: i64, through: i64, logged: &[Logged]) {
     let limit = (NOTIFY_INLINE_MAX.get().max(0) as usize).min(campfire_core::sealed::MAX_PAYLOAD);
-    let mut batch: Vec<String> = Vec::new();
-    let mut batch_ids = (0, 0);
-    let send = |batch: &mut Vec<String>, (first, last): (i64, i64)| {
-        let payload = if batch.is_empty() {
-            format!(r#"{{"first":{first},"last":{last}}}"#)
-        } else {
-            format!(r#"{{"first":{first},"last":{last},"events":[{}]}}"#, batch.join(","))
+    let send = |first: i64, last: i64, inline: Option<&mut Vec<String>>| {
+        let payload = match inline {
+            Some(batch) => {
+                let payload = format!(r#"{{"first":{first},"last":{last},"events":[{}]}}"#, batch.join(","));
+                batch.clear();
+                payload
+            }
+            None => format!(r#"{{"first":{first},"last":{last}}}"#),
         };
-        batch.clear();
         crate::notify::send(campfire_core::channels::EVENTS, &payload);
     };
     // Room for the envelope around the events: two ids of up to 20 digits and the keys.
     const ENVELOPE: usize = 80;
-    let mut size = ENVELOPE;
+    let (mut batch, mut size, mut start) = (Vec::new(), ENVELOPE, from);
     for e in logged {
         let item = format!(
             r#"{{"id":{},"topic":{},"event":{},"payload":{}}}"#,
@@ -357,23 +296,21 @@ fn notify(logged: &[Logged]) {
             Value::from(e.event.as_str()),
             e.payload
         );
-        if !batch.is_empty() && size + 1 + item.len() > limit {
-            send(&mut batch, batch_ids);
-            size = ENVELOPE;
+        let oversized = ENVELOPE + item.len() > limit;
+        if !batch.is_empty() && (oversized || size + 1 + item.len() > limit) {
+            send(start, e.id - 1, Some(&mut batch));
+            (size, start) = (ENVELOPE, e.id);
         }
-        if ENVELOPE + item.len() > limit {
-            send(&mut batch, (e.id, e.id));
+        if oversized {
+            send(start, e.id, None);
+            start = e.id + 1;
             continue;
         }
-        if batch.is_empty() {
-            batch_ids.0 = e.id;
-        }
-        batch_ids.1 = e.id;
         size += 1 + item.len();
         batch.push(item);
     }
-    if !batch.is_empty() {
-        send(&mut batch, batch_ids);
+    if start <= through {
+        send(start, through, Some(&mut batch));
     }
 }
 

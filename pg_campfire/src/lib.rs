@@ -8,10 +8,11 @@ use pgrx::prelude::*;
 
 mod channel;
 mod events;
+mod horizon;
+mod notifier;
 mod notify;
 mod scalar;
 mod secret;
-mod sequencer;
 mod triggers;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -39,14 +40,15 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/api.sql",
     name = "api",
-    requires = ["triggers", secret::widget_secret, secret::random_bytes, events::broadcast]
+    requires = ["triggers", secret::widget_secret, secret::random_bytes, events::broadcast, horizon::log_horizon]
 );
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     events::init();
-    sequencer::init();
+    horizon::init();
+    notifier::init();
 }
 
 /// Required by `cargo pgrx test`.

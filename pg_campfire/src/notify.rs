@@ -14,7 +14,7 @@ thread_local! {
 
 /// The database's notify key, made on first use; `None` while the database's SQL is still that
 /// of 0.1.0 (the library was upgraded, `ALTER EXTENSION pg_campfire UPDATE` not yet run). Must run
-/// with the owner's rights (a SECURITY DEFINER caller or the sequencer).
+/// with the owner's rights (a SECURITY DEFINER caller or the notifier).
 fn key() -> Option<sealed::Key> {
     if let Some(key) = KEY.get() {
         return Some(key);

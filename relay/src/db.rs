@@ -318,7 +318,11 @@ fn route(relay: &Relay, event: DbEvent) {
     relay.hub.publish_db_event(&event);
 }
 
-async fn handle_events_notification(relay: &Relay, payload: &str) -> Result<(), DbError> {
+/// Routes what an events notification announces. `announced` is the highest id any notification
+/// has accounted for: a writer that announces its own commit (while no notifier runs) can be
+/// heard before an earlier writer's commit settles, so whenever the relay is behind it, it reads
+/// the log again, which holds everything settled so far.
+async fn handle_events_notification(relay: &Relay, payload: &str, announced: &mut i64) -> Result<(), DbError> {
     let note: EventsNotification = match serde_json::from_str(payload) {
         Ok(note) => note,
         Err(err) => {
@@ -327,21 +331,26 @@ async fn handle_events_notification(relay: &Relay, payload: &str) -> Result<(), 
             return catch_up(relay).await;
         }
     };
+    *announced = (*announced).max(note.last);
     let seen = relay.health.last_event_id.load(Ordering::SeqCst);
     if note.last <= seen {
         return Ok(());
     }
     match note.events {
-        // The common case: the next events, inline.
+        // The common case: the next events, inline, and every id up to `last` accounted for.
         Some(events) if note.first == seen + 1 => {
             for e in events {
                 route(relay, DbEvent { id: e.id, topic: e.topic, event: e.event, payload: e.payload });
             }
-            Ok(())
+            relay.health.last_event_id.fetch_max(note.last, Ordering::SeqCst);
         }
         // Too large to inline, or a gap before them: the log has everything in order.
-        _ => catch_up(relay).await,
+        _ => catch_up(relay).await?,
     }
+    if relay.health.last_event_id.load(Ordering::SeqCst) < *announced {
+        catch_up(relay).await?;
+    }
+    Ok(())
 }
 
 /// `{"user_id"}` or `{"widget_session_id"}` from the extension, to every session (sessions
@@ -469,6 +478,7 @@ async fn listen_once(
     let mut probe =
         tokio::time::interval_at(tokio::time::Instant::now() + relay.db.probe_interval, relay.db.probe_interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -476,7 +486,9 @@ async fn listen_once(
             n = notifications.recv() => match n {
                 None => return Err(DbError::Unavailable("LISTEN connection closed".into())),
                 Some(n) => match relay.db.sealing.open(n.channel(), n.payload(), crate::notify::now_ms()) {
-                    Ok(payload) if n.channel() == EVENTS_CHANNEL => handle_events_notification(relay, &payload).await?,
+                    Ok(payload) if n.channel() == EVENTS_CHANNEL => {
+                        handle_events_notification(relay, &payload, &mut announced).await?
+                    }
                     Ok(payload) if n.channel() == ACCESS_CHANNEL => announce_access_change(relay, &payload),
                     Ok(payload) => relay.hub.apply_peer_message(&payload),
                     Err(refusal) => {

@@ -139,34 +139,35 @@ impl TestDb {
         (org, agent)
     }
 
-    /// Waits (at most 10 s) until the sequencer has moved every committed event into the log.
-    pub fn sequenced(&self) {
-        let mut client = self.connect();
-        for _ in 0..2000 {
-            let queued: bool =
-                client.query_one("SELECT EXISTS (SELECT FROM campfire.event_queue)", &[]).unwrap().get(0);
-            if !queued {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        panic!("events still queued after 10 s: is the sequencer running?");
+    /// Waits (at most 5 s) until a notifier serves this database (the first commit with events
+    /// starts one); from then on it announces every commit's events.
+    pub fn wait_for_notifier(&self) {
+        self.await_notifier(true);
     }
 
-    /// Terminates this database's sequencer and waits until it has gone; the next commit that
+    /// Terminates this database's notifier and waits until it has gone; the next commit that
     /// needs one starts a new one (which reads the database's settings afresh).
-    pub fn stop_sequencer(&self) {
+    pub fn stop_notifier(&self) {
+        self.connect()
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE backend_type = 'pg_campfire notifier' AND datname = current_database()",
+            )
+            .unwrap();
+        self.await_notifier(false);
+    }
+
+    fn await_notifier(&self, running: bool) {
         let mut client = self.connect();
-        let running = "SELECT pid FROM pg_stat_activity \
-                       WHERE backend_type = 'pg_campfire sequencer' AND datname = current_database()";
-        client.batch_execute(&format!("SELECT pg_terminate_backend(pid) FROM ({running}) s")).unwrap();
+        let query = "SELECT EXISTS (SELECT FROM pg_stat_activity \
+                     WHERE backend_type = 'pg_campfire notifier' AND datname = current_database())";
         for _ in 0..500 {
-            if client.query(running, &[]).unwrap().is_empty() {
+            if client.query_one(query, &[]).unwrap().get::<_, bool>(0) == running {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        panic!("the sequencer did not stop within 5 s");
+        panic!("after 5 s, a notifier running here: {}", !running);
     }
 
     /// Starts a widget session; returns (conversation id, widget session id).

@@ -77,6 +77,7 @@ fn concurrent_writers_get_gap_free_sequence_numbers_and_commit_ordered_cursors()
     let (conversation, _) = db.widget_session(org, "visitor-1");
     let mut listener = db.connect();
     listener.batch_execute("LISTEN campfire_events").unwrap();
+    db.wait_for_notifier();
     let (writers, per_writer) = (8, 40);
     all_at_once(writers, {
         let db = db.clone();
@@ -98,8 +99,8 @@ fn concurrent_writers_get_gap_free_sequence_numbers_and_commit_ordered_cursors()
         .collect();
     assert_eq!(seqs, (1..=(writers * per_writer) as i64).collect::<Vec<_>>());
 
-    // Notifications arrive in cursor order with contiguous ranges (transactions written directly
-    // or batched by the sequencer alike), and the conversation's messages come in seq order.
+    // The notifier's announcements arrive in cursor order with contiguous ranges, however the
+    // writers' commits interleaved, and the conversation's messages come in seq order.
     let notes = campfire_tests::notifications(&mut listener, std::time::Duration::from_secs(2));
     let ranges: Vec<(i64, i64)> =
         notes.iter().map(|v| (v["first"].as_i64().unwrap(), v["last"].as_i64().unwrap())).collect();

@@ -4,6 +4,22 @@ use campfire_tests::{TestDb, agent, notifications, postgres::Client, service};
 use serde_json::Value;
 use std::time::Duration;
 
+/// Every id the notifications account for (a range can be announced twice: by a writer while no
+/// notifier runs, and by the notifier starting meanwhile).
+fn covered(notes: &[Value]) -> std::collections::BTreeSet<i64> {
+    notes.iter().flat_map(|n| n["first"].as_i64().unwrap()..=n["last"].as_i64().unwrap()).collect()
+}
+
+/// The events `reader` may read after `cursor`, as (id, payload).
+fn read_since(reader: &mut Client, cursor: i64) -> Vec<(i64, Value)> {
+    reader
+        .query("SELECT id, payload FROM campfire.events_since($1, max_rows => 10000)", &[&cursor])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 fn listen(db: &TestDb) -> Client {
     let mut listener = db.connect();
     listener.batch_execute("LISTEN campfire_events").unwrap();
@@ -109,8 +125,8 @@ fn oversized_batches_point_at_the_log_and_still_commit() {
     assert!(contents.iter().all(|c| *c == content));
 }
 
-/// The limit applies wherever the log is written: in the committing session, or in the
-/// sequencer, which takes it from the database's settings when it starts.
+/// The limit applies whoever announces the events: the committing session, or the notifier,
+/// which takes it from the database's settings when it starts.
 #[test]
 fn the_inline_limit_is_a_setting() {
     let db = TestDb::new();
@@ -118,8 +134,8 @@ fn the_inline_limit_is_a_setting() {
     let (conversation, _) = db.widget_session(org, "visitor-1");
     db.connect().batch_execute(&format!("ALTER DATABASE {} SET campfire.notify_inline_max = 0", db.name)).unwrap();
     let mut listener = listen(&db);
-    // Sessions started from here on (the writers', a new sequencer) see the database setting.
-    db.stop_sequencer();
+    // Sessions started from here on (the writers', a new notifier) see the database setting.
+    db.stop_notifier();
     notifications(&mut listener, Duration::from_millis(200));
     let mut writers: Vec<_> = (0..4).map(|_| db.connect_as(&agent(agent_id))).collect();
     for round in 0..5 {
@@ -130,8 +146,7 @@ fn the_inline_limit_is_a_setting() {
         }
     }
     let received = notifications(&mut listener, Duration::from_secs(2));
-    let announced: i64 = received.iter().map(|n| n["last"].as_i64().unwrap() - n["first"].as_i64().unwrap() + 1).sum();
-    assert_eq!(announced, 20 * 3, "every event announced: {received:?}");
+    assert_eq!(covered(&received).len(), 20 * 3, "every event announced: {received:?}");
     assert!(received.iter().all(|n| n.get("events").is_none()), "nothing inline: {received:?}");
 }
 
@@ -144,14 +159,6 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
     let (first_conversation, _) = db.widget_session(org, "visitor-1");
     let (second_conversation, _) = db.widget_session(org, "visitor-2");
     let mut reader = db.connect_as(&agent(agent_id));
-    let read_since = |reader: &mut Client, cursor: i64| -> Vec<(i64, Value)> {
-        reader
-            .query("SELECT id, payload FROM campfire.events_since($1, max_rows => 10000)", &[&cursor])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    };
     let start: i64 = read_since(&mut reader, 0).last().map(|(id, _)| *id).unwrap_or(0);
 
     let mut slow = db.connect_as(&agent(agent_id));
@@ -160,7 +167,6 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
 
     let mut fast = db.connect_as(&agent(agent_id));
     fast.query_one("SELECT campfire.send_message($1, 'committed first')", &[&second_conversation]).unwrap();
-    db.sequenced();
 
     let seen = read_since(&mut reader, start);
     assert!(!seen.is_empty());
@@ -168,7 +174,6 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
     let cursor = seen.last().unwrap().0;
 
     slow_tx.commit().unwrap();
-    db.sequenced();
     let resumed = read_since(&mut reader, cursor);
     assert!(
         resumed.iter().any(|(_, p)| p.to_string().contains("written first")),
@@ -180,80 +185,86 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
     assert_eq!(all, unique, "no duplicates across the resume");
 }
 
-/// A transaction holding the log's lock (no SQL path holds it past a commit any more, so the
-/// test takes it by hand, as a transaction between its flush and its commit has it) does not hold
-/// up other writers: their events wait in the queue, their commits return at once, and the
-/// sequencer logs them once the lock is free, in commit order.
+/// A commit that is slow to become visible (here: waiting for a synchronous standby that never
+/// answers, after its events are logged and its ids taken) holds up no other writer, and holds
+/// back the log's horizon: readers see nothing after its ids until it is visible, then all of it,
+/// in id order, none skipped.
 #[test]
-fn writers_do_not_wait_for_a_transaction_that_holds_the_log() {
+fn a_slow_commit_holds_back_the_horizon_but_no_writer() {
     let db = TestDb::new();
     let (org, agent_id) = db.organization_with_agent("acme");
     let (first_conversation, _) = db.widget_session(org, "visitor-1");
     let (second_conversation, _) = db.widget_session(org, "visitor-2");
-    db.sequenced();
-    let mut listener = listen(&db);
+    let mut reader = db.connect_as(&agent(agent_id));
+    let start: i64 = read_since(&mut reader, 0).last().map(|(id, _)| *id).unwrap_or(0);
+    let _standby = WaitingForAStandby::begin(&db);
 
-    let mut holder = db.connect_as(&agent(agent_id));
-    let mut holder_tx = holder.transaction().unwrap();
-    holder_tx.query_one("SELECT campfire.send_message($1, 'held')", &[&first_conversation]).unwrap();
-    holder_tx.batch_execute("SELECT pg_advisory_xact_lock(1667329392, 1)").unwrap(); // the log's lock
-
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let writer_db = db.connect_as(&agent(agent_id));
-    std::thread::spawn(move || {
-        let mut writer = writer_db;
-        writer.query_one("SELECT campfire.send_message($1, 'not held up')", &[&second_conversation]).unwrap();
-        done_tx.send(()).unwrap();
+    let slow_db = db.connect_as(&agent(agent_id));
+    let slow = std::thread::spawn(move || {
+        let mut slow = slow_db;
+        slow.batch_execute("SET synchronous_commit = on").unwrap();
+        // Cancelled below: "canceling wait for synchronous replication", committed locally.
+        let _ = slow.query_one("SELECT campfire.send_message($1, 'slow to commit')", &[&first_conversation]);
     });
-    done_rx.recv_timeout(Duration::from_secs(5)).expect("the second writer committed while the log was held");
-    assert_eq!(
-        db.connect().query_one("SELECT count(*) FROM campfire.event_queue", &[]).unwrap().get::<_, i64>(0),
-        3,
-        "its events wait in the queue"
-    );
-    assert!(notifications(&mut listener, Duration::from_millis(300)).is_empty());
+    let mut admin = db.connect();
+    let slow_pid: i32 = (0..500)
+        .find_map(|_| {
+            let row = admin
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND datname = current_database()",
+                    &[],
+                )
+                .unwrap();
+            row.map(|r| r.get(0)).or_else(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            })
+        })
+        .expect("the slow commit waits for the standby");
 
-    holder_tx.commit().unwrap();
-    db.sequenced();
-    let contents: Vec<String> = notifications(&mut listener, Duration::from_secs(2))
-        .iter()
-        .flat_map(|n| n["events"].as_array().cloned().unwrap())
-        .filter(|e| e["event"] == "message:created" && e["topic"].as_str().unwrap().contains(":conv:"))
-        .map(|e| e["payload"]["message"]["content"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(contents, ["not held up", "held"], "in commit order");
+    let mut fast = db.connect_as(&agent(agent_id));
+    fast.batch_execute("SET statement_timeout = '5s'").unwrap();
+    fast.query_one("SELECT campfire.send_message($1, 'fast')", &[&second_conversation])
+        .expect("a writer does not wait for another's commit");
+    assert!(read_since(&mut reader, start).is_empty(), "nothing after the slow commit's ids is readable yet");
+    let horizon: i64 = reader.query_one("SELECT campfire.log_horizon()", &[]).unwrap().get(0);
+    assert_eq!(horizon, start, "the horizon stops below the slow commit's ids");
+
+    admin.execute("SELECT pg_cancel_backend($1)", &[&slow_pid]).unwrap();
+    slow.join().unwrap();
+    let seen = read_since(&mut reader, start);
+    let contents: Vec<&str> = seen.iter().filter_map(|(_, p)| p["message"]["content"].as_str()).collect();
+    assert_eq!(seen.len(), 6, "both messages' events: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 + 1 == w[1].0), "consecutive ids, none skipped: {seen:?}");
+    assert_eq!(contents, ["slow to commit", "slow to commit", "fast", "fast"], "the slow commit's ids come first");
 }
 
-/// Events left in the queue by a sequencer that stopped (crashed, or was terminated) keep their
-/// place: the next commit does not write past them, it queues behind them and starts a sequencer.
-#[test]
-fn events_left_in_the_queue_keep_their_place_before_later_commits() {
-    let db = TestDb::new();
-    let (org, agent_id) = db.organization_with_agent("acme");
-    let (conversation, _) = db.widget_session(org, "visitor-1");
-    db.sequenced();
-    db.stop_sequencer();
-    let mut admin = db.connect();
-    admin
-        .execute(
-            "INSERT INTO campfire.event_queue (organization_id, topic, event, payload) \
-             VALUES ($1, $2, 'custom:left-behind', '{}')",
-            &[&org, &format!("org:{org}")],
-        )
-        .unwrap();
+/// Makes commits that ask for synchronous replication wait for a standby that does not exist,
+/// while every other session of the cluster commits locally as before; restored on drop.
+struct WaitingForAStandby(Client);
 
-    db.connect_as(&agent(agent_id)).query_one("SELECT campfire.send_message($1, 'later')", &[&conversation]).unwrap();
-    db.sequenced();
-    let events: Vec<String> = admin
-        .query(
-            "SELECT event FROM campfire.events WHERE event IN ('custom:left-behind', 'message:created') ORDER BY id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(events, ["custom:left-behind", "message:created", "message:created"]);
+impl WaitingForAStandby {
+    fn begin(db: &TestDb) -> WaitingForAStandby {
+        let mut guard = WaitingForAStandby(db.connect());
+        // First every session's default, then the standby: no session waits meanwhile.
+        guard.set("ALTER SYSTEM SET synchronous_commit = local");
+        guard.set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
+        guard
+    }
+
+    /// One server setting, in force everywhere (sessions reload at their next command) on return.
+    fn set(&mut self, statement: &str) {
+        self.0.batch_execute(statement).unwrap();
+        self.0.batch_execute("SELECT pg_reload_conf()").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+impl Drop for WaitingForAStandby {
+    fn drop(&mut self) {
+        self.set("ALTER SYSTEM RESET synchronous_standby_names");
+        self.set("ALTER SYSTEM RESET synchronous_commit");
+    }
 }
 
 /// A transaction's events are written when it commits, never earlier: one left open (idle in
@@ -287,8 +298,7 @@ fn an_open_transaction_holds_up_no_other_writer(opener: &str) {
             .unwrap_or_else(|err| panic!("a writer waited on the idle transaction: {err}"));
     }
     let meanwhile = notifications(&mut listener, Duration::from_secs(2));
-    let announced: i64 = meanwhile.iter().map(|n| n["last"].as_i64().unwrap() - n["first"].as_i64().unwrap() + 1).sum();
-    assert_eq!(announced, 9, "three messages' events, while the idler is still open: {meanwhile:?}");
+    assert_eq!(covered(&meanwhile).len(), 9, "three messages' events, while the idler is still open: {meanwhile:?}");
 
     idler.batch_execute("COMMIT").unwrap();
     let after = notifications(&mut listener, Duration::from_secs(2));

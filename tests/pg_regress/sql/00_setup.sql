@@ -43,21 +43,9 @@ EXCEPTION WHEN OTHERS THEN
     RETURN t.redact(SQLSTATE || ': ' || SQLERRM);
 END
 $$;
--- Committed events reach the log through the sequencer, a moment after their commit: wait
--- (at most 10 s) until the queue is empty before looking at the log.
-CREATE FUNCTION t.sequenced() RETURNS void LANGUAGE plpgsql SECURITY DEFINER
-    AS $$
-BEGIN
-    FOR i IN 1..2000 LOOP
-        EXIT WHEN NOT EXISTS (SELECT FROM campfire.event_queue);
-        PERFORM pg_sleep(0.005);
-    END LOOP;
-END
-$$;
-CREATE PROCEDURE t.settle() LANGUAGE sql AS 'SELECT t.sequenced()';
 -- The newest event id, whoever asks.
 CREATE FUNCTION t.head() RETURNS bigint LANGUAGE sql SECURITY DEFINER
-    AS 'SELECT t.sequenced(); SELECT coalesce(max(id), 0) FROM campfire.events';
+    AS 'SELECT coalesce(max(id), 0) FROM campfire.events';
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA t TO PUBLIC;
 
 INSERT INTO campfire.organizations (id, name, slug) VALUES

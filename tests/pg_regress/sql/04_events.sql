@@ -8,7 +8,6 @@ GRANT SELECT, UPDATE ON mark TO PUBLIC;
 CALL t.act_as('visitor_a');
 SELECT seq FROM campfire.send_message(:conv_a, 'ping');
 CALL t.act_as('service');
-CALL t.settle();
 SELECT e.id - m.id AS n, t.redact(e.topic) AS topic, e.event,
        e.payload -> 'message' ->> 'content' AS content, e.payload -> 'conversation' ->> 'last_message_preview' AS preview
 FROM campfire.events e, mark m WHERE e.id > m.id ORDER BY e.id;
@@ -29,7 +28,6 @@ SELECT seq FROM campfire.send_message(:conv_a, 'kept 2');
 RELEASE SAVEPOINT s2;
 COMMIT;
 CALL t.act_as('service');
-CALL t.settle();
 SELECT e.event, e.payload -> 'message' ->> 'content' AS content, e.payload -> 'message' ->> 'seq' AS seq
 FROM campfire.events e, mark m WHERE e.id > m.id AND e.event = 'message:created' AND e.topic LIKE '%:conv:%' ORDER BY e.id;
 UPDATE mark SET id = t.head();
@@ -42,7 +40,6 @@ SELECT seq, octet_length(content) AS bytes, pg_column_size(metadata) > 500000 AS
 FROM campfire.send_message(:conv_a, repeat('日本', 2000),
                            metadata => jsonb_build_object('blob', repeat('m', 1000000)));
 CALL t.act_as('service');
-CALL t.settle();
 SELECT length(e.payload -> 'message' ->> 'content') AS content_chars, (e.payload -> 'message' -> 'metadata') IS NOT NULL AS has_metadata
 FROM campfire.events e, mark m WHERE e.id > m.id AND e.topic LIKE '%:conv:%';
 -- Many events in one transaction (a bulk load) also commit, through the log.
@@ -50,7 +47,6 @@ RESET ROLE;
 INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type)
 SELECT :conv_a, 'aaaaaaaa-0000-4000-8000-00000000000a', 'bulk ' || i, 'system' FROM generate_series(1, 500) i;
 SET ROLE campfire_test_client;
-CALL t.settle();
 SELECT count(*) AS bulk_events FROM campfire.events e, mark m WHERE e.id > m.id AND e.payload -> 'message' ->> 'content' LIKE 'bulk %';
 UPDATE mark SET id = t.head();
 
@@ -63,7 +59,6 @@ ORDER BY 2;
 RESET ROLE;
 UPDATE campfire.messages SET status = 'read' WHERE conversation_id = :conv_a AND seq = 1;
 SET ROLE campfire_test_client;
-CALL t.settle();
 SELECT e.event, t.redact(e.topic) AS topic FROM campfire.events e, mark m WHERE e.id > m.id ORDER BY e.id;
 SELECT count(*) AS notes_on_conversation_channel FROM campfire.events
 WHERE topic LIKE '%:conv:%' AND payload -> 'message' ->> 'message_type' = 'note';
@@ -71,7 +66,6 @@ SELECT count(*) AS notes_on_conversation_list FROM campfire.events
 WHERE topic LIKE '%:conversations' AND payload -> 'message' ->> 'message_type' = 'note';
 
 -- Read receipts and agent status.
-CALL t.settle();
 SELECT DISTINCT e.event, e.payload ->> 'readerType' AS reader FROM campfire.events e WHERE e.event = 'read:receipt' ORDER BY 2;
 SELECT e.event, e.payload ->> 'availability' AS availability, t.redact(e.topic) AS topic
 FROM campfire.events e WHERE e.event LIKE 'agent:status:%' ORDER BY e.id;
@@ -83,7 +77,6 @@ RESET ROLE;
 SELECT campfire.broadcast('aaaaaaaa-0000-4000-8000-00000000000a', 'bcast:org:aaaaaaaa-0000-4000-8000-00000000000a:widget:visitor:' || repeat('v', 128), 'custom:event', '{"x":1}') AS written;
 SELECT t.try($$SELECT campfire.broadcast('aaaaaaaa-0000-4000-8000-00000000000a', 'org:bbbbbbbb-0000-4000-8000-00000000000b', 'custom:event', '{}')$$) AS other_org;
 SELECT t.try($$SELECT campfire.broadcast('aaaaaaaa-0000-4000-8000-00000000000a', 'room1', 'custom:event', '{}')$$) AS bad_channel;
-CALL t.settle();
 SELECT length(e.topic) AS topic_length, e.event, e.payload FROM campfire.events e, mark m WHERE e.id > m.id;
 SET ROLE campfire_test_client;
 
@@ -100,3 +93,16 @@ SELECT count(*) = (SELECT count(*) FROM campfire.read_log(0, 10000)) AS relay_re
 FROM (SELECT id FROM campfire.read_log(0, 10000)) l;
 RESET ROLE;
 CALL t.act_as('nobody');
+
+-- The log's horizon: every id up to it is settled, so here, with no commit in flight, it is the
+-- newest id; a transaction snapshot could predate it, so the readers refuse one; a transaction
+-- with events cannot be prepared.
+RESET ROLE;
+SELECT campfire.log_horizon() = max(id) AS horizon_is_newest FROM campfire.events;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT t.try($$SELECT count(*) FROM campfire.events_since(0)$$) AS repeatable_read;
+ROLLBACK;
+BEGIN;
+SELECT campfire.broadcast('aaaaaaaa-0000-4000-8000-00000000000a', 'org:aaaaaaaa-0000-4000-8000-00000000000a', 'custom:prepared', '{}') AS queued;
+PREPARE TRANSACTION 'campfire_regress_prepared';
+SELECT count(*) AS prepared_events FROM campfire.events WHERE event = 'custom:prepared';

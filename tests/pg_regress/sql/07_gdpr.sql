@@ -9,7 +9,6 @@ SELECT (r ->> 'conversations')::int AS conversations, (r ->> 'messages')::int > 
        (r ->> 'events')::int > 1000 AS events, (r ->> 'sessions')::int AS sessions
 FROM campfire.erase_visitor('aaaaaaaa-0000-4000-8000-00000000000a', 'visitor-a') r;
 RESET ROLE;
-CALL t.settle();
 SELECT count(*) AS sessions_left FROM campfire.widget_sessions WHERE visitor_id = 'visitor-a';
 SELECT count(*) AS messages_left FROM campfire.messages WHERE conversation_id = (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a');
 SELECT e.event, (e.payload -> 'conversation') IS NOT NULL AS carries_data FROM campfire.events e
@@ -20,7 +19,6 @@ SELECT count(*) > 0 AS visitor_b_kept FROM campfire.messages WHERE conversation_
 
 -- Retention: pruning records how far the log now starts, so resumers behind it can be told.
 CALL t.act_as('service');
-CALL t.settle();
 SELECT campfire.log_tail() AS tail_before;
 SELECT campfire.log_head() AS head \gset
 SELECT campfire.prune_events(interval '0 seconds') > 0 AS pruned;

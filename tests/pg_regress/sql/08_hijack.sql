@@ -185,7 +185,7 @@ SELECT count(*) > 0 AS planted_code_ran_for_the_login FROM pg_temp.planted_runs;
 SELECT p.name AS principal, a.call, a.result
 FROM unnest(ARRAY['hijack', 'admin_a', 'agent_a', 'viewer_a', 'agent_b', 'service', 'nobody']) AS p(name)
 CROSS JOIN LATERAL t.attack(p.name) a;
--- Commit-time work (the event flush, the sequencer hand-off) ran for each statement above.
+-- Commit-time work (the event flush, the notifier hand-off) ran for each statement above.
 SELECT * FROM t.hijacked();
 SELECT rolsuper AS became_superuser FROM pg_catalog.pg_roles WHERE rolname = session_user;
 

@@ -41,9 +41,9 @@ WHERE p.pronamespace = 'campfire'::regnamespace AND has_function_privilege('publ
 SELECT c.relname AS public_may_read FROM pg_class c
 WHERE c.relnamespace = 'campfire'::regnamespace AND c.relkind IN ('r', 'v', 'S', 'm')
   AND (c.relacl IS NULL OR c.relacl::text LIKE '%"=%' OR c.relacl::text LIKE '%{=%' OR c.relacl::text LIKE '%,=%');
--- and no client role may read the server or notify key or the queue, or write the log.
+-- and no client role may read the server or notify key, or write the log.
 SELECT r.rolname, t.tbl, p.priv FROM (VALUES ('campfire_client'), ('campfire_relay'), ('campfire_service')) r(rolname)
-CROSS JOIN (VALUES ('campfire.server_keys'), ('campfire.notify_keys'), ('campfire.event_queue'), ('campfire.events'),
+CROSS JOIN (VALUES ('campfire.server_keys'), ('campfire.notify_keys'), ('campfire.events'),
                    ('campfire.log_state')) t(tbl)
 CROSS JOIN (VALUES ('SELECT'), ('INSERT'), ('UPDATE'), ('DELETE')) p(priv)
 WHERE has_table_privilege(r.rolname, t.tbl, p.priv) AND NOT (t.tbl = 'campfire.events' AND p.priv = 'SELECT');

@@ -1,0 +1,276 @@
+//! The notifier: one background worker per busy database that announces committed events to the
+//! relays, one NOTIFY for many commits.
+//!
+//! PostgreSQL serializes every transaction that sends NOTIFY (a global lock held across its WAL
+//! flush), so writers that each NOTIFY cannot share a flush. With `pg_campfire` in
+//! `shared_preload_libraries`, writers instead set the notifier's latch after their commit; the
+//! notifier reads what settled below the log's horizon since it last looked (see `horizon.rs`)
+//! and sends it, inline and sealed, in one transaction of its own. The writers' commits group and
+//! each of them costs the relays nothing until the notifier's single notification.
+//!
+//! A database's notifier is started on demand by the first commit that needs it and exits after a
+//! few idle seconds (so `DROP DATABASE` and `CREATE DATABASE ... TEMPLATE` are not kept waiting).
+//! While none runs, and on servers without the preload, each writer announces its own events,
+//! which is also the fastest path at low load.
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::lwlock::PgLwLock;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::{pg_shmem_init, pg_sys};
+use std::cell::Cell;
+use std::time::Duration;
+
+/// Events read and announced per notifier transaction; a full batch is followed at once by the next.
+const BATCH: i64 = 2000;
+/// How long the notifier sleeps when nothing wakes it, and how long it stays with nothing to do.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+const IDLE_BEFORE_EXIT: Duration = Duration::from_secs(3);
+/// Databases that can have a running notifier at once; others announce their own events.
+const SLOTS: usize = 32;
+
+#[derive(Copy, Clone)]
+struct Slot {
+    /// 0 = free.
+    database: u32,
+    /// The worker's PGPROC number once it runs; -1 while it starts.
+    procno: i32,
+    /// While it starts: the lowest id, less one, that a writer left for it to announce.
+    owed_after: i64,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot { database: 0, procno: -1, owed_after: i64::MAX }
+    }
+}
+
+#[derive(Copy, Clone, Default)]
+struct Notifiers {
+    slots: [Slot; SLOTS],
+}
+
+impl Notifiers {
+    fn find_mut(&mut self, database: u32) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|slot| slot.database == database)
+    }
+}
+
+// SAFETY: plain data (integers) only, read and written under the LWLock.
+unsafe impl PGRXSharedMemory for Notifiers {}
+
+// SAFETY: initialised by pg_shmem_init! in _PG_init when preloaded, and only used when preloaded.
+static NOTIFIERS: PgLwLock<Notifiers> = unsafe { PgLwLock::new(c"campfire_notifiers") };
+
+/// What this backend has to do once its transaction has committed.
+#[derive(Copy, Clone, PartialEq)]
+enum AfterCommit {
+    Nothing,
+    /// The notifier will announce this transaction's events: set its latch.
+    Wake,
+    /// This transaction announced its own events because no notifier runs: start one for next time.
+    Start,
+}
+
+thread_local! {
+    static AFTER_COMMIT: Cell<AfterCommit> = const { Cell::new(AfterCommit::Nothing) };
+}
+
+/// Called from `_PG_init`: reserves the shared slots when loaded by `shared_preload_libraries`.
+pub fn init() {
+    if crate::horizon::available() {
+        pg_shmem_init!(NOTIFIERS);
+    }
+}
+
+fn this_database() -> u32 {
+    // SAFETY: a read of the backend's database, set once at connection.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+/// Whether the notifier will announce the events this transaction logged from id `first` on
+/// (then it is woken after the commit); if not, the writer announces them itself.
+pub fn will_announce(first: i64) -> bool {
+    if !crate::horizon::available() {
+        return false;
+    }
+    let mut notifiers = NOTIFIERS.exclusive();
+    match notifiers.find_mut(this_database()) {
+        Some(slot) => {
+            if slot.procno < 0 {
+                // Starting: it begins after the lowest id any writer left to it.
+                slot.owed_after = slot.owed_after.min(first - 1);
+            }
+            AFTER_COMMIT.set(AfterCommit::Wake);
+            true
+        }
+        None => {
+            if AFTER_COMMIT.get() != AfterCommit::Wake {
+                AFTER_COMMIT.set(AfterCommit::Start);
+            }
+            false
+        }
+    }
+}
+
+/// Transaction end (from the transaction callback, after `horizon::settle`): wakes or starts the
+/// notifier after a commit.
+pub fn on_transaction_end(committed: bool) {
+    let after = AFTER_COMMIT.replace(AfterCommit::Nothing);
+    if !committed || after == AfterCommit::Nothing {
+        return;
+    }
+    let database = this_database();
+    let procno = NOTIFIERS.share().slots.iter().find(|slot| slot.database == database).map(|slot| slot.procno);
+    match procno {
+        // SAFETY: procno is a live worker's PGPROC number, published by that worker in its slot.
+        Some(procno) if procno >= 0 => unsafe { pg_sys::ProcSendSignal(procno) },
+        Some(_) => {} // starting: it announces everything owed to it once it runs
+        None => start(database),
+    }
+}
+
+/// Claims a slot for `database` and registers its worker. Never raises: this runs after commit.
+fn start(database: u32) {
+    {
+        let mut notifiers = NOTIFIERS.exclusive();
+        if notifiers.find_mut(database).is_some() {
+            return;
+        }
+        match notifiers.find_mut(0) {
+            Some(slot) => *slot = Slot { database, ..Slot::default() },
+            None => return, // every slot busy: this database keeps announcing its own events
+        }
+    }
+    let registered = BackgroundWorkerBuilder::new("pg_campfire notifier")
+        .set_type("pg_campfire notifier")
+        .set_library("pg_campfire")
+        .set_function("campfire_notifier_main")
+        .set_argument(Some(pg_sys::Oid::from(database).into()))
+        .enable_spi_access()
+        .set_restart_time(None)
+        .load_dynamic();
+    if registered.is_err() {
+        // Whatever a writer left to it is found by the relays at the next announcement's gap.
+        release(database, -1);
+        warning!("pg_campfire: could not start the event notifier (max_worker_processes reached?)");
+    }
+}
+
+/// Frees `database`'s slot if it is held by the worker `procno` (-1: one still starting).
+fn release(database: u32, procno: i32) {
+    if let Some(slot) = NOTIFIERS.exclusive().find_mut(database)
+        && slot.procno == procno
+    {
+        *slot = Slot::default();
+    }
+}
+
+thread_local! {
+    /// The PGPROC number this worker published in its slot, -1 until then (or once it left it).
+    static PUBLISHED: Cell<i32> = const { Cell::new(-1) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn release_on_exit(_code: std::ffi::c_int, database: pg_sys::Datum) {
+    // Only its own slot: a worker leaving after an idle spell may find a successor in it.
+    release(database.value() as u32, PUBLISHED.get());
+}
+
+fn set_option(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    // SAFETY: two valid C strings, for a setting the worker's session owns.
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
+/// The worker's entry point (looked up by name by the postmaster).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
+    let database = argument.value() as u32;
+    // SAFETY: a pg_guard'ed callback, registered once at the worker's start.
+    unsafe { pg_sys::before_shmem_exit(Some(release_on_exit), argument) };
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    // The worker runs as the bootstrap superuser: resolve nothing through a schema that other
+    // roles may create objects in ("$user", public).
+    set_option(c"search_path", c"pg_catalog, pg_temp");
+    // Its transactions write nothing but the notification, which is sent at commit whether or not
+    // the commit record has reached the disk: waiting for that flush would only add latency.
+    set_option(c"synchronous_commit", c"off");
+
+    let Some(start) = BackgroundWorker::transaction(crate::horizon::horizon_if_installed) else { return };
+    let mut announced = {
+        let mut notifiers = NOTIFIERS.exclusive();
+        let Some(slot) = notifiers.find_mut(database) else { return };
+        // SAFETY: MyProc is this worker's own PGPROC, valid once it is connected.
+        slot.procno = unsafe { (*pg_sys::MyProc).pgprocno };
+        PUBLISHED.set(slot.procno);
+        // Writers that saw it starting left it everything after `owed_after`; those that see
+        // it running from now on log ids above the horizon just read.
+        start.min(slot.owed_after)
+    };
+
+    let mut last_busy = std::time::Instant::now();
+    loop {
+        match BackgroundWorker::transaction(|| announce_settled(announced)) {
+            None => return, // the extension is not (or no longer) installed here
+            Some((through, count)) => {
+                announced = through;
+                if count as i64 >= BATCH {
+                    continue;
+                }
+                if count > 0 {
+                    last_busy = std::time::Instant::now();
+                }
+            }
+        }
+        if last_busy.elapsed() >= IDLE_BEFORE_EXIT {
+            // Leave the slot first: a writer that sees it empty announces its own events. Those
+            // that saw it took their ids before the sequence is read below: wait until they
+            // settle, and announce them.
+            release(database, PUBLISHED.replace(-1));
+            let owed = BackgroundWorker::transaction(crate::horizon::handed_out_if_installed).unwrap_or(announced);
+            while announced < owed {
+                match BackgroundWorker::transaction(|| announce_settled(announced)) {
+                    Some((through, _)) => announced = through,
+                    None => return,
+                }
+                if announced < owed && !BackgroundWorker::wait_latch(Some(Duration::from_millis(1))) {
+                    return;
+                }
+            }
+            return;
+        }
+        if !BackgroundWorker::wait_latch(Some(IDLE_POLL)) {
+            return;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: how a background worker rereads its configuration after SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+    }
+}
+
+/// Announces the events settled after `announced`, at most `BATCH`: returns the id announced
+/// through and how many events that was, or `None` if the extension is not installed.
+fn announce_settled(announced: i64) -> Option<(i64, usize)> {
+    let horizon = crate::horizon::horizon_if_installed()?;
+    if horizon <= announced {
+        return Some((announced, 0));
+    }
+    // Read in a snapshot taken after the horizon: every id up to it is settled and visible.
+    let logged = crate::events::read_log(announced, horizon, BATCH);
+    let through = match logged.last() {
+        Some(last) if logged.len() as i64 >= BATCH => last.id,
+        _ => horizon,
+    };
+    crate::events::notify(announced + 1, through, &logged);
+    Some((through, logged.len()))
+}
