@@ -58,7 +58,8 @@ BEGIN
        SET last_message_seq = c.last_message_seq + 1,
            last_message_at = now(),
            last_message_preview = left(NEW.content, 140),
-           last_message_sender_type = NEW.sender_type
+           last_message_sender_type = NEW.sender_type,
+           updated_at = now()
      WHERE c.id = NEW.conversation_id AND c.organization_id = NEW.organization_id
     RETURNING c.last_message_seq, c.status INTO NEW.seq, conversation_status;
     IF NOT FOUND THEN
@@ -82,8 +83,9 @@ CREATE TRIGGER organization_members_touch BEFORE UPDATE ON organization_members
 CREATE TRIGGER organization_members_events AFTER INSERT OR UPDATE OF availability ON organization_members
     FOR EACH ROW EXECUTE FUNCTION agent_status_events();
 
+-- A message's own update (assign_message_seq) sets updated_at itself: no PL/pgSQL call for it.
 CREATE TRIGGER conversations_touch BEFORE UPDATE ON conversations
-    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+    FOR EACH ROW WHEN (NEW.updated_at IS DISTINCT FROM pg_catalog.now()) EXECUTE FUNCTION touch_updated_at();
 CREATE TRIGGER sync_realtime_conversations_trigger AFTER INSERT OR UPDATE OR DELETE ON conversations
     FOR EACH ROW EXECUTE FUNCTION sync_realtime_conversations('campfire.realtime_conversations');
 CREATE TRIGGER conversations_events AFTER INSERT OR UPDATE OR DELETE ON conversations

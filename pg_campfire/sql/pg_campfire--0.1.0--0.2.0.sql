@@ -41,6 +41,11 @@ ALTER EXTENSION pg_campfire DROP SEQUENCE event_queue_id_seq;
 ALTER EXTENSION pg_campfire DROP TABLE event_queue;
 DROP TABLE event_queue;
 
+-- A message's own update (assign_message_seq) sets updated_at itself: no PL/pgSQL call for it.
+DROP TRIGGER conversations_touch ON conversations;
+CREATE TRIGGER conversations_touch BEFORE UPDATE ON conversations
+    FOR EACH ROW WHEN (NEW.updated_at IS DISTINCT FROM pg_catalog.now()) EXECUTE FUNCTION touch_updated_at();
+
 -- Indexes for row-level security and the log's readers and retention.
 CREATE INDEX conversations_widget_session_idx ON conversations (widget_session_id);
 CREATE INDEX events_organization_idx ON events (organization_id, id);
@@ -231,7 +236,8 @@ BEGIN
        SET last_message_seq = c.last_message_seq + 1,
            last_message_at = now(),
            last_message_preview = left(NEW.content, 140),
-           last_message_sender_type = NEW.sender_type
+           last_message_sender_type = NEW.sender_type,
+           updated_at = now()
      WHERE c.id = NEW.conversation_id AND c.organization_id = NEW.organization_id
     RETURNING c.last_message_seq, c.status INTO NEW.seq, conversation_status;
     IF NOT FOUND THEN
