@@ -80,32 +80,30 @@ pub fn queue(
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    let pending = || PENDING.with(|pending| !pending.borrow().is_empty());
     match event {
-        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
-            // The transaction's events are written now, the last thing before its commit: a
-            // transaction that stays open (idle, slow, or with its constraints made immediate)
-            // holds back nobody's events.
-            if PENDING.with(|pending| !pending.borrow().is_empty()) {
-                // SAFETY: a snapshot for the statements, pushed and popped around them, as
-                // PostgreSQL does for the deferred triggers it fires at this same point.
-                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-                as_owner(|| {
-                    flush();
-                });
-                unsafe { pg_sys::PopActiveSnapshot() };
-            }
+        // The transaction's events are written now, the last thing before its commit: a
+        // transaction that stays open (idle, slow, or with its constraints made immediate) holds
+        // back nobody's events.
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if pending() => {
+            // SAFETY: a snapshot for the statements, pushed and popped around them, as
+            // PostgreSQL does for the deferred triggers it fires at this same point.
+            unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+            as_owner(|| {
+                flush();
+            });
+            // SAFETY: pops the snapshot pushed above (an error aborts, which pops it instead).
+            unsafe { pg_sys::PopActiveSnapshot() };
         }
         // A prepared transaction commits later, from another session, which could not withdraw
         // its ids from the horizon: refused, as PostgreSQL refuses to prepare one that NOTIFYs.
-        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
-            if PENDING.with(|pending| !pending.borrow().is_empty()) {
-                ereport!(
-                    ERROR,
-                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "cannot PREPARE a transaction that has written realtime events",
-                    "Its event ids would stay in flight after the transaction left its session."
-                );
-            }
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE if pending() => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that has written realtime events",
+                "Its event ids would stay in flight after the transaction left its session."
+            );
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
             crate::horizon::settle();

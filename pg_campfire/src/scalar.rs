@@ -29,16 +29,20 @@ impl Row {
     }
 
     fn natts(&self) -> usize {
+        // SAFETY: the descriptor is valid while the Row is (Row::new's contract).
         unsafe { (*self.tupdesc).natts as usize }
     }
 
     fn attribute(&self, index: usize) -> &pg_sys::FormData_pg_attribute {
+        // SAFETY: callers pass index < natts, and the descriptor outlives the borrow of self.
         unsafe { &*(*self.tupdesc).attrs.as_ptr().add(index) }
     }
 
     /// The raw value of the column at `index`, `None` when NULL; valid as long as the row.
     pub fn datum(&self, index: usize) -> Option<pg_sys::Datum> {
         let mut is_null = false;
+        // SAFETY: tuple and descriptor are valid (Row::new); heap_getattr checks the attribute
+        // number against the tuple's own count and reports NULL for one past it.
         let datum = unsafe { pg_sys::heap_getattr(self.tuple, index as i32 + 1, self.tupdesc, &mut is_null) };
         (!is_null).then_some(datum)
     }
@@ -67,6 +71,7 @@ impl Row {
     pub fn scalar(&self, column: &str) -> Option<Value> {
         let index = self.index_of(column)?;
         let datum = self.datum(index)?;
+        // SAFETY: a non-null datum of this column, whose type is the attribute's.
         unsafe { scalar_value(datum, self.attribute(index).atttypid, Enums::AsText) }
     }
 
@@ -76,6 +81,7 @@ impl Row {
         if self.attribute(index).atttypid != pg_sys::UUIDOID {
             return None;
         }
+        // SAFETY: the column is of type uuid, so its non-null datum is a uuid.
         unsafe { pgrx::Uuid::from_polymorphic_datum(self.datum(index)?, false, pg_sys::UUIDOID) }
     }
 
@@ -96,6 +102,7 @@ impl Row {
             };
             let value = match self.datum(index) {
                 None => Value::Null,
+                // SAFETY: a non-null datum of this column, scalar with base type `base`.
                 Some(datum) => unsafe { base_value(datum, att.atttypid, base) }.unwrap_or(Value::Null),
             };
             object.insert(att.name().to_owned(), value);
@@ -110,6 +117,7 @@ fn is_scalar_type(typid: pg_sys::Oid, enums: Enums) -> bool {
 
 /// The base type (domains resolved) of a scalar type, `None` for any other type.
 fn scalar_base_type(typid: pg_sys::Oid, enums: Enums) -> Option<pg_sys::Oid> {
+    // SAFETY: a syscache lookup by type oid; an unknown oid raises an ERROR, not UB.
     let base = unsafe { pg_sys::getBaseType(typid) };
     let scalar = match base {
         pg_sys::BOOLOID
@@ -130,13 +138,19 @@ fn scalar_base_type(typid: pg_sys::Oid, enums: Enums) -> Option<pg_sys::Oid> {
         | pg_sys::DATEOID
         | pg_sys::TIMEOID
         | pg_sys::TIMETZOID => true,
+        // SAFETY: a syscache lookup by type oid.
         other => enums == Enums::AsText && unsafe { pg_sys::get_typtype(other) } as u8 == b'e',
     };
     scalar.then_some(base)
 }
 
 /// The type's own text output, for text-like types and enum labels.
+///
+/// # Safety
+/// `datum` must be a non-null value of type `typid`.
 unsafe fn output_text(datum: pg_sys::Datum, typid: pg_sys::Oid) -> String {
+    // SAFETY: the output function of the datum's own type, whose palloc'd C string is copied and
+    // freed here.
     unsafe {
         let mut output_fn = pg_sys::Oid::INVALID;
         let mut is_varlena = false;
@@ -156,12 +170,14 @@ fn number(value: f64) -> Value {
 /// `datum` must be a non-null value of type `typid`.
 unsafe fn scalar_value(datum: pg_sys::Datum, typid: pg_sys::Oid, enums: Enums) -> Option<Value> {
     let base = scalar_base_type(typid, enums)?;
+    // SAFETY: the caller's contract, and `base` is the base type of `typid`.
     unsafe { base_value(datum, typid, base) }
 }
 
 /// # Safety
 /// `datum` must be a non-null value of type `typid`, a scalar type whose base type is `base`.
 unsafe fn base_value(datum: pg_sys::Datum, typid: pg_sys::Oid, base: pg_sys::Oid) -> Option<Value> {
+    // SAFETY: each arm reads the datum as its base type, which the caller guarantees it is.
     let value = unsafe {
         match base {
             pg_sys::BOOLOID => Value::Bool(datum.value() != 0),
@@ -201,6 +217,7 @@ unsafe fn base_value(datum: pg_sys::Datum, typid: pg_sys::Oid, base: pg_sys::Oid
 #[pg_extern(stable, strict, parallel_safe)]
 fn scalar_json(row: pgrx::AnyElement) -> pgrx::JsonB {
     let typid = row.oid();
+    // SAFETY: a syscache lookup by type oid.
     let is_composite = unsafe { pg_sys::type_is_rowtype(typid) };
     if !is_composite {
         ereport!(
@@ -209,6 +226,8 @@ fn scalar_json(row: pgrx::AnyElement) -> pgrx::JsonB {
             "scalar_json expects a row (a composite value such as a table row)"
         );
     }
+    // SAFETY: the argument is a non-null composite datum (strict, checked above): detoasted, it
+    // is a tuple header whose type and typmod give its descriptor, released after use.
     unsafe {
         let header = pg_sys::pg_detoast_datum(row.datum().cast_mut_ptr()) as pg_sys::HeapTupleHeader;
         let tupdesc = pg_sys::lookup_rowtype_tupdesc(

@@ -28,6 +28,7 @@ impl Change {
         let op = trigger.op().unwrap_or_else(|e| pgrx::error!("{e}"));
         // SAFETY: a row-level trigger's relation and its tuples stay valid for the trigger call.
         let tupdesc = unsafe { (*data.tg_relation).rd_att };
+        // SAFETY: as above; the Rows live no longer than the trigger call.
         let row = |tuple: *mut pg_sys::HeapTupleData| (!tuple.is_null()).then(|| unsafe { Row::new(tuple, tupdesc) });
         let (old, new) = match op {
             PgTriggerOperation::Insert => (None, row(data.tg_trigtuple)),
@@ -282,7 +283,7 @@ fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<
                     .params
                     .iter()
                     .map(|&(index, typid)| match row.datum(index) {
-                        // The datum lives in the trigger's tuple, which outlives this call.
+                        // SAFETY: a datum of type `typid` in the trigger's tuple, which outlives this call.
                         Some(datum) => unsafe { DatumWithOid::new(datum, typid) },
                         None => DatumWithOid::null_oid(typid),
                     })
