@@ -214,17 +214,21 @@ pub fn horizon_if_installed() -> Option<i64> {
 }
 
 fn horizon_of(sequence: pg_sys::Oid) -> Option<i64> {
+    kept_horizon(sequence).or_else(|| {
+        // After a restart, the sequence itself (its reading is older than any update after it).
+        BLOCKS.exclusive().note_handed_out(this_database(), sequence.to_u32(), handed_out_now());
+        kept_horizon(sequence)
+    })
+}
+
+/// The horizon from shared memory alone (no catalog access, no transaction needed), `None`
+/// until a writer or reader has noted the sequence's handed-out id since the server started.
+pub fn kept_horizon(sequence: pg_sys::Oid) -> Option<i64> {
     let database = this_database();
-    let kept = BLOCKS.share().handed_out(database, sequence.to_u32());
-    // After a restart, the sequence itself (its reading is older than any update that follows).
-    let handed_out = kept.unwrap_or_else(|| {
-        let read = handed_out_now();
-        BLOCKS.exclusive().note_handed_out(database, sequence.to_u32(), read);
-        read
-    });
-    // The handed-out id first, the blocks second: an id handed out by then either belongs to a
-    // block still announced now, or to a transaction already settled.
     let blocks = BLOCKS.share();
+    let handed_out = blocks.handed_out(database, sequence.to_u32())?;
+    // Under one lock with the blocks: an id handed out by then either belongs to a block still
+    // announced, or to a transaction already settled.
     let lowest_open =
         blocks.by_proc[..blocks.used].iter().filter(|block| block.database == database).map(|block| block.first).min();
     Some(match lowest_open {
@@ -239,7 +243,7 @@ pub fn handed_out_if_installed() -> Option<i64> {
     installed_sequence().map(|_| handed_out_now())
 }
 
-fn installed_sequence() -> Option<pg_sys::Oid> {
+pub fn installed_sequence() -> Option<pg_sys::Oid> {
     // SAFETY: to_regclass takes one text datum, valid for the call; a catalog-cache lookup.
     unsafe { pgrx::direct_function_call::<pg_sys::Oid>(pg_sys::to_regclass, &["campfire.events_id_seq".into_datum()]) }
 }

@@ -205,7 +205,12 @@ pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
     // the commit record has reached the disk: waiting for that flush would only add latency.
     set_option(c"synchronous_commit", c"off");
 
-    let Some(start) = BackgroundWorker::transaction(crate::horizon::horizon_if_installed) else { return };
+    let Some((sequence, start)) = BackgroundWorker::transaction(|| {
+        let sequence = crate::horizon::installed_sequence()?;
+        Some((sequence, crate::horizon::horizon_if_installed()?))
+    }) else {
+        return;
+    };
     let mut announced = {
         let mut notifiers = NOTIFIERS.exclusive();
         let Some(slot) = notifiers.find_mut(database) else { return };
@@ -217,9 +222,21 @@ pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
         start.min(slot.owed_after)
     };
 
-    let mut last_busy = std::time::Instant::now();
+    let (mut last_busy, mut last_look) = (std::time::Instant::now(), std::time::Instant::now());
     loop {
-        match BackgroundWorker::transaction(|| announce_settled(announced)) {
+        // Woken by commits it has announced already (many set the latch for one batch): nothing
+        // to do, and no transaction to know it; it still looks once a poll (is the extension
+        // still there?).
+        let moved = crate::horizon::kept_horizon(sequence).is_none_or(|horizon| horizon > announced);
+        let look = moved || last_look.elapsed() >= IDLE_POLL;
+        if look {
+            last_look = std::time::Instant::now();
+        }
+        match if look {
+            BackgroundWorker::transaction(|| announce_settled(sequence, announced))
+        } else {
+            Some((announced, 0))
+        } {
             None => return, // the extension is not (or no longer) installed here
             Some((through, count)) => {
                 announced = through;
@@ -238,7 +255,7 @@ pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
             release(database, PUBLISHED.replace(-1));
             let owed = BackgroundWorker::transaction(crate::horizon::handed_out_if_installed).unwrap_or(announced);
             while announced < owed {
-                match BackgroundWorker::transaction(|| announce_settled(announced)) {
+                match BackgroundWorker::transaction(|| announce_settled(sequence, announced)) {
                     Some((through, _)) => announced = through,
                     None => return,
                 }
@@ -259,8 +276,12 @@ pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
 }
 
 /// Announces the events settled after `announced`, at most `BATCH`: returns the id announced
-/// through and how many events that was, or `None` if the extension is not installed.
-fn announce_settled(announced: i64) -> Option<(i64, usize)> {
+/// through and how many events that was, or `None` if the log of `sequence` is not there.
+fn announce_settled(sequence: pg_sys::Oid, announced: i64) -> Option<(i64, usize)> {
+    // A log made again (DROP and CREATE EXTENSION) starts its ids afresh: a new notifier's job.
+    if crate::horizon::installed_sequence()? != sequence {
+        return None;
+    }
     let horizon = crate::horizon::horizon_if_installed()?;
     if horizon <= announced {
         return Some((announced, 0));
