@@ -1,99 +1,16 @@
 //! Rooms: who is subscribed to each canonical channel, and the presence tracked there. Frames are
-//! encoded once per (serializer, join topic) and shared among subscribers; each connection has a
-//! bounded queue, and a connection whose queue is full is disconnected, never waited for.
+//! encoded once per (serializer, join topic) and shared among subscribers (each connection's
+//! bounded queue is its outbox).
 
 use crate::db::{DbEvent, MAX_NOTIFY_BYTES};
 use crate::metrics::Metrics;
-use crate::protocol::{self, Frame, Vsn};
-use axum::extract::ws::{Message, Utf8Bytes};
+use crate::outbox::{ConnId, Outbox};
+use crate::protocol::{self, Vsn};
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-pub type ConnId = u64;
-
-/// The sending half of one WebSocket connection.
-pub struct Outbox {
-    pub id: ConnId,
-    pub vsn: Vsn,
-    tx: mpsc::Sender<Message>,
-    /// Cancelled when the connection must end; the reason goes in the close frame.
-    pub kill: CancellationToken,
-    kill_reason: Mutex<Option<&'static str>>,
-    /// Signalled by the writer each time it takes a frame off the queue (paced sends wait on it).
-    pub drained: tokio::sync::Notify,
-}
-
-impl Outbox {
-    pub fn new(id: ConnId, vsn: Vsn, tx: mpsc::Sender<Message>) -> Outbox {
-        Outbox {
-            id,
-            vsn,
-            tx,
-            kill: CancellationToken::new(),
-            kill_reason: Mutex::new(None),
-            drained: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Queues a frame; a full queue means the client cannot keep up, and it is disconnected.
-    pub fn send(&self, metrics: &Metrics, text: Utf8Bytes) -> bool {
-        match self.tx.try_send(Message::Text(text)) {
-            Ok(()) => {
-                metrics.deliveries.inc();
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics.drops.with_label_values(&["slow_consumer"]).inc();
-                self.close("slow consumer: send queue full");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// Queues a frame of a long stream (a resume's replay) without crowding out live traffic:
-    /// waits while the queue is more than half full, so the other half stays free for live
-    /// frames. A client that drains nothing for `stall` is disconnected as too slow.
-    pub async fn send_paced(&self, metrics: &Metrics, frame: &Frame, stall: std::time::Duration) -> bool {
-        loop {
-            if self.kill.is_cancelled() {
-                return false;
-            }
-            if self.tx.capacity() * 2 >= self.tx.max_capacity() {
-                return self.send_frame(metrics, frame);
-            }
-            tokio::select! {
-                _ = self.drained.notified() => {}
-                _ = self.kill.cancelled() => return false,
-                _ = tokio::time::sleep(stall) => {
-                    metrics.drops.with_label_values(&["slow_consumer"]).inc();
-                    self.close("slow consumer: replay stalled");
-                    return false;
-                }
-            }
-        }
-    }
-
-    pub fn send_frame(&self, metrics: &Metrics, frame: &Frame) -> bool {
-        self.send(metrics, protocol::encode(self.vsn, frame).into())
-    }
-
-    pub fn close(&self, reason: &'static str) {
-        self.kill_reason.lock().expect("kill reason lock").get_or_insert(reason);
-        self.kill.cancel();
-    }
-
-    pub fn close_reason(&self) -> Option<&'static str> {
-        *self.kill_reason.lock().expect("kill reason lock")
-    }
-
-    pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
-}
 
 /// One connection's membership of a room.
 struct Subscription {

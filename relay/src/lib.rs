@@ -16,6 +16,7 @@ pub mod jwks;
 mod limits;
 mod metrics;
 mod notify;
+mod outbox;
 pub mod protocol;
 mod session;
 
@@ -105,7 +106,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    fn next_connection_id(&self) -> hub::ConnId {
+    fn next_connection_id(&self) -> outbox::ConnId {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 }

@@ -5,9 +5,10 @@
 use crate::auth::{self, AuthError, Identity};
 use crate::client_broadcast;
 use crate::db::DbError;
-use crate::hub::{self, Join, Outbox};
+use crate::hub::{self, Join};
 use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::protocol::{self, Frame, Vsn};
 use crate::{AccessChange, Relay};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
