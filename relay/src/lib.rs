@@ -17,6 +17,8 @@ mod limits;
 mod metrics;
 mod notify;
 mod outbox;
+mod peers;
+mod presence;
 pub mod protocol;
 mod session;
 
@@ -130,7 +132,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let verifier = auth::Verifier::new(&config.jwt_secret, &config.tokens).await?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let (peers_tx, mut peers_rx) = tokio::sync::mpsc::channel::<hub::PeerOut>(PEER_QUEUE);
+    let (peers_tx, mut peers_rx) = tokio::sync::mpsc::channel::<peers::PeerOut>(PEER_QUEUE);
     let relay = Arc::new(Relay {
         options,
         verifier,
@@ -153,13 +155,13 @@ pub async fn run_with(
     let peers = tokio::spawn(async move {
         while let Some(out) = peers_rx.recv().await {
             match out {
-                hub::PeerOut::Message(message) => {
+                peers::PeerOut::Message(message) => {
                     if let Err(err) = peers_relay.db.notify_peers(&message).await {
                         peers_relay.metrics.drops.with_label_values(&["peer_notify_failed"]).inc();
                         tracing::warn!(%err, "telling peer relays failed");
                     }
                 }
-                hub::PeerOut::Flush(done) => {
+                peers::PeerOut::Flush(done) => {
                     let _ = done.send(());
                 }
             }
@@ -206,7 +208,7 @@ pub async fn run_with(
     // and give it all a moment to go out.
     relay.hub.goodbye();
     let (flushed, done) = tokio::sync::oneshot::channel();
-    if relay.hub.flush_peers(hub::PeerOut::Flush(flushed)) {
+    if relay.hub.flush_peers(peers::PeerOut::Flush(flushed)) {
         let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
     }
     peers.abort();
