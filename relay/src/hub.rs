@@ -1,159 +1,17 @@
 //! The hub: the rooms of this relay, by canonical channel, and what crosses to the other relays.
-//! It takes the locks and decides who hears what; presence and the peer messages themselves live
-//! in their own modules. A client's presence or broadcast goes to its room and to the peers;
-//! what a peer says goes to local subscribers only.
+//! It takes the locks and decides who hears what; rooms, presence and the peer messages
+//! themselves live in their own modules. A client's presence or broadcast goes to its room and to
+//! the peers; what a peer says goes to local subscribers only.
 
 use crate::db::DbEvent;
 use crate::metrics::Metrics;
-use crate::outbox::{ConnId, Outbox};
+use crate::outbox::ConnId;
 use crate::peers::{PeerLink, PeerMessage, PeerOut, PeerState, Received};
-use crate::presence::{Owner, Presence, PresenceDiff};
-use crate::protocol::{self, Vsn};
-use axum::extract::ws::Utf8Bytes;
+use crate::presence::{Owner, PresenceDiff};
+use crate::rooms::{Join, Room};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// A subscription request from a session.
-pub struct Join {
-    pub outbox: Arc<Outbox>,
-    pub join_topic: String,
-    pub self_broadcast: bool,
-    /// The cursor a resuming client has seen (0 for a fresh join).
-    pub cursor: i64,
-}
-
-/// One connection's membership of a room.
-struct Subscription {
-    outbox: Arc<Outbox>,
-    join_topic: String,
-    self_broadcast: bool,
-    /// Newest database event delivered; older or equal ids are never sent again.
-    cursor: i64,
-    /// While a resume replays the log, live events wait here.
-    held: Option<Vec<DbEvent>>,
-}
-
-#[derive(Default)]
-pub struct Room {
-    subscriptions: HashMap<(ConnId, String), Subscription>,
-    pub presence: Presence,
-}
-
-/// A database event as clients receive it: its payload with the cursor added.
-pub fn db_payload(event: &DbEvent) -> Value {
-    let mut payload = event.payload.clone();
-    if let Value::Object(map) = &mut payload {
-        map.insert("cursor".to_owned(), json!(event.id));
-    }
-    broadcast_payload(&event.event, payload)
-}
-
-fn broadcast_payload(event: &str, payload: Value) -> Value {
-    json!({ "type": "broadcast", "event": event, "payload": payload })
-}
-
-/// Encodes a frame once per distinct (serializer, join topic) among the receivers. A room's
-/// subscribers almost always share one or two, so a short list beats hashing a key per receiver.
-struct EncodeCache<'a> {
-    event: &'a str,
-    payload: &'a Value,
-    encoded: Vec<(Vsn, String, Utf8Bytes)>,
-}
-
-impl<'a> EncodeCache<'a> {
-    fn new(event: &'a str, payload: &'a Value) -> Self {
-        EncodeCache { event, payload, encoded: Vec::new() }
-    }
-
-    fn get(&mut self, vsn: Vsn, join_topic: &str) -> Utf8Bytes {
-        if let Some((_, _, frame)) = self.encoded.iter().find(|(v, t, _)| *v == vsn && t == join_topic) {
-            return frame.clone();
-        }
-        let frame: Utf8Bytes =
-            protocol::encode(vsn, &protocol::push(join_topic, self.event, self.payload.clone())).into();
-        self.encoded.push((vsn, join_topic.to_owned(), frame.clone()));
-        frame
-    }
-}
-
-impl Room {
-    /// Subscribes a connection; live events are held until [`Room::finish_resume`].
-    pub fn subscribe(&mut self, join: Join) {
-        let subscription = Subscription {
-            outbox: join.outbox,
-            join_topic: join.join_topic,
-            self_broadcast: join.self_broadcast,
-            cursor: join.cursor,
-            // Live events wait until the join reply and any replay have gone out.
-            held: Some(Vec::new()),
-        };
-        self.subscriptions.insert((subscription.outbox.id, subscription.join_topic.clone()), subscription);
-    }
-
-    /// Ends the hold on a new subscription once the join reply (and, for a resuming client, the
-    /// replay up to `replayed_to`) has gone out: live events that arrived meanwhile follow, each
-    /// id once and in order. Returns false if the subscription is gone.
-    pub fn finish_resume(&mut self, metrics: &Metrics, conn: ConnId, join_topic: &str, replayed_to: i64) -> bool {
-        let Some(sub) = self.subscriptions.get_mut(&(conn, join_topic.to_owned())) else { return false };
-        sub.cursor = sub.cursor.max(replayed_to);
-        for event in sub.held.take().unwrap_or_default() {
-            if event.id > sub.cursor {
-                sub.cursor = event.id;
-                sub.outbox.send_frame(metrics, &protocol::push(&sub.join_topic, "broadcast", db_payload(&event)));
-            }
-        }
-        true
-    }
-
-    /// Whether the subscription existed.
-    pub fn unsubscribe(&mut self, conn: ConnId, join_topic: &str) -> bool {
-        self.subscriptions.remove(&(conn, join_topic.to_owned())).is_some()
-    }
-
-    /// Nobody subscribed and no presence (not even another relay's): the room can go.
-    pub fn is_empty(&self) -> bool {
-        self.subscriptions.is_empty() && self.presence.is_empty()
-    }
-
-    /// To every subscriber except `exclude`.
-    pub fn fan_out(&self, metrics: &Metrics, event: &str, payload: &Value, exclude: Option<(ConnId, &str)>) {
-        let mut cache = EncodeCache::new(event, payload);
-        for ((conn, join_topic), sub) in &self.subscriptions {
-            if exclude.is_some_and(|(c, t)| c == *conn && t == join_topic) {
-                continue;
-            }
-            sub.outbox.send(metrics, cache.get(sub.outbox.vsn, &sub.join_topic));
-        }
-    }
-
-    /// A committed database event: held for subscriptions still resuming, sent to the others
-    /// unless they have it already.
-    pub fn publish_db_event(&mut self, metrics: &Metrics, event: &DbEvent) {
-        let payload = db_payload(event);
-        let mut cache = EncodeCache::new("broadcast", &payload);
-        for sub in self.subscriptions.values_mut() {
-            if let Some(held) = &mut sub.held {
-                held.push(event.clone());
-            } else if event.id > sub.cursor {
-                sub.cursor = event.id;
-                sub.outbox.send(metrics, cache.get(sub.outbox.vsn, &sub.join_topic));
-            }
-        }
-    }
-
-    /// A client broadcast: to everyone, and to its sender only if it joined with `self`.
-    pub fn broadcast(&self, metrics: &Metrics, sender: Option<(ConnId, &str)>, event: &str, payload: Value) {
-        let exclude = sender.filter(|(conn, join_topic)| {
-            !self.subscriptions.get(&(*conn, join_topic.to_string())).is_some_and(|s| s.self_broadcast)
-        });
-        self.fan_out(metrics, "broadcast", &broadcast_payload(event, payload), exclude);
-    }
-
-    pub fn outboxes(&self) -> impl Iterator<Item = &Outbox> {
-        self.subscriptions.values().map(|s| &*s.outbox)
-    }
-}
 
 pub struct Hub {
     rooms: Mutex<HashMap<String, Room>>,

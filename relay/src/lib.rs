@@ -20,6 +20,7 @@ mod outbox;
 mod peers;
 mod presence;
 pub mod protocol;
+mod rooms;
 mod session;
 
 pub use config::Config;

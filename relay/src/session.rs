@@ -5,11 +5,12 @@
 use crate::auth::{self, AuthError, Identity};
 use crate::client_broadcast;
 use crate::db::DbError;
-use crate::hub::{self, Join};
+use crate::hub;
 use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Frame, Vsn};
+use crate::rooms::{self, Join};
 use crate::{AccessChange, Relay};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -518,7 +519,7 @@ impl Session {
             let full = page.len() >= crate::db::PAGE as usize;
             // Nothing up to the tail: either the page holds none, or the client was just told.
             for event in page.into_iter().filter(|e| e.id > tail) {
-                let frame = protocol::push(join_topic, "broadcast", hub::db_payload(&event));
+                let frame = protocol::push(join_topic, "broadcast", rooms::db_payload(&event));
                 if !self.outbox.send_paced(&self.relay.metrics, &frame, stall).await {
                     return Ok(cursor); // the connection is ending
                 }
