@@ -264,3 +264,233 @@ pub fn stopped_typing(mut payload: Value) -> Value {
     }
     payload
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::test_support::{outbox, received};
+    use axum::extract::ws::Message;
+    use tokio::sync::mpsc;
+
+    const CHANNEL: &str = "org:o:conv:c:presence";
+    const JOIN_TOPIC: &str = "realtime:org:o:conv:c:presence";
+
+    /// A hub and the queue its messages to the other relays wait in.
+    struct TestRelay {
+        hub: Hub,
+        to_peers: mpsc::Receiver<PeerOut>,
+    }
+
+    fn relay(id: &str) -> TestRelay {
+        let (tx, to_peers) = mpsc::channel(64);
+        TestRelay { hub: Hub::new(Arc::new(Metrics::new()), id.to_owned(), tx), to_peers }
+    }
+
+    impl TestRelay {
+        /// A client of this relay joined to CHANNEL, past its join reply.
+        fn client(&self, conn: ConnId) -> mpsc::Receiver<Message> {
+            let (outbox, rx) = outbox(conn, 64);
+            self.hub.join(CHANNEL, Join { outbox, join_topic: JOIN_TOPIC.into(), self_broadcast: false, cursor: 0 });
+            self.hub.finish_resume(CHANNEL, conn, JOIN_TOPIC, 0);
+            rx
+        }
+
+        /// What this relay has queued for its peers, as JSON.
+        fn said(&mut self) -> Vec<Value> {
+            std::iter::from_fn(|| self.to_peers.try_recv().ok())
+                .filter_map(|out| match out {
+                    PeerOut::Message(text) => Some(serde_json::from_str(&text).expect("JSON")),
+                    PeerOut::Flush(_) => None,
+                })
+                .collect()
+        }
+
+        /// Hands what this relay said to `other`, as the database would.
+        fn deliver_to(&mut self, other: &TestRelay) {
+            other.hear(&self.said());
+        }
+
+        fn hear(&self, messages: &[Value]) {
+            for message in messages {
+                self.hub.apply_peer_message(&message.to_string());
+            }
+        }
+    }
+
+    /// Relay b's client watching the room after ann, a client of relay a, tracked her presence.
+    fn watching_ann() -> (TestRelay, TestRelay, mpsc::Receiver<Message>) {
+        let (mut a, b) = (relay("a"), relay("b"));
+        let mut watcher = b.client(1);
+        track(&a, 7, "ann");
+        a.deliver_to(&b);
+        received(&mut watcher);
+        (a, b, watcher)
+    }
+
+    fn track(relay: &TestRelay, conn: ConnId, key: &str) {
+        let state = json!({ "name": key }).as_object().cloned().expect("an object");
+        relay.hub.track(CHANNEL, conn, JOIN_TOPIC, key, state);
+    }
+
+    /// The presence keys joining and leaving in the presence_diff frames among `frames`.
+    fn diffs(frames: &[Value]) -> Vec<(Vec<String>, Vec<String>)> {
+        let keys = |entries: &Value| entries.as_object().map_or(vec![], |m| m.keys().cloned().collect());
+        frames
+            .iter()
+            .filter(|f| f["event"] == "presence_diff")
+            .map(|f| (keys(&f["payload"]["joins"]), keys(&f["payload"]["leaves"])))
+            .collect()
+    }
+
+    fn kinds(messages: &[Value]) -> Vec<&str> {
+        messages.iter().map(|m| m["kind"].as_str().unwrap_or_default()).collect()
+    }
+
+    fn joins(key: &str) -> (Vec<String>, Vec<String>) {
+        (vec![key.to_owned()], vec![])
+    }
+
+    fn leaves(key: &str) -> (Vec<String>, Vec<String>) {
+        (vec![], vec![key.to_owned()])
+    }
+
+    #[test]
+    fn presence_crosses_to_the_other_relay_and_leaves_with_its_connection() {
+        let (mut a, b) = (relay("a"), relay("b"));
+        let mut watcher = b.client(1);
+        track(&a, 7, "ann");
+        a.deliver_to(&b);
+        assert_eq!(diffs(&received(&mut watcher)), [joins("ann")]);
+        a.hub.leave(CHANNEL, 7, JOIN_TOPIC);
+        a.deliver_to(&b);
+        assert_eq!(diffs(&received(&mut watcher)), [leaves("ann")]);
+        assert_eq!(b.hub.join_state_keys(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_untrack_leaves_once() {
+        let mut a = relay("a");
+        let mut watcher = a.client(1);
+        track(&a, 7, "ann");
+        a.hub.untrack(CHANNEL, 7, JOIN_TOPIC);
+        a.hub.untrack(CHANNEL, 7, JOIN_TOPIC);
+        a.hub.leave(CHANNEL, 7, JOIN_TOPIC);
+        assert_eq!(diffs(&received(&mut watcher)), [joins("ann"), leaves("ann")]);
+        assert_eq!(kinds(&a.said()), ["presence", "presence"]);
+    }
+
+    #[test]
+    fn what_a_peer_says_is_not_repeated_to_the_peers() {
+        let (mut a, mut b) = (relay("a"), relay("b"));
+        let mut watcher = b.client(1);
+        track(&a, 7, "ann");
+        a.hub.broadcast(CHANNEL, Some((7, JOIN_TOPIC)), "notice", json!({ "n": 1 }));
+        a.deliver_to(&b);
+        let frames = received(&mut watcher);
+        assert_eq!(
+            frames.iter().map(|f| f["event"].as_str().unwrap_or_default()).collect::<Vec<_>>(),
+            ["presence_diff", "broadcast"]
+        );
+        assert_eq!(frames[1]["payload"], json!({ "type": "broadcast", "event": "notice", "payload": { "n": 1 } }));
+        assert!(b.said().is_empty());
+    }
+
+    #[test]
+    fn a_relay_ignores_its_own_messages() {
+        let mut a = relay("a");
+        let mut watcher = a.client(1);
+        a.hub.broadcast(CHANNEL, None, "notice", json!({}));
+        received(&mut watcher);
+        let own = a.said();
+        a.hear(&own);
+        assert!(received(&mut watcher).is_empty());
+        assert_eq!(a.hub.metrics.peer_messages_in.get(), 0);
+    }
+
+    #[test]
+    fn a_relay_saying_goodbye_takes_its_presence_and_typing_along() {
+        let (mut a, b, mut watcher) = watching_ann();
+        a.hub.broadcast(CHANNEL, Some((7, JOIN_TOPIC)), "typing:start", json!({ "isTyping": true, "who": "ann" }));
+        a.deliver_to(&b);
+        received(&mut watcher);
+        a.hub.goodbye();
+        a.deliver_to(&b);
+        let frames = received(&mut watcher);
+        assert_eq!(diffs(&frames), [leaves("ann")]);
+        let stop = frames.iter().find(|f| f["event"] == "broadcast").expect("a typing:stop");
+        assert_eq!(stop["payload"]["event"], "typing:stop");
+        assert_eq!(stop["payload"]["payload"], json!({ "isTyping": false, "endedBy": "relay", "who": "ann" }));
+        assert_eq!(b.hub.metrics.peers_expired.get(), 1);
+    }
+
+    #[test]
+    fn a_silent_relay_is_forgotten() {
+        let (_a, b, mut watcher) = watching_ann();
+        b.hub.expire_peers(std::time::Duration::ZERO);
+        assert_eq!(diffs(&received(&mut watcher)), [leaves("ann")]);
+    }
+
+    #[test]
+    fn a_relay_that_missed_messages_relearns_presence_from_a_state_sync() {
+        let (mut a, mut b) = (relay("a"), relay("b"));
+        track(&a, 7, "ann");
+        track(&a, 8, "bob");
+        a.said(); // lost: b was not listening
+        let mut watcher = b.client(1);
+        b.hub.announce();
+        b.deliver_to(&a); // b's (empty) state and its hello
+        let sync = a.said();
+        assert_eq!(kinds(&sync), ["state", "state_done"]);
+        b.hear(&sync);
+        assert_eq!(diffs(&received(&mut watcher)), [(vec!["ann".to_owned(), "bob".to_owned()], vec![])]);
+        assert_eq!(b.hub.join_state_keys(), ["ann", "bob"]);
+
+        // Bob left while b was not listening: the next sync no longer names him.
+        a.hub.leave(CHANNEL, 8, JOIN_TOPIC);
+        a.said();
+        b.hub.announce();
+        b.deliver_to(&a);
+        a.deliver_to(&b);
+        assert_eq!(diffs(&received(&mut watcher)), [leaves("bob")]);
+
+        // Nobody of a's left in the room: the sync's end says so.
+        a.hub.leave(CHANNEL, 7, JOIN_TOPIC);
+        a.said();
+        b.hub.announce();
+        b.deliver_to(&a);
+        let sync = a.said();
+        assert_eq!(kinds(&sync), ["state_done"]);
+        b.hear(&sync);
+        assert_eq!(diffs(&received(&mut watcher)), [leaves("ann")]);
+    }
+
+    #[test]
+    fn an_empty_room_goes_and_queued_frames_count_each_connection_once() {
+        let a = relay("a");
+        let _one = a.client(1);
+        let (outbox, _two) = outbox(2, 8);
+        a.hub.join(
+            "org:o",
+            Join { outbox: outbox.clone(), join_topic: "realtime:org:o".into(), self_broadcast: false, cursor: 0 },
+        );
+        a.hub.join(CHANNEL, Join { outbox, join_topic: JOIN_TOPIC.into(), self_broadcast: false, cursor: 0 });
+        a.hub.finish_resume(CHANNEL, 2, JOIN_TOPIC, 0);
+        a.hub.broadcast(CHANNEL, None, "notice", json!({}));
+        assert_eq!(a.hub.queued_frames(), (2, 1));
+        assert_eq!(a.hub.metrics.channels.get(), 3);
+        for (topic, conn, join_topic) in
+            [("org:o", 2, "realtime:org:o"), (CHANNEL, 1, JOIN_TOPIC), (CHANNEL, 2, JOIN_TOPIC)]
+        {
+            a.hub.leave(topic, conn, join_topic);
+        }
+        assert_eq!(a.hub.metrics.channels.get(), 0);
+        assert!(a.hub.rooms().is_empty());
+    }
+
+    impl Hub {
+        /// The presence keys a client joining CHANNEL would be told about.
+        fn join_state_keys(&self) -> Vec<String> {
+            self.rooms().get(CHANNEL).map_or(vec![], |room| room.presence.state().into_keys().collect())
+        }
+    }
+}
