@@ -4,7 +4,7 @@
 
 use crate::auth::{self, AuthError, Identity};
 use crate::client_broadcast;
-use crate::db::DbError;
+use crate::db::{Authorization, DbError};
 use crate::hub;
 use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
 use crate::metrics::Metrics;
@@ -362,51 +362,59 @@ impl Session {
         }
     }
 
+    /// A join, in four steps: authorize (any refusal is the reply), subscribe, reply, resume.
     async fn join(&mut self, frame: Frame) {
-        let topic = frame.topic.clone();
-        let Some(name) = topic.strip_prefix("realtime:") else {
-            return self.send(&protocol::error_reply(&frame, "unmatched topic"));
+        let (identity, authorization) = match self.authorize_join(&frame).await {
+            Ok(granted) => granted,
+            Err(reason) => return self.send(&protocol::error_reply(&frame, reason)),
         };
+        let canonical = authorization.topic.clone();
+        let (presence_state, cursor) = self.subscribe(&frame, identity, authorization);
+        self.reply_to_join(&frame, presence_state);
+        self.resume(&frame, &canonical, cursor).await;
+    }
+
+    /// Who the join acts as and what the extension lets it do there, or why it is refused.
+    async fn authorize_join(&mut self, frame: &Frame) -> Result<(Identity, Authorization), String> {
+        let Some(name) = frame.topic.strip_prefix("realtime:") else { return Err("unmatched topic".into()) };
         if name.is_empty() {
-            return self.send(&protocol::error_reply(&frame, "TopicNameRequired: You must provide a topic name"));
+            return Err("TopicNameRequired: You must provide a topic name".into());
         }
         if let Some(reason) = self.over_rate(Action::Join) {
-            return self.send(&protocol::error_reply(&frame, format!("ClientJoinRateLimitReached: {reason}")));
+            return Err(format!("ClientJoinRateLimitReached: {reason}"));
         }
-        if self.channels.len() >= self.relay.config.max_channels && !self.channels.contains_key(&topic) {
-            return self.send(&protocol::error_reply(&frame, "ChannelRateLimitReached: Too many channels"));
+        if self.channels.len() >= self.relay.config.max_channels && !self.channels.contains_key(&frame.topic) {
+            return Err("ChannelRateLimitReached: Too many channels".into());
         }
-        let identity = match self.join_identity(&frame.payload).await {
-            Ok(identity) => identity,
-            Err((code, message)) => return self.send(&protocol::error_reply(&frame, format!("{code}: {message}"))),
-        };
-        let authorization = match self.relay.db.authorize(name, &identity.claims).await {
-            Ok(a) if a.read => a,
+        let identity =
+            self.join_identity(&frame.payload).await.map_err(|(code, message)| format!("{code}: {message}"))?;
+        match self.relay.db.authorize(name, &identity.claims).await {
+            Ok(a) if a.read => Ok((identity, a)),
             Ok(a) => {
                 let reason = a.reason.unwrap_or_else(|| "access denied".into());
-                return self.send(&protocol::error_reply(
-                    &frame,
-                    format!(
-                        "Unauthorized: You do not have permissions to read from this Channel topic: {name} ({reason})"
-                    ),
-                ));
+                Err(format!(
+                    "Unauthorized: You do not have permissions to read from this Channel topic: {name} ({reason})"
+                ))
             }
-            Err(DbError::InvalidChannel(message)) => {
-                return self.send(&protocol::error_reply(&frame, format!("InvalidChannelName: {message}")));
-            }
+            Err(DbError::InvalidChannel(message)) => Err(format!("InvalidChannelName: {message}")),
             Err(err) => {
                 tracing::warn!(%err, "authorizing a join failed");
-                return self
-                    .send(&protocol::error_reply(&frame, "UnableToConnectToProject: the database is unavailable"));
+                Err("UnableToConnectToProject: the database is unavailable".into())
             }
-        };
+        }
+    }
+
+    /// Subscribes the join's topic to its channel (live events held until [`Session::resume`]);
+    /// returns the room's presence state and the cursor a resuming client gave.
+    fn subscribe(&mut self, frame: &Frame, identity: Identity, authorization: Authorization) -> (Value, Option<i64>) {
+        let topic = &frame.topic;
         // One subscription per channel per connection, or each event would arrive once per
         // spelling (`bcast:`, capitals, the seeds' widget name): a second join of a channel
         // replaces the first, as Phoenix does for a repeated topic.
-        let canonical = authorization.topic.clone();
+        let canonical = authorization.topic;
         if let Some(previous) = self.channels.iter().find(|(_, c)| c.canonical == canonical).map(|(t, _)| t.clone()) {
-            if previous == topic {
-                self.close_channel(&topic);
+            if previous == *topic {
+                self.close_channel(topic);
             } else {
                 let message = format!(
                     "DuplicateJoin: this connection joined the same channel again as {topic}; \
@@ -433,7 +441,7 @@ impl Session {
         self.channels.insert(
             topic.clone(),
             Channel {
-                canonical: canonical.clone(),
+                canonical,
                 join_ref: frame.join_ref.clone(),
                 identity,
                 may_broadcast: authorization.broadcast,
@@ -443,40 +451,50 @@ impl Session {
                 typing: None,
             },
         );
-        let postgres_changes = echo_postgres_changes(&config["postgres_changes"]);
+        (presence_state, cursor)
+    }
+
+    /// The join reply, the presence state, and a `system` error if table changes were asked for.
+    fn reply_to_join(&self, frame: &Frame, presence_state: Value) {
+        let join_ref = frame.join_ref.as_deref();
+        let postgres_changes = echo_postgres_changes(&frame.payload["config"]["postgres_changes"]);
         let unsupported = !postgres_changes.is_empty();
-        self.send(&protocol::reply(&frame, "ok", json!({ "postgres_changes": postgres_changes })));
-        self.send(&protocol::channel_push(&topic, frame.join_ref.as_deref(), "presence_state", presence_state));
+        self.send(&protocol::reply(frame, "ok", json!({ "postgres_changes": postgres_changes })));
+        self.send(&protocol::channel_push(&frame.topic, join_ref, "presence_state", presence_state));
         if unsupported {
             let system = json!({
                 "extension": "postgres_changes",
                 "status": "error",
                 "message": "postgres_changes is not supported by this relay: listen for the broadcast events the database sends (message:created, ...)",
-                "channel": name,
+                "channel": sub_topic(&frame.topic),
             });
-            self.send(&protocol::channel_push(&topic, frame.join_ref.as_deref(), "system", system));
+            self.send(&protocol::channel_push(&frame.topic, join_ref, "system", system));
         }
+    }
+
+    /// Replays the log after a resuming client's cursor, then lets live events through.
+    async fn resume(&mut self, frame: &Frame, canonical: &str, cursor: Option<i64>) {
+        let topic = &frame.topic;
         let replayed_to = match cursor {
             None => 0,
             Some(cursor) => {
                 self.relay.metrics.resumes.inc();
-                let replay = self.replay(&canonical, &topic, frame.join_ref.as_deref(), cursor).await;
-                match replay {
+                match self.replay(canonical, topic, frame.join_ref.as_deref(), cursor).await {
                     Ok(last) => last,
                     Err(err) => {
                         // The client must not believe it is caught up: the channel errors, and
                         // realtime-js rejoins (with its cursor) after its backoff.
                         tracing::warn!(%err, "replaying the log for a resuming client failed");
-                        if let Some(channel) = self.channels.remove(&topic) {
-                            self.relay.hub.leave(&channel.canonical, self.outbox.id, &topic);
-                            self.send(&protocol::channel_end(&topic, channel.join_ref.as_deref(), "phx_error"));
+                        if let Some(channel) = self.channels.remove(topic) {
+                            self.relay.hub.leave(&channel.canonical, self.outbox.id, topic);
+                            self.send(&protocol::channel_end(topic, channel.join_ref.as_deref(), "phx_error"));
                         }
                         return;
                     }
                 }
             }
         };
-        self.relay.hub.finish_resume(&canonical, self.outbox.id, &topic, replayed_to);
+        self.relay.hub.finish_resume(canonical, self.outbox.id, topic, replayed_to);
     }
 
     /// Who a join acts as: its own `access_token`, else the connection's credential, which must
