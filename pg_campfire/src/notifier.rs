@@ -227,7 +227,7 @@ pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
         // Woken by commits it has announced already (many set the latch for one batch): nothing
         // to do, and no transaction to know it; it still looks once a poll (is the extension
         // still there?).
-        let moved = crate::horizon::kept_horizon(sequence).is_none_or(|horizon| horizon > announced);
+        let moved = horizon_moved(sequence, announced);
         let look = moved || last_look.elapsed() >= IDLE_POLL;
         if look {
             last_look = std::time::Instant::now();
@@ -254,12 +254,16 @@ pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
             // settle, and announce them.
             release(database, PUBLISHED.replace(-1));
             let owed = BackgroundWorker::transaction(crate::horizon::handed_out_if_installed).unwrap_or(announced);
+            // (A commit held back for long, by a synchronous standby say, keeps it here: it looks
+            // again when the horizon has moved, not in a busy loop.)
             while announced < owed {
-                match BackgroundWorker::transaction(|| announce_settled(sequence, announced)) {
-                    Some((through, _)) => announced = through,
-                    None => return,
+                if horizon_moved(sequence, announced) {
+                    match BackgroundWorker::transaction(|| announce_settled(sequence, announced)) {
+                        Some((through, _)) => announced = through,
+                        None => return,
+                    }
                 }
-                if announced < owed && !BackgroundWorker::wait_latch(Some(Duration::from_millis(1))) {
+                if announced < owed && !BackgroundWorker::wait_latch(Some(Duration::from_millis(10))) {
                     return;
                 }
             }
@@ -273,6 +277,11 @@ pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
     }
+}
+
+/// Whether the log may hold settled events after `announced`, from shared memory alone.
+fn horizon_moved(sequence: pg_sys::Oid, announced: i64) -> bool {
+    crate::horizon::kept_horizon(sequence).is_none_or(|horizon| horizon > announced)
 }
 
 /// Announces the events settled after `announced`, at most `BATCH`: returns the id announced
