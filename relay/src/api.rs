@@ -116,7 +116,7 @@ async fn caller(relay: &Relay, headers: &HeaderMap) -> Result<Identity, ApiError
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token"))?;
-    session::resolve_token(relay, token).await.map_err(|(_, message)| ApiError::new(StatusCode::UNAUTHORIZED, message))
+    session::resolve_token(relay, token).await.map_err(|err| ApiError::new(StatusCode::UNAUTHORIZED, err.to_string()))
 }
 
 /// Runs `call` (a set-returning or scalar SQL expression over $2, $3, ...) with the caller's
@@ -214,7 +214,7 @@ async fn widget_auth(
     let secret = session["session_secret"].as_str().unwrap_or_default().to_owned();
     let identity = session::resolve_token(&relay, &secret)
         .await
-        .map_err(|(_, message)| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message))?;
+        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
     ok(json!({
         "conversationId": session["conversation_id"],
         "widgetSessionId": session["widget_session_id"],

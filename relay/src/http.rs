@@ -86,7 +86,7 @@ async fn websocket(
     } else {
         match session::resolve_token(&relay, key).await {
             Ok(identity) => Some(identity),
-            Err((_, message)) => return error(StatusCode::UNAUTHORIZED, message),
+            Err(err) => return error(StatusCode::UNAUTHORIZED, err.to_string()),
         }
     };
     if let Some(identity) = &identity
@@ -221,7 +221,7 @@ async fn http_identity(relay: &Relay, headers: &HeaderMap) -> Result<Identity, R
     let Some(token) = token else {
         return Err(error(StatusCode::UNAUTHORIZED, "missing Authorization bearer token or apikey header"));
     };
-    session::resolve_token(relay, token).await.map_err(|(_, message)| error(StatusCode::UNAUTHORIZED, message))
+    session::resolve_token(relay, token).await.map_err(|err| error(StatusCode::UNAUTHORIZED, err.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -359,7 +359,6 @@ async fn widget_token(
             let token = auth::mint(relay.config.jwt_secret.as_bytes(), &identity);
             Json(json!({ "access_token": token, "expires_at": identity.expires_at })).into_response()
         }
-        Err((code, message)) if code == "UnableToConnectToProject" => error(StatusCode::SERVICE_UNAVAILABLE, message),
-        Err((_, message)) => error(StatusCode::UNAUTHORIZED, message),
+        Err(err) => error(err.status(), err.to_string()),
     }
 }

@@ -10,6 +10,7 @@ mod client_addr;
 mod client_broadcast;
 pub mod config;
 mod db;
+mod errors;
 mod http;
 mod hub;
 pub mod jwks;

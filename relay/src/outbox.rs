@@ -1,6 +1,7 @@
 //! The sending half of one WebSocket connection: a bounded queue the connection's writer drains.
 //! Nothing waits on a slow client: a full queue disconnects it.
 
+use crate::errors::CloseReason;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Frame, Vsn};
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -17,7 +18,7 @@ pub struct Outbox {
     tx: mpsc::Sender<Message>,
     /// Cancelled when the connection must end; the reason goes in the close frame.
     pub kill: CancellationToken,
-    kill_reason: Mutex<Option<&'static str>>,
+    kill_reason: Mutex<Option<CloseReason>>,
     /// Signalled by the writer each time it takes a frame off the queue (paced sends wait on it).
     pub drained: tokio::sync::Notify,
 }
@@ -43,7 +44,7 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics.drops.with_label_values(&["slow_consumer"]).inc();
-                self.close("slow consumer: send queue full");
+                self.close(CloseReason::SendQueueFull);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -66,7 +67,7 @@ impl Outbox {
                 _ = self.kill.cancelled() => return false,
                 _ = tokio::time::sleep(stall) => {
                     metrics.drops.with_label_values(&["slow_consumer"]).inc();
-                    self.close("slow consumer: replay stalled");
+                    self.close(CloseReason::ReplayStalled);
                     return false;
                 }
             }
@@ -78,13 +79,20 @@ impl Outbox {
     }
 
     /// Ends the connection; the first reason given is the one the close frame names.
-    pub fn close(&self, reason: &'static str) {
-        self.kill_reason.lock().expect("kill reason lock").get_or_insert(reason);
+    pub fn close(&self, reason: impl Into<CloseReason>) {
+        self.kill_reason.lock().expect("kill reason lock").get_or_insert(reason.into());
         self.kill.cancel();
     }
 
-    pub fn close_reason(&self) -> Option<&'static str> {
+    /// Why the connection is ending, once [`Outbox::close`] was called.
+    pub fn closed_for(&self) -> Option<CloseReason> {
         *self.kill_reason.lock().expect("kill reason lock")
+    }
+
+    /// The text of [`Outbox::closed_for`], as the close frame gives it.
+    #[cfg(test)]
+    pub fn close_reason(&self) -> Option<&'static str> {
+        self.closed_for().map(CloseReason::text)
     }
 
     pub fn queued(&self) -> usize {

@@ -3,8 +3,8 @@
 //! close that lets the close frame reach the client.
 
 use crate::auth::{self, AuthError, Identity};
-use crate::client_broadcast;
 use crate::db::{Authorization, DbError};
+use crate::errors::{CloseReason, CredentialError, Refusal};
 use crate::hub;
 use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
 use crate::metrics::Metrics;
@@ -48,10 +48,6 @@ struct Session {
 
 /// At most this many queued frames are coalesced into one socket write.
 const MAX_FRAMES_PER_WRITE: u64 = 64;
-
-/// Why a connection that sent heartbeats faster than its limit is closed (with 1008, policy
-/// violation): a client that keeps to the protocol sends one each 25 s.
-const TOO_MANY_HEARTBEATS: &str = "rate limit: too many heartbeats";
 
 /// A client silent this long after the close frame went out will not answer it: the socket is
 /// closed (its input drained, so without a reset).
@@ -121,17 +117,12 @@ fn filter_text(map: &serde_json::Map<String, Value>) -> String {
 
 /// Turns a token into an identity: a JWT is verified here, a widget session secret by the
 /// extension.
-pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, (String, String)> {
+pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, CredentialError> {
     if auth::is_widget_secret(token) {
-        return match relay.db.visitor_claims(token).await {
-            Ok(claims) => Ok(Identity { claims, expires_at: auth::now() + relay.config.visitor_token_ttl_secs }),
-            Err(err @ (DbError::Unavailable(_) | DbError::TimedOut(_))) => {
-                Err(("UnableToConnectToProject".into(), err.to_string()))
-            }
-            Err(e) => Err((AuthError::BadSecret.code().into(), e.to_string())),
-        };
+        let claims = relay.db.visitor_claims(token).await.map_err(CredentialError::from_secret_lookup)?;
+        return Ok(Identity { claims, expires_at: auth::now() + relay.config.visitor_token_ttl_secs });
     }
-    relay.verifier.verify(token).await.map_err(|e| (e.code().to_owned(), e.to_string()))
+    Ok(relay.verifier.verify(token).await?)
 }
 
 /// Serves one connection; `_slot`, its place under the connection limits, is freed when it ends.
@@ -170,18 +161,18 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
                     },
                     Some(Ok(Message::Binary(_))) => session.malformed("binary frames need vsn 2.0.0"),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break "client closed",
-                    Some(Err(_)) => break "transport error",
+                    Some(Ok(Message::Close(_))) | None => break CloseReason::ClientClosed,
+                    Some(Err(_)) => break CloseReason::TransportError,
                 }
             }
             _ = tokio::time::sleep_until(idle_deadline) => {
-                outbox.close("idle timeout");
-                break "idle timeout";
+                outbox.close(CloseReason::IdleTimeout);
+                break CloseReason::IdleTimeout;
             }
-            _ = outbox.kill.cancelled() => break outbox.close_reason().unwrap_or("closed"),
+            _ = outbox.kill.cancelled() => break outbox.closed_for().unwrap_or(CloseReason::Closed),
             _ = relay.shutdown.cancelled() => {
-                outbox.close("server shutting down");
-                break "server shutting down";
+                outbox.close(CloseReason::ShuttingDown);
+                break CloseReason::ShuttingDown;
             }
             _ = ticker.tick() => session.expire(),
             change = access.recv() => match change {
@@ -196,7 +187,7 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
     };
     session.leave_all();
     relay.metrics.connections.dec();
-    relay.metrics.disconnects.with_label_values(&[reason.split(':').next().unwrap_or(reason)]).inc();
+    relay.metrics.disconnects.with_label_values(&[reason.label()]).inc();
     outbox.close(reason);
     linger(stream, writer, relay.config.write_timeout()).await;
 }
@@ -229,22 +220,13 @@ async fn write_frames(
         match written {
             Ok(Some(frames)) => metrics.frames_written.inc_by(frames),
             Ok(None) => return,
-            Err(_) => return outbox.close("slow consumer: write timed out"),
+            Err(_) => return outbox.close(CloseReason::WriteTimedOut),
         }
     }
     // Frames still queued are dropped: the close frame goes right after what is on its way.
     drop(rx);
-    let reason = outbox.close_reason().unwrap_or("closing");
-    let code = if reason.starts_with("slow consumer") {
-        1013
-    } else if reason.starts_with("server") {
-        1001
-    } else if reason == TOO_MANY_HEARTBEATS {
-        1008
-    } else {
-        1000
-    };
-    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    let reason = outbox.closed_for().unwrap_or(CloseReason::Closed);
+    let _ = sink.send(Message::Close(Some(CloseFrame { code: reason.code(), reason: reason.text().into() }))).await;
 }
 
 /// Feeds `first`, and what queued up behind it (a fan-out burst), to the socket in one write.
@@ -302,6 +284,14 @@ impl Session {
         self.outbox.send_frame(&self.relay.metrics, frame);
     }
 
+    /// Refuses `frame`: the error reply gives the reason, and a dropped message is counted.
+    fn refuse(&self, frame: &Frame, refusal: Refusal) {
+        if let Some(label) = refusal.drop_label() {
+            self.relay.metrics.drops.with_label_values(&[label]).inc();
+        }
+        self.send(&protocol::error_reply(frame, refusal.to_string()));
+    }
+
     /// Malformed frames are logged and counted, never fatal, as the Realtime server does.
     fn malformed(&self, reason: &str) {
         self.relay.metrics.malformed_frames.inc();
@@ -310,15 +300,15 @@ impl Session {
 
     /// A broadcast whose header could be read but whose payload is refused: the sender hears why
     /// (when it joined the topic with that join_ref), as it would for any refused broadcast.
-    fn refuse_payload(&self, frame: &Frame, reason: &str) {
+    fn refuse_payload(&self, frame: &Frame, reason: &'static str) {
         self.relay.metrics.malformed_frames.inc();
         let Some(channel) = self.channels.get(&frame.topic) else {
-            return self.send(&protocol::error_reply(frame, "unmatched topic"));
+            return self.refuse(frame, Refusal::UnmatchedTopic);
         };
         if frame.join_ref.is_some() && frame.join_ref != channel.join_ref {
             return;
         }
-        self.send(&protocol::error_reply(frame, reason));
+        self.refuse(frame, Refusal::Payload(reason));
     }
 
     /// Counts `action` against the connection's rate; over it, counted in the metrics and the
@@ -333,17 +323,15 @@ impl Session {
         match (frame.topic.as_str(), frame.event.as_str()) {
             ("phoenix", "heartbeat") => match self.over_rate(Action::Heartbeat) {
                 None => self.send(&protocol::reply(&frame, "ok", json!({}))),
-                Some(_) => self.outbox.close(TOO_MANY_HEARTBEATS),
+                Some(_) => self.outbox.close(CloseReason::TooManyHeartbeats),
             },
             (_, "phx_join") => self.join(frame).await,
             _ => {
                 let Some(channel) = self.channels.get(&frame.topic) else {
-                    let reply = if frame.event == "phx_leave" {
-                        protocol::reply(&frame, "ok", json!({}))
-                    } else {
-                        protocol::error_reply(&frame, "unmatched topic")
-                    };
-                    return self.send(&reply);
+                    if frame.event == "phx_leave" {
+                        return self.send(&protocol::reply(&frame, "ok", json!({})));
+                    }
+                    return self.refuse(&frame, Refusal::UnmatchedTopic);
                 };
                 if frame.join_ref.is_some() && frame.join_ref != channel.join_ref {
                     return; // a push from an earlier join of this topic
@@ -356,7 +344,7 @@ impl Session {
                     "broadcast" => self.broadcast(&frame),
                     "presence" => self.presence(&frame),
                     "access_token" => self.refresh_token(&frame).await,
-                    other => self.send(&protocol::error_reply(&frame, format!("unknown event {other}"))),
+                    other => self.refuse(&frame, Refusal::UnknownEvent(other.to_owned())),
                 }
             }
         }
@@ -366,7 +354,7 @@ impl Session {
     async fn join(&mut self, frame: Frame) {
         let (identity, authorization) = match self.authorize_join(&frame).await {
             Ok(granted) => granted,
-            Err(reason) => return self.send(&protocol::error_reply(&frame, reason)),
+            Err(refusal) => return self.refuse(&frame, refusal),
         };
         let canonical = authorization.topic.clone();
         let (presence_state, cursor) = self.subscribe(&frame, identity, authorization);
@@ -375,31 +363,28 @@ impl Session {
     }
 
     /// Who the join acts as and what the extension lets it do there, or why it is refused.
-    async fn authorize_join(&mut self, frame: &Frame) -> Result<(Identity, Authorization), String> {
-        let Some(name) = frame.topic.strip_prefix("realtime:") else { return Err("unmatched topic".into()) };
+    async fn authorize_join(&mut self, frame: &Frame) -> Result<(Identity, Authorization), Refusal> {
+        let Some(name) = frame.topic.strip_prefix("realtime:") else { return Err(Refusal::UnmatchedTopic) };
         if name.is_empty() {
-            return Err("TopicNameRequired: You must provide a topic name".into());
+            return Err(Refusal::TopicNameRequired);
         }
         if let Some(reason) = self.over_rate(Action::Join) {
-            return Err(format!("ClientJoinRateLimitReached: {reason}"));
+            return Err(Refusal::JoinRate(reason));
         }
         if self.channels.len() >= self.relay.config.max_channels && !self.channels.contains_key(&frame.topic) {
-            return Err("ChannelRateLimitReached: Too many channels".into());
+            return Err(Refusal::TooManyChannels);
         }
-        let identity =
-            self.join_identity(&frame.payload).await.map_err(|(code, message)| format!("{code}: {message}"))?;
+        let identity = self.join_identity(&frame.payload).await.map_err(Refusal::Credential)?;
         match self.relay.db.authorize(name, &identity.claims).await {
             Ok(a) if a.read => Ok((identity, a)),
             Ok(a) => {
                 let reason = a.reason.unwrap_or_else(|| "access denied".into());
-                Err(format!(
-                    "Unauthorized: You do not have permissions to read from this Channel topic: {name} ({reason})"
-                ))
+                Err(Refusal::ReadDenied { name: name.to_owned(), reason })
             }
-            Err(DbError::InvalidChannel(message)) => Err(format!("InvalidChannelName: {message}")),
+            Err(DbError::InvalidChannel(message)) => Err(Refusal::InvalidChannelName(message)),
             Err(err) => {
                 tracing::warn!(%err, "authorizing a join failed");
-                Err("UnableToConnectToProject: the database is unavailable".into())
+                Err(Refusal::DatabaseUnavailable)
             }
         }
     }
@@ -500,13 +485,10 @@ impl Session {
     /// Who a join acts as: its own `access_token`, else the connection's credential, which must
     /// not have expired since the connection opened. Supabase API keys are no tokens: realtime-js
     /// sends one when it has no token.
-    async fn join_identity(&self, payload: &Value) -> Result<Identity, (String, String)> {
-        let refused = |e: AuthError| (e.code().to_owned(), e.to_string());
+    async fn join_identity(&self, payload: &Value) -> Result<Identity, CredentialError> {
         match payload["access_token"].as_str().filter(|t| !auth::is_supabase_key(t)) {
             Some(token) => resolve_token(&self.relay, token).await,
-            None => {
-                self.identity.as_ref().ok_or(AuthError::NoCredential).and_then(Identity::unexpired).map_err(refused)
-            }
+            None => Ok(self.identity.as_ref().ok_or(AuthError::NoCredential).and_then(Identity::unexpired)?),
         }
     }
 
@@ -554,24 +536,19 @@ impl Session {
 
     fn broadcast(&mut self, frame: &Frame) {
         let Some(event) = frame.payload["event"].as_str().map(str::to_owned) else {
-            return self.send(&protocol::error_reply(frame, "a broadcast needs payload.event (a string)"));
+            return self.refuse(frame, Refusal::BroadcastWithoutEvent);
         };
         let payload = frame.payload.get("payload").cloned().unwrap_or_else(|| json!({}));
         if let Some(reason) = self.over_rate(Action::Broadcast) {
-            return self.send(&protocol::error_reply(frame, format!("RateLimitReached: {reason}")));
+            return self.refuse(frame, Refusal::BroadcastRate(reason));
         }
-        let channel = self.channels.get_mut(&frame.topic).expect("checked by handle");
-        if !channel.may_broadcast {
-            self.relay.metrics.drops.with_label_values(&["unauthorized"]).inc();
-            let reason = format!("Unauthorized: you may not broadcast on {}", sub_topic(&frame.topic));
-            return self.send(&protocol::error_reply(frame, reason));
+        if !self.channels[&frame.topic].may_broadcast {
+            return self.refuse(frame, Refusal::BroadcastDenied(sub_topic(&frame.topic).to_owned()));
         }
         if let Err(refusal) = self.relay.broadcast_rules.check(&event, &payload) {
-            if matches!(refusal, client_broadcast::Refusal::TooLarge { .. }) {
-                self.relay.metrics.drops.with_label_values(&["payload_too_large"]).inc();
-            }
-            return self.send(&protocol::error_reply(frame, refusal.to_string()));
+            return self.refuse(frame, Refusal::BroadcastRule(refusal));
         }
+        let channel = self.channels.get_mut(&frame.topic).expect("checked by handle");
         match event.as_str() {
             "typing:start" => channel.typing = Some((payload.clone(), Instant::now())),
             "typing:stop" => channel.typing = None,
@@ -588,21 +565,20 @@ impl Session {
     fn presence(&mut self, frame: &Frame) {
         let channel = self.channels.get(&frame.topic).expect("checked by handle");
         if !channel.may_track {
-            let reason = format!("Unauthorized: you may not track presence on {}", sub_topic(&frame.topic));
-            return self.send(&protocol::error_reply(frame, reason));
+            return self.refuse(frame, Refusal::TrackDenied(sub_topic(&frame.topic).to_owned()));
         }
         match frame.payload["event"].as_str() {
             Some("track") => {
                 let Some(state) = frame.payload["payload"].as_object().cloned() else {
-                    return self.send(&protocol::error_reply(frame, "Presence track payload must be a map"));
+                    return self.refuse(frame, Refusal::TrackNotAMap);
                 };
                 if Value::Object(state.clone()).to_string().len() > self.relay.config.max_payload_bytes {
-                    return self.send(&protocol::error_reply(frame, "Track message size exceeded"));
+                    return self.refuse(frame, Refusal::TrackTooLarge);
                 }
                 self.relay.hub.track(&channel.canonical, self.outbox.id, &frame.topic, &channel.presence_key, state);
             }
             Some("untrack") => self.relay.hub.untrack(&channel.canonical, self.outbox.id, &frame.topic),
-            _ => return self.send(&protocol::error_reply(frame, "presence event must be track or untrack")),
+            _ => return self.refuse(frame, Refusal::PresenceEvent),
         }
         self.send(&protocol::reply(frame, "ok", json!({})));
     }
@@ -612,7 +588,7 @@ impl Session {
         let Some(token) = frame.payload["access_token"].as_str().filter(|t| !auth::is_supabase_key(t)) else { return };
         match resolve_token(&self.relay, token).await {
             Ok(identity) => self.reauthorize(&frame.topic, identity).await,
-            Err((_, message)) => self.end_channel(&frame.topic, &message),
+            Err(err) => self.end_channel(&frame.topic, &err.to_string()),
         }
     }
 
