@@ -4,11 +4,12 @@
 
 use crate::Relay;
 use crate::auth::{self, Identity};
+use crate::errors::{HttpError, SqlError};
 use crate::{client_addr, session};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -39,48 +40,43 @@ pub fn routes() -> axum::Router<Arc<Relay>> {
         .route("/api/dashboard/events", get(events_since))
 }
 
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    code: Option<String>,
-    retry_after: Option<u64>,
-}
+/// An error of the SQL API's routes: its body names the SQLSTATE (`code`, null when the error is
+/// not the database's).
+pub struct ApiError(HttpError);
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), code: None, retry_after: None }
+        ApiError(HttpError::new(status, message))
+    }
+}
+
+impl From<HttpError> for ApiError {
+    fn from(error: HttpError) -> ApiError {
+        ApiError(error)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({ "error": self.message, "code": self.code }))).into_response();
-        if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        self.0.naming_sqlstate().into_response()
     }
 }
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> ApiError {
-        let Some(db) = err.as_db_error() else {
-            tracing::warn!(%err, "database call failed");
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable");
-        };
-        let code = db.code().code();
-        let status = match code {
-            "22023" | "22001" | "22P02" | "23502" | "22003" => StatusCode::BAD_REQUEST,
-            "28000" => StatusCode::UNAUTHORIZED,
-            "42501" => StatusCode::FORBIDDEN,
-            "P0002" => StatusCode::NOT_FOUND,
-            "55000" | "23505" => StatusCode::CONFLICT,
-            _ => {
-                tracing::warn!(code, message = db.message(), "unexpected database error");
-                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        if let Some((meaning, db)) = SqlError::of(&err) {
+            return ApiError(HttpError::from_sql(meaning, db));
+        }
+        match err.as_db_error() {
+            Some(db) => {
+                tracing::warn!(code = db.code().code(), message = db.message(), "unexpected database error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
-        };
-        ApiError { status, message: db.message().to_owned(), code: Some(code.to_owned()), retry_after: None }
+            None => {
+                tracing::warn!(%err, "database call failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable")
+            }
+        }
     }
 }
 
@@ -88,10 +84,7 @@ type ApiResult = Result<Response, ApiError>;
 
 /// 429 with `Retry-After`: the caller did `what` too often.
 fn too_many(what: &str, retry: Duration) -> ApiError {
-    let seconds = retry.as_secs().max(1);
-    let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many {what}; retry in {seconds} s"));
-    error.retry_after = Some(seconds);
-    error
+    HttpError::too_many(what, retry).into()
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {

@@ -3,6 +3,7 @@
 //! connections are probed: one that stops answering (a black-holed link sends no FIN or RST) is
 //! given up and replaced.
 
+use crate::errors::SqlError;
 use crate::metrics::Metrics;
 use crate::{AccessChange, Config, Relay};
 use futures_util::StreamExt;
@@ -65,9 +66,9 @@ impl DbError {
 
 impl From<tokio_postgres::Error> for DbError {
     fn from(err: tokio_postgres::Error) -> DbError {
-        match err.as_db_error() {
-            Some(db) if db.code().code() == "22023" => DbError::InvalidChannel(db.message().to_owned()),
-            Some(db) if db.code().code() == "28000" => DbError::Unauthorized(db.message().to_owned()),
+        match SqlError::of(&err) {
+            Some((SqlError::InvalidParameter, db)) => DbError::InvalidChannel(db.message().to_owned()),
+            Some((SqlError::Unauthenticated, db)) => DbError::Unauthorized(db.message().to_owned()),
             _ => DbError::Unavailable(err.to_string()),
         }
     }

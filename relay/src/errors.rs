@@ -1,11 +1,15 @@
 //! The relay's one model of refusals and errors: what a client hears when a join or a frame is
-//! refused, and why a connection closes (its close code and metric label). Adding a refusal is
-//! one arm here.
+//! refused, why a connection closes (its close code and metric label), what a SQLSTATE from the
+//! extension means, and the JSON body of every HTTP error. Adding a refusal is one arm here.
 
 use crate::auth::AuthError;
 use crate::client_broadcast;
 use crate::db::DbError;
-use axum::http::StatusCode;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::time::Duration;
 
 /// A join or a frame refused: its `Display` is the reason of the Phoenix error reply, the code
 /// realtime-js shows first where Supabase Realtime gives one.
@@ -187,10 +191,126 @@ impl From<&str> for CloseReason {
     }
 }
 
+/// The SQLSTATEs the extension raises to say what was wrong with a call, each with the HTTP
+/// status it answers; any other SQLSTATE is an internal error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlError {
+    /// 22023: a bad argument (given to `authorize_channel`, a bad channel name).
+    InvalidParameter,
+    /// 22001: a value longer than allowed (message content over 4000 characters).
+    StringTooLong,
+    /// 22P02: text that is not a value of its type.
+    InvalidText,
+    /// 23502: a required value missing.
+    NotNull,
+    /// 22003: a number out of range.
+    OutOfRange,
+    /// 28000: the claims do not identify anyone the call accepts.
+    Unauthenticated,
+    /// 42501: the caller may not do this.
+    Forbidden,
+    /// P0002: no such row (or none the caller may see).
+    NotFound,
+    /// 55000: the row is not in a state that allows the change.
+    WrongState,
+    /// 23505: a duplicate.
+    Duplicate,
+}
+
+impl SqlError {
+    const SQLSTATES: [(SqlError, &'static str); 10] = [
+        (SqlError::InvalidParameter, "22023"),
+        (SqlError::StringTooLong, "22001"),
+        (SqlError::InvalidText, "22P02"),
+        (SqlError::NotNull, "23502"),
+        (SqlError::OutOfRange, "22003"),
+        (SqlError::Unauthenticated, "28000"),
+        (SqlError::Forbidden, "42501"),
+        (SqlError::NotFound, "P0002"),
+        (SqlError::WrongState, "55000"),
+        (SqlError::Duplicate, "23505"),
+    ];
+
+    pub fn from_sqlstate(code: &str) -> Option<SqlError> {
+        SqlError::SQLSTATES.iter().find(|(_, c)| *c == code).map(|(e, _)| *e)
+    }
+
+    /// The database error a query failed with, and what it means, if its SQLSTATE is one of these.
+    pub fn of(err: &tokio_postgres::Error) -> Option<(SqlError, &tokio_postgres::error::DbError)> {
+        let db = err.as_db_error()?;
+        Some((SqlError::from_sqlstate(db.code().code())?, db))
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            SqlError::InvalidParameter
+            | SqlError::StringTooLong
+            | SqlError::InvalidText
+            | SqlError::NotNull
+            | SqlError::OutOfRange => StatusCode::BAD_REQUEST,
+            SqlError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            SqlError::Forbidden => StatusCode::FORBIDDEN,
+            SqlError::NotFound => StatusCode::NOT_FOUND,
+            SqlError::WrongState | SqlError::Duplicate => StatusCode::CONFLICT,
+        }
+    }
+}
+
+/// An HTTP error: a status and the JSON body `{"error": message}`. The SQL API's routes also
+/// name the SQLSTATE (`"code"`, null when the error is not the database's).
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub message: String,
+    /// `Some` on the SQL API's routes: the SQLSTATE, if the database raised the error.
+    sqlstate: Option<Option<String>>,
+    retry_after: Option<u64>,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> HttpError {
+        HttpError { status, message: message.into(), sqlstate: None, retry_after: None }
+    }
+
+    /// 429 with `Retry-After`: the caller did `what` too often.
+    pub fn too_many(what: &str, retry: Duration) -> HttpError {
+        let seconds = retry.as_secs().max(1);
+        let mut error = HttpError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many {what}; retry in {seconds} s"));
+        error.retry_after = Some(seconds);
+        error
+    }
+
+    /// An error the extension raised with a SQLSTATE it documents.
+    pub fn from_sql(meaning: SqlError, db: &tokio_postgres::error::DbError) -> HttpError {
+        let mut error = HttpError::new(meaning.status(), db.message());
+        error.sqlstate = Some(Some(db.code().code().to_owned()));
+        error
+    }
+
+    /// The body names `code` (the SQLSTATE, or null), as the SQL API's routes answer.
+    pub fn naming_sqlstate(mut self) -> HttpError {
+        self.sqlstate.get_or_insert(None);
+        self
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(code) = self.sqlstate {
+            body["code"] = json!(code);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn each_refusal_replies_with_its_wire_reason() {
@@ -260,5 +380,52 @@ mod tests {
             assert_eq!(label, text.split(':').next().unwrap());
             assert_eq!(CloseReason::from(text), reason);
         }
+    }
+
+    #[test]
+    fn each_documented_sqlstate_has_its_status() {
+        let expected = [
+            ("22023", StatusCode::BAD_REQUEST),
+            ("22001", StatusCode::BAD_REQUEST),
+            ("22P02", StatusCode::BAD_REQUEST),
+            ("23502", StatusCode::BAD_REQUEST),
+            ("22003", StatusCode::BAD_REQUEST),
+            ("28000", StatusCode::UNAUTHORIZED),
+            ("42501", StatusCode::FORBIDDEN),
+            ("P0002", StatusCode::NOT_FOUND),
+            ("55000", StatusCode::CONFLICT),
+            ("23505", StatusCode::CONFLICT),
+        ];
+        for (sqlstate, status) in expected {
+            assert_eq!(SqlError::from_sqlstate(sqlstate).map(SqlError::status), Some(status), "{sqlstate}");
+        }
+        assert_eq!(SqlError::from_sqlstate("XX000"), None);
+        assert_eq!(SqlError::from_sqlstate("22023"), Some(SqlError::InvalidParameter));
+        assert_eq!(SqlError::from_sqlstate("28000"), Some(SqlError::Unauthenticated));
+    }
+
+    async fn body(error: HttpError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let retry = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, retry, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_http_error_is_a_status_and_a_json_body() {
+        let plain = body(HttpError::new(StatusCode::FORBIDDEN, "no")).await;
+        assert_eq!(plain, (StatusCode::FORBIDDEN, None, json!({ "error": "no" })));
+        let sql_api = body(HttpError::new(StatusCode::BAD_REQUEST, "bad").naming_sqlstate()).await;
+        assert_eq!(sql_api, (StatusCode::BAD_REQUEST, None, json!({ "error": "bad", "code": null })));
+        let limited = body(HttpError::too_many("joins", Duration::from_millis(10)).naming_sqlstate()).await;
+        assert_eq!(
+            limited,
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("1".into()),
+                json!({ "error": "too many joins; retry in 1 s", "code": null })
+            )
+        );
     }
 }

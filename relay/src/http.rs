@@ -3,6 +3,7 @@
 
 use crate::Relay;
 use crate::auth::{self, Identity};
+use crate::errors::HttpError;
 use crate::protocol::Vsn;
 use crate::{client_addr, client_broadcast, limits, session};
 use axum::Json;
@@ -20,7 +21,7 @@ use tower_http::cors::CorsLayer;
 use tower_http::services::{ServeDir, ServeFile};
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    HttpError::new(status, message).into_response()
 }
 
 pub fn router(relay: Arc<Relay>) -> axum::Router {
