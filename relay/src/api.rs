@@ -8,7 +8,8 @@ use crate::errors::{HttpError, SqlError};
 use crate::{client_addr, session};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -102,14 +103,22 @@ fn parse_uuid(text: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(text).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{what} must be a UUID")))
 }
 
-/// The caller's identity from `Authorization: Bearer` (a JWT or a widget session secret).
-async fn caller(relay: &Relay, headers: &HeaderMap) -> Result<Identity, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token"))?;
-    session::resolve_token(relay, token).await.map_err(|err| ApiError::new(StatusCode::UNAUTHORIZED, err.to_string()))
+/// The caller's identity from `Authorization: Bearer` (a JWT or a widget session secret). Placed
+/// after a route's path and query extractors, so that a malformed request is answered as such
+/// before its credential is checked.
+struct Caller(Identity);
+
+impl FromRequestParts<Arc<Relay>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, relay: &Arc<Relay>) -> Result<Caller, ApiError> {
+        let token = crate::http::bearer(&parts.headers)
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token"))?;
+        let identity = session::resolve_token(relay, token)
+            .await
+            .map_err(|err| ApiError::new(StatusCode::UNAUTHORIZED, err.to_string()))?;
+        Ok(Caller(identity))
+    }
 }
 
 /// Runs `call` (a set-returning or scalar SQL expression over $2, $3, ...) with the caller's
@@ -250,10 +259,9 @@ async fn send(relay: &Relay, identity: &Identity, conversation: uuid::Uuid, requ
 /// POST /api/widget/messages {conversationId, content, clientMessageId?}
 async fn widget_send(
     State(relay): State<Arc<Relay>>,
-    headers: HeaderMap,
+    Caller(identity): Caller,
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
     let mut request = json_body(body)?;
     let conversation = parse_uuid(request.conversation_id.as_deref().unwrap_or_default(), "conversationId")?;
     // The seeds' widget (and their troubleshooting guide) call the visitor's side "visitor".
@@ -267,10 +275,9 @@ async fn widget_send(
 async fn dashboard_send(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(identity): Caller,
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
     let conversation = parse_uuid(&id, "conversation id")?;
     send(&relay, &identity, conversation, json_body(body)?).await
 }
@@ -286,10 +293,9 @@ struct HistoryQuery {
 async fn history(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
     Query(q): Query<HistoryQuery>,
+    Caller(identity): Caller,
 ) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
     let conversation = parse_uuid(&id, "conversation id")?;
     let limit = q.limit.unwrap_or(50);
     ok(
@@ -307,10 +313,12 @@ struct ReadRequest {
 async fn mark_read(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    // Checked once the optional body was read: a body that is there but unreadable is refused
+    // first, whoever the caller is.
+    caller: Result<Caller, ApiError>,
     body: Option<Json<ReadRequest>>,
 ) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
+    let Caller(identity) = caller?;
     let conversation = parse_uuid(&id, "conversation id")?;
     let up_to = body.map(|Json(b)| b).unwrap_or_default().up_to_seq;
     let rows = call_as(
@@ -331,8 +339,11 @@ struct EventsQuery {
 }
 
 /// GET …/events?after=&topic=&limit= — catch-up after a gap, and the widget's polling fallback.
-async fn events_since(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<EventsQuery>) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
+async fn events_since(
+    State(relay): State<Arc<Relay>>,
+    Query(q): Query<EventsQuery>,
+    Caller(identity): Caller,
+) -> ApiResult {
     let limit = q.limit.unwrap_or(500);
     let events = call_as(
         &relay,
@@ -359,10 +370,9 @@ struct ListQuery {
 /// GET /api/dashboard/conversations?organizationId=&filter=&afterUpdatedAt=&afterId=&limit=
 async fn list_conversations(
     State(relay): State<Arc<Relay>>,
-    headers: HeaderMap,
     Query(q): Query<ListQuery>,
+    Caller(identity): Caller,
 ) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
     let org = parse_uuid(&q.organization_id, "organizationId")?;
     let after_id = q.after_id.as_deref().map(|id| parse_uuid(id, "afterId")).transpose()?;
     let filter = q.filter.unwrap_or_else(|| "all".into());
@@ -388,10 +398,9 @@ struct AssignRequest {
 async fn assign(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(identity): Caller,
     body: Result<Json<AssignRequest>, JsonRejection>,
 ) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
     let conversation = parse_uuid(&id, "conversation id")?;
     let assignee = json_body(body)?.assignee_id.as_deref().map(|a| parse_uuid(a, "assigneeId")).transpose()?;
     ok(first(
@@ -399,8 +408,7 @@ async fn assign(
     ))
 }
 
-async fn claim(State(relay): State<Arc<Relay>>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
+async fn claim(State(relay): State<Arc<Relay>>, Path(id): Path<String>, Caller(identity): Caller) -> ApiResult {
     let conversation = parse_uuid(&id, "conversation id")?;
     ok(first(call_as(&relay, &identity.claims, "campfire.claim_conversation($2)", &[&conversation]).await?))
 }
@@ -414,10 +422,9 @@ struct StatusRequest {
 async fn set_status(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(identity): Caller,
     body: Result<Json<StatusRequest>, JsonRejection>,
 ) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
     let conversation = parse_uuid(&id, "conversation id")?;
     let status = json_body(body)?.status;
     ok(first(
@@ -435,10 +442,9 @@ struct AvailabilityRequest {
 
 async fn set_availability(
     State(relay): State<Arc<Relay>>,
-    headers: HeaderMap,
+    Caller(identity): Caller,
     body: Result<Json<AvailabilityRequest>, JsonRejection>,
 ) -> ApiResult {
-    let identity = caller(&relay, &headers).await?;
     let request = json_body(body)?;
     let org = parse_uuid(&request.organization_id, "organizationId")?;
     let member = first(
