@@ -74,6 +74,26 @@ impl Refusal {
     }
 }
 
+/// Why a joined channel ends while the connection stays: the message of the `system` error sent
+/// before its `phx_close`.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelEnd {
+    /// The connection joined the same channel again under another topic, `0`.
+    #[error(
+        "DuplicateJoin: this connection joined the same channel again as {0}; \
+         one subscription per channel per connection"
+    )]
+    JoinedAgainAs(String),
+    /// The extension no longer lets the channel's credential read it (named without `realtime:`).
+    #[error("You no longer have permission to read from this Channel topic: {0}")]
+    ReadRevoked(String),
+    #[error("Token has expired")]
+    TokenExpired,
+    /// The token a client refreshed the channel with was refused.
+    #[error(transparent)]
+    Credential(CredentialError),
+}
+
 /// A credential (a JWT or a widget session secret) that could not be turned into an identity.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -344,6 +364,26 @@ mod tests {
         ];
         for (refusal, reason) in cases {
             assert_eq!(refusal.to_string(), reason);
+        }
+    }
+
+    #[test]
+    fn each_channel_end_says_why_in_its_system_message() {
+        let cases = [
+            (
+                ChannelEnd::JoinedAgainAs("realtime:bcast:org:1".into()),
+                "DuplicateJoin: this connection joined the same channel again as realtime:bcast:org:1; \
+                 one subscription per channel per connection",
+            ),
+            (
+                ChannelEnd::ReadRevoked("org:1".into()),
+                "You no longer have permission to read from this Channel topic: org:1",
+            ),
+            (ChannelEnd::TokenExpired, "Token has expired"),
+            (ChannelEnd::Credential(AuthError::Signature.into()), "Failed to validate JWT signature"),
+        ];
+        for (end, message) in cases {
+            assert_eq!(end.to_string(), message);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use crate::auth::{self, AuthError, Identity};
 use crate::db::{Authorization, DbError};
-use crate::errors::{CloseReason, CredentialError, Refusal};
+use crate::errors::{ChannelEnd, CloseReason, CredentialError, Refusal};
 use crate::hub;
 use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
 use crate::metrics::Metrics;
@@ -401,11 +401,7 @@ impl Session {
             if previous == *topic {
                 self.close_channel(topic);
             } else {
-                let message = format!(
-                    "DuplicateJoin: this connection joined the same channel again as {topic}; \
-                     one subscription per channel per connection"
-                );
-                self.end_channel(&previous, &message);
+                self.end_channel(&previous, ChannelEnd::JoinedAgainAs(topic.clone()));
             }
         }
         let config = &frame.payload["config"];
@@ -588,7 +584,7 @@ impl Session {
         let Some(token) = frame.payload["access_token"].as_str().filter(|t| !auth::is_supabase_key(t)) else { return };
         match resolve_token(&self.relay, token).await {
             Ok(identity) => self.reauthorize(&frame.topic, identity).await,
-            Err(err) => self.end_channel(&frame.topic, &err.to_string()),
+            Err(err) => self.end_channel(&frame.topic, ChannelEnd::Credential(err)),
         }
     }
 
@@ -618,9 +614,7 @@ impl Session {
                 }
             }
             Ok(_) | Err(DbError::InvalidChannel(_)) | Err(DbError::Unauthorized(_)) => {
-                let message =
-                    format!("You no longer have permission to read from this Channel topic: {}", sub_topic(topic));
-                self.end_channel(topic, &message);
+                self.end_channel(topic, ChannelEnd::ReadRevoked(sub_topic(topic).to_owned()));
             }
             Err(err) => tracing::warn!(%err, "re-authorizing a channel failed; keeping it"),
         }
@@ -632,7 +626,7 @@ impl Session {
         let expired: Vec<String> =
             self.channels.iter().filter(|(_, c)| c.identity.expires_at <= now).map(|(t, _)| t.clone()).collect();
         for topic in expired {
-            self.end_channel(&topic, "Token has expired");
+            self.end_channel(&topic, ChannelEnd::TokenExpired);
         }
         let ttl = self.relay.config.typing_ttl();
         let stale: Vec<String> = self
@@ -647,9 +641,10 @@ impl Session {
     }
 
     /// Ends a channel for a terminal reason: system error, then phx_close.
-    fn end_channel(&mut self, topic: &str, message: &str) {
+    fn end_channel(&mut self, topic: &str, why: ChannelEnd) {
         let Some(channel) = self.channels.get(topic) else { return };
         let join_ref = channel.join_ref.clone();
+        let message = why.to_string();
         let system =
             json!({ "extension": "system", "status": "error", "message": message, "channel": sub_topic(topic) });
         self.send(&protocol::channel_push(topic, join_ref.as_deref(), "system", system));
