@@ -207,7 +207,7 @@ fn a_slow_commit_holds_back_the_horizon_but_no_writer() {
         let _ = slow.query_one("SELECT campfire.send_message($1, 'slow to commit')", &[&first_conversation]);
     });
     let mut admin = db.connect();
-    let slow_pid: i32 = (0..500)
+    let slow_pid: i32 = (0..1000)
         .find_map(|_| {
             let row = admin
                 .query_opt(
@@ -241,29 +241,55 @@ fn a_slow_commit_holds_back_the_horizon_but_no_writer() {
 
 /// Makes commits that ask for synchronous replication wait for a standby that does not exist,
 /// while every other session of the cluster commits locally as before; restored on drop.
-struct WaitingForAStandby(Client);
+struct WaitingForAStandby<'a> {
+    db: &'a TestDb,
+    admin: Client,
+    /// The settings as they were, to restore.
+    before: Vec<(&'static str, String)>,
+}
 
-impl WaitingForAStandby {
-    fn begin(db: &TestDb) -> WaitingForAStandby {
-        let mut guard = WaitingForAStandby(db.connect());
+impl<'a> WaitingForAStandby<'a> {
+    const SETTINGS: [(&'static str, &'static str); 2] =
+        [("synchronous_commit", "local"), ("synchronous_standby_names", "nobody")];
+
+    fn begin(db: &'a TestDb) -> WaitingForAStandby<'a> {
+        let mut admin = db.connect();
+        let before = Self::SETTINGS
+            .iter()
+            .map(|(name, _)| (*name, admin.query_one("SELECT current_setting($1)", &[name]).unwrap().get(0)))
+            .collect();
+        let mut guard = WaitingForAStandby { db, admin, before };
         // First every session's default, then the standby: no session waits meanwhile.
-        guard.set("ALTER SYSTEM SET synchronous_commit = local");
-        guard.set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
+        for (name, value) in Self::SETTINGS {
+            guard.set(name, Some(value), value);
+        }
         guard
     }
 
-    /// One server setting, in force everywhere (sessions reload at their next command) on return.
-    fn set(&mut self, statement: &str) {
-        self.0.batch_execute(statement).unwrap();
-        self.0.batch_execute("SELECT pg_reload_conf()").unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+    /// Sets (or resets) one server setting, and returns once a new session sees `expected`.
+    fn set(&mut self, name: &str, value: Option<&str>, expected: &str) {
+        let statement = match value {
+            Some(value) => format!("ALTER SYSTEM SET {name} = '{value}'"),
+            None => format!("ALTER SYSTEM RESET {name}"),
+        };
+        self.admin.batch_execute(&statement).unwrap();
+        self.admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+        for _ in 0..200 {
+            let seen: String = self.db.connect().query_one("SELECT current_setting($1)", &[&name]).unwrap().get(0);
+            if seen == expected {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{name} is not {expected} after 10 s");
     }
 }
 
-impl Drop for WaitingForAStandby {
+impl Drop for WaitingForAStandby<'_> {
     fn drop(&mut self) {
-        self.set("ALTER SYSTEM RESET synchronous_standby_names");
-        self.set("ALTER SYSTEM RESET synchronous_commit");
+        for (name, value) in std::mem::take(&mut self.before).into_iter().rev() {
+            self.set(name, None, &value);
+        }
     }
 }
 
