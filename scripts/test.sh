@@ -2,6 +2,7 @@
 # Runs every test of pg_campfire on this machine, installing what is missing first.
 # This is the README's test command, and what CI runs (.ci/run).
 #
+#   0. formatting and lints of the whole workspace  (cargo fmt --check, cargo clippy -D warnings)
 #   1. unit tests and #[pg_test]s of the extension   (cargo pgrx test)
 #   2. the extension installed into the system PostgreSQL (cargo pgrx install)
 #   3. pg_regress golden tests of the SQL surface    (scripts/regress.sh), then a DBA's
@@ -28,6 +29,10 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+step "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "extension unit tests and #[pg_test]s"
 (cd pg_campfire && cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-data")

@@ -586,7 +586,7 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
     }))
 }
 
-/// 3. One topic, many subscribers. First `probes` messages one at a time: how long after its
+/// Scenario 3, one topic and many subscribers. First `probes` messages one at a time: how long after its
 /// commit the last subscriber has each frame. Then `burst` messages committed back to back
 /// (pipelined on one connection): deliveries per second while the relay is saturated.
 async fn fanout(cluster: &Cluster, relay: &Relay, org: &Org, subscribers: usize, burst: usize) -> Result<Value> {
@@ -739,7 +739,7 @@ async fn connect_worker(spec: &str) -> Result<()> {
     Ok(())
 }
 
-/// 4. Idle connections, each joined to a conversation topic: memory per connection. A process
+/// Scenario 4, idle connections, each joined to a conversation topic: memory per connection. A process
 /// may hold only `fd_limit` descriptors (20,000 in this sandbox, which cannot raise the hard
 /// limit), so the connections are spread over as many relay processes sharing one port
 /// (SO_REUSEPORT) and as many client processes as that takes.
