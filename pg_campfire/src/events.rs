@@ -226,6 +226,7 @@ pub fn flush() -> i64 {
     }
     count
 }
+
 const READ_LOG_SQL: &str = "\
     SELECT e.id, e.topic, e.event, e.payload::pg_catalog.text FROM campfire.events e \
     WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 ORDER BY e.id LIMIT $3";

@@ -17,6 +17,7 @@ use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Backends (by PGPROC number) that can write events at once; far above any max_connections in
@@ -162,7 +163,14 @@ pub fn reserve(count: usize) -> i64 {
     let start = if held.database != 0 { held.first.min(first) } else { first };
     blocks.by_proc[proc] = Block { database: this_database(), first: start };
     blocks.used = blocks.used.max(proc + 1);
+    ANNOUNCED.set(true);
     first
+}
+
+thread_local! {
+    /// Whether this backend's transaction has a block announced: every other transaction ends
+    /// without touching the shared table.
+    static ANNOUNCED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// `count` values of the sequence, consecutive because every writer takes them under the same
@@ -183,16 +191,8 @@ fn take_ids(sequence: pg_sys::Oid, count: usize) -> i64 {
 /// Withdraws this backend's block: from the transaction callback, once its commit is visible to
 /// new snapshots (XACT_EVENT_COMMIT runs after the proc array says so) or its abort is done.
 pub fn settle() {
-    if !available() {
-        return;
-    }
-    let proc = this_proc();
-    if proc >= CAPACITY {
-        return;
-    }
-    let announced = BLOCKS.share().by_proc[proc].database != 0;
-    if announced {
-        BLOCKS.exclusive().by_proc[proc] = Block::default();
+    if ANNOUNCED.replace(false) {
+        BLOCKS.exclusive().by_proc[this_proc()] = Block::default();
     }
 }
 
@@ -208,12 +208,8 @@ pub fn horizon() -> Option<i64> {
     horizon_of(events_sequence())
 }
 
-/// The horizon, for the notifier: `None` when the extension is not installed in its database.
-pub fn horizon_if_installed() -> Option<i64> {
-    horizon_of(installed_sequence()?)
-}
-
-fn horizon_of(sequence: pg_sys::Oid) -> Option<i64> {
+/// The horizon of the log whose sequence is `sequence` (the notifier's, which looked it up).
+pub fn horizon_of(sequence: pg_sys::Oid) -> Option<i64> {
     kept_horizon(sequence).or_else(|| {
         // After a restart, the sequence itself (its reading is older than any update after it).
         BLOCKS.exclusive().note_handed_out(this_database(), sequence.to_u32(), handed_out_now());

@@ -51,6 +51,10 @@ struct Notifiers {
 }
 
 impl Notifiers {
+    fn find(&self, database: u32) -> Option<&Slot> {
+        self.slots.iter().find(|slot| slot.database == database)
+    }
+
     fn find_mut(&mut self, database: u32) -> Option<&mut Slot> {
         self.slots.iter_mut().find(|slot| slot.database == database)
     }
@@ -94,23 +98,29 @@ pub fn will_announce(first: i64) -> bool {
     if !crate::horizon::available() {
         return false;
     }
-    let mut notifiers = NOTIFIERS.exclusive();
-    match notifiers.find_mut(this_database()) {
-        Some(slot) => {
-            if slot.procno < 0 {
-                // Starting: it begins after the lowest id any writer left to it.
-                slot.owed_after = slot.owed_after.min(first - 1);
+    let database = this_database();
+    // A shared look for the common case, a notifier running; one starting is told, under the
+    // exclusive lock, the lowest id a writer left to it (it begins after that).
+    let procno = NOTIFIERS.share().find(database).map(|slot| slot.procno);
+    let announces = match procno {
+        Some(procno) if procno >= 0 => true,
+        Some(_) => match NOTIFIERS.exclusive().find_mut(database) {
+            Some(slot) => {
+                if slot.procno < 0 {
+                    slot.owed_after = slot.owed_after.min(first - 1);
+                }
+                true
             }
-            AFTER_COMMIT.set(AfterCommit::Wake);
-            true
-        }
-        None => {
-            if AFTER_COMMIT.get() != AfterCommit::Wake {
-                AFTER_COMMIT.set(AfterCommit::Start);
-            }
-            false
-        }
+            None => false,
+        },
+        None => false,
+    };
+    if announces {
+        AFTER_COMMIT.set(AfterCommit::Wake);
+    } else if AFTER_COMMIT.get() != AfterCommit::Wake {
+        AFTER_COMMIT.set(AfterCommit::Start);
     }
+    announces
 }
 
 /// Transaction end (from the transaction callback, after `horizon::settle`): wakes or starts the
@@ -121,7 +131,7 @@ pub fn on_transaction_end(committed: bool) {
         return;
     }
     let database = this_database();
-    let procno = NOTIFIERS.share().slots.iter().find(|slot| slot.database == database).map(|slot| slot.procno);
+    let procno = NOTIFIERS.share().find(database).map(|slot| slot.procno);
     match procno {
         // SAFETY: procno is a live worker's PGPROC number, published by that worker in its slot.
         Some(procno) if procno >= 0 => unsafe { pg_sys::ProcSendSignal(procno) },
@@ -207,7 +217,7 @@ pub extern "C-unwind" fn campfire_notifier_main(argument: pg_sys::Datum) {
 
     let Some((sequence, start)) = BackgroundWorker::transaction(|| {
         let sequence = crate::horizon::installed_sequence()?;
-        Some((sequence, crate::horizon::horizon_if_installed()?))
+        Some((sequence, crate::horizon::horizon_of(sequence)?))
     }) else {
         return;
     };
@@ -291,7 +301,7 @@ fn announce_settled(sequence: pg_sys::Oid, announced: i64) -> Option<(i64, usize
     if crate::horizon::installed_sequence()? != sequence {
         return None;
     }
-    let horizon = crate::horizon::horizon_if_installed()?;
+    let horizon = crate::horizon::horizon_of(sequence)?;
     if horizon <= announced {
         return Some((announced, 0));
     }
