@@ -191,6 +191,17 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
 /// in id order, none skipped.
 #[test]
 fn a_slow_commit_holds_back_the_horizon_but_no_writer() {
+    a_held_commit_is_released_by("pg_cancel_backend");
+}
+
+/// The same when the held writer's session is killed instead: its commit was already made
+/// locally, becomes visible as the session ends, and its ids leave the horizon with it.
+#[test]
+fn a_held_commit_whose_session_is_killed_still_settles() {
+    a_held_commit_is_released_by("pg_terminate_backend");
+}
+
+fn a_held_commit_is_released_by(release: &str) {
     let db = TestDb::new();
     let (org, agent_id) = db.organization_with_agent("acme");
     let (first_conversation, _) = db.widget_session(org, "visitor-1");
@@ -203,7 +214,8 @@ fn a_slow_commit_holds_back_the_horizon_but_no_writer() {
     let slow = std::thread::spawn(move || {
         let mut slow = slow_db;
         slow.batch_execute("SET synchronous_commit = on").unwrap();
-        // Cancelled below: "canceling wait for synchronous replication", committed locally.
+        // Released below ("canceling wait for synchronous replication", or the session ends):
+        // either way committed locally.
         let _ = slow.query_one("SELECT campfire.send_message($1, 'slow to commit')", &[&first_conversation]);
     });
     let mut admin = db.connect();
@@ -230,7 +242,7 @@ fn a_slow_commit_holds_back_the_horizon_but_no_writer() {
     let horizon: i64 = reader.query_one("SELECT campfire.log_horizon()", &[]).unwrap().get(0);
     assert_eq!(horizon, start, "the horizon stops below the slow commit's ids");
 
-    admin.execute("SELECT pg_cancel_backend($1)", &[&slow_pid]).unwrap();
+    admin.execute(&format!("SELECT {release}($1)"), &[&slow_pid]).unwrap();
     slow.join().unwrap();
     let seen = read_since(&mut reader, start);
     let contents: Vec<&str> = seen.iter().filter_map(|(_, p)| p["message"]["content"].as_str()).collect();
@@ -242,6 +254,8 @@ fn a_slow_commit_holds_back_the_horizon_but_no_writer() {
 /// Makes commits that ask for synchronous replication wait for a standby that does not exist,
 /// while every other session of the cluster commits locally as before; restored on drop.
 struct WaitingForAStandby<'a> {
+    /// The settings are the cluster's: one test at a time changes them.
+    _exclusive: std::sync::MutexGuard<'static, ()>,
     db: &'a TestDb,
     admin: Client,
     /// The settings as they were, to restore.
@@ -253,12 +267,14 @@ impl<'a> WaitingForAStandby<'a> {
         [("synchronous_commit", "local"), ("synchronous_standby_names", "nobody")];
 
     fn begin(db: &'a TestDb) -> WaitingForAStandby<'a> {
+        static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let exclusive = EXCLUSIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut admin = db.connect();
         let before = Self::SETTINGS
             .iter()
             .map(|(name, _)| (*name, admin.query_one("SELECT current_setting($1)", &[name]).unwrap().get(0)))
             .collect();
-        let mut guard = WaitingForAStandby { db, admin, before };
+        let mut guard = WaitingForAStandby { _exclusive: exclusive, db, admin, before };
         // First every session's default, then the standby: no session waits meanwhile.
         for (name, value) in Self::SETTINGS {
             guard.set(name, Some(value), value);
