@@ -66,7 +66,7 @@ BEGIN
     IF NOT campfire.is_service() THEN
         PERFORM campfire.raise_error('42501', 'only the service role may create organizations');
     END IF;
-    IF slug IS NULL OR slug !~ '^[a-z0-9][a-z0-9-]{1,62}$' THEN
+    IF slug IS NULL OR NOT campfire.is_valid_slug(slug) THEN
         PERFORM campfire.raise_error('22023', 'slug must be 2-63 characters of a-z, 0-9 and -, starting with a letter or digit');
     END IF;
     IF name IS NULL OR length(btrim(name)) NOT BETWEEN 1 AND 200 THEN
@@ -354,7 +354,7 @@ BEGIN
     IF kind NOT IN ('text', 'note', 'event') THEN
         PERFORM campfire.raise_error('22023', 'message_type must be one of text, note, event');
     END IF;
-    IF client_message_id IS NOT NULL AND client_message_id !~ '^[A-Za-z0-9._:-]{1,128}$' THEN
+    IF client_message_id IS NOT NULL AND NOT campfire.is_valid_client_message_id(client_message_id) THEN
         PERFORM campfire.raise_error('22023', 'client_message_id must be 1-128 characters of A-Z a-z 0-9 . _ : -');
     END IF;
     PERFORM campfire.validate_email(email, 'sender_email');
@@ -392,13 +392,8 @@ BEGIN
         PERFORM campfire.raise_error('22023', 'notes are agent-only: a customer cannot send one');
     END IF;
 
-    IF client_message_id IS NOT NULL THEN
-        SELECT * INTO message FROM campfire.messages m
-        WHERE m.conversation_id = send_message.conversation_id AND m.client_message_id = send_message.client_message_id;
-        IF FOUND THEN
-            RETURN message;
-        END IF;
-    END IF;
+    -- A retry (a client_message_id already stored) is found by the insert trigger, under the
+    -- conversation's lock, which skips the insert: no lookup of its own on the common path.
     INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type, sender_user_id,
                                    sender_name, sender_email, message_type, client_message_id,
                                    metadata, attachments)
@@ -406,7 +401,7 @@ BEGIN
             coalesce(metadata, '{}'), coalesce(attachments, '[]'))
     RETURNING * INTO message;
     IF message.id IS NULL THEN
-        -- A concurrent retry stored it first (the insert trigger skipped this one).
+        -- A retry: the message stored first.
         SELECT * INTO message FROM campfire.messages m
         WHERE m.conversation_id = send_message.conversation_id AND m.client_message_id = send_message.client_message_id;
     END IF;
@@ -593,6 +588,13 @@ $$;
 
 -- Events ------------------------------------------------------------------------------------------
 
+-- The organization of an organization channel ('org:<uuid>'), whose events include the
+-- conversation updates of its rows; NULL for any other channel.
+CREATE FUNCTION channel_organization(channel text) RETURNS uuid
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN pg_catalog.length(channel) = 40 AND pg_catalog.starts_with(channel, 'org:')
+                THEN campfire.try_uuid(pg_catalog.substr(channel, 5)) END;
+
 -- Events the caller may read, after a cursor, in cursor order; optionally one channel only.
 -- This is the catch-up a client runs after any gap (and the widget's polling fallback).
 -- Volatile, so that each query below takes its snapshot after the horizon is read (see read_log).
@@ -603,34 +605,60 @@ CREATE FUNCTION events_since(after bigint, topic text DEFAULT NULL, max_rows int
 #variable_conflict use_variable
 DECLARE
     canonical pg_catalog.text;
+    org pg_catalog.uuid;
     settled pg_catalog.int8 := coalesce(campfire.log_horizon(), 9223372036854775807);
+    from_id pg_catalog.int8 := coalesce(after, 0);
 BEGIN
     PERFORM campfire.require_role();
     IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
         PERFORM campfire.raise_error('22023', 'max_rows must be between 1 and 10000');
     END IF;
     -- Each case walks an index of what the caller may read after the cursor, never the whole log
-    -- (row-level security then has little left to filter).
+    -- (row-level security then has little left to filter). The row at the cursor counts too when
+    -- it delivers a second event after its own id: a page of max_rows rows read in full then
+    -- always holds max_rows events, and a shorter one means the end of the log.
     IF topic IS NOT NULL THEN
-        SELECT p.canonical INTO canonical FROM campfire.parse_channel(topic) p;
-        RETURN QUERY
-            SELECT e.* FROM campfire.events e
-            WHERE e.topic = canonical AND e.id > coalesce(after, 0) AND e.id <= settled ORDER BY e.id LIMIT max_rows;
+        SELECT p.canonical, campfire.channel_organization(p.canonical) INTO canonical, org FROM campfire.parse_channel(topic) p;
+        IF org IS NULL THEN
+            RETURN QUERY
+                SELECT d.* FROM (SELECT e.* FROM campfire.events e
+                                 WHERE e.topic = canonical AND e.id >= from_id AND (e.id > from_id OR e.conversation_update IS NOT NULL) AND e.id <= settled ORDER BY e.id LIMIT max_rows) e,
+                     campfire.deliveries(e::campfire.events) d
+                WHERE d.topic = canonical AND d.id > from_id ORDER BY d.id LIMIT max_rows;
+        ELSE
+            -- An organization channel: also the conversation updates its organization's rows carry.
+            RETURN QUERY
+                SELECT d.* FROM ((SELECT e.* FROM campfire.events e
+                                  WHERE e.topic = canonical AND e.id >= from_id AND (e.id > from_id OR e.conversation_update IS NOT NULL) AND e.id <= settled ORDER BY e.id LIMIT max_rows)
+                                 UNION ALL
+                                 (SELECT e.* FROM campfire.events e
+                                  WHERE e.organization_id = org AND e.conversation_update IS NOT NULL
+                                    AND e.id > from_id AND e.id <= settled ORDER BY e.id LIMIT max_rows)) e,
+                     campfire.deliveries(e::campfire.events) d
+                WHERE d.topic = canonical AND d.id > from_id ORDER BY d.id LIMIT max_rows;
+        END IF;
     ELSIF campfire.is_service() THEN
         RETURN QUERY
-            SELECT e.* FROM campfire.events e WHERE e.id > coalesce(after, 0) AND e.id <= settled ORDER BY e.id LIMIT max_rows;
+            SELECT d.* FROM (SELECT e.* FROM campfire.events e
+                             WHERE e.id >= from_id AND (e.id > from_id OR e.conversation_update IS NOT NULL) AND e.id <= settled ORDER BY e.id LIMIT max_rows) e,
+                 campfire.deliveries(e::campfire.events) d
+            WHERE d.id > from_id ORDER BY d.id LIMIT max_rows;
     ELSIF campfire.claim_role() = 'visitor' THEN
         -- A visitor reads its conversations' channels only.
         RETURN QUERY
-            SELECT e.* FROM campfire.events e
-            WHERE e.topic = ANY (ARRAY(SELECT 'org:' || w.organization_id || ':conv:' || w.id FROM campfire.widget_conversations w))
-              AND e.id > coalesce(after, 0) AND e.id <= settled
-            ORDER BY e.id LIMIT max_rows;
+            SELECT d.* FROM (SELECT e.* FROM campfire.events e
+                             WHERE e.topic = ANY (ARRAY(SELECT 'org:' || w.organization_id || ':conv:' || w.id
+                                                        FROM campfire.widget_conversations w))
+                               AND e.id >= from_id AND (e.id > from_id OR e.conversation_update IS NOT NULL) AND e.id <= settled ORDER BY e.id LIMIT max_rows) e,
+                 campfire.deliveries(e::campfire.events) d
+            WHERE d.id > from_id ORDER BY d.id LIMIT max_rows;
     ELSE
         RETURN QUERY
-            SELECT e.* FROM campfire.events e
-            WHERE e.organization_id = ANY (campfire.member_organizations('viewer')) AND e.id > coalesce(after, 0) AND e.id <= settled
-            ORDER BY e.id LIMIT max_rows;
+            SELECT d.* FROM (SELECT e.* FROM campfire.events e
+                             WHERE e.organization_id = ANY (campfire.member_organizations('viewer'))
+                               AND e.id >= from_id AND (e.id > from_id OR e.conversation_update IS NOT NULL) AND e.id <= settled ORDER BY e.id LIMIT max_rows) e,
+                 campfire.deliveries(e::campfire.events) d
+            WHERE d.id > from_id ORDER BY d.id LIMIT max_rows;
     END IF;
 END
 $$;
@@ -647,23 +675,47 @@ CREATE FUNCTION read_log(after bigint, max_rows integer DEFAULT 1000, channel te
 #variable_conflict use_column
 DECLARE
     settled pg_catalog.int8 := coalesce(campfire.log_horizon(), 9223372036854775807);
+    max_events pg_catalog.int4 := least(greatest($2, 1), 10000);
+    org pg_catalog.uuid := campfire.channel_organization($3);
 BEGIN
-    -- One channel's part walks the channel's index, the whole log the log's: the parameters
-    -- switch one branch off, and each keeps its own index plan.
-    RETURN QUERY
-        (SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
-         WHERE $3 IS NULL AND e.id > $1 AND e.id <= settled ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
-        UNION ALL
-        (SELECT e.id, e.topic, e.event, e.payload FROM campfire.events e
-         WHERE e.topic = $3 AND e.id > $1 AND e.id <= settled ORDER BY e.id LIMIT least(greatest($2, 1), 10000))
-        ORDER BY 1;
+    -- After the cursor, as in events_since. The whole log walks the log's index, one
+    -- channel the channel's, and an organization channel also the organization's rows that
+    -- carry a conversation update.
+    IF $3 IS NULL THEN
+        RETURN QUERY
+            SELECT d.id, d.topic, d.event, d.payload
+            FROM (SELECT e.* FROM campfire.events e
+                  WHERE e.id >= $1 AND (e.id > $1 OR e.conversation_update IS NOT NULL) AND e.id <= settled ORDER BY e.id LIMIT max_events) e,
+                 campfire.deliveries(e::campfire.events) d
+            WHERE d.id > $1 ORDER BY d.id LIMIT max_events;
+    ELSIF org IS NULL THEN
+        RETURN QUERY
+            SELECT d.id, d.topic, d.event, d.payload
+            FROM (SELECT e.* FROM campfire.events e
+                  WHERE e.topic = $3 AND e.id >= $1 AND (e.id > $1 OR e.conversation_update IS NOT NULL) AND e.id <= settled ORDER BY e.id LIMIT max_events) e,
+                 campfire.deliveries(e::campfire.events) d
+            WHERE d.id > $1 AND d.topic = $3 ORDER BY d.id LIMIT max_events;
+    ELSE
+        RETURN QUERY
+            SELECT d.id, d.topic, d.event, d.payload
+            FROM ((SELECT e.* FROM campfire.events e
+                   WHERE e.topic = $3 AND e.id >= $1 AND (e.id > $1 OR e.conversation_update IS NOT NULL) AND e.id <= settled ORDER BY e.id LIMIT max_events)
+                  UNION ALL
+                  (SELECT e.* FROM campfire.events e
+                   WHERE e.organization_id = org AND e.conversation_update IS NOT NULL
+                     AND e.id > $1 AND e.id <= settled ORDER BY e.id LIMIT max_events)) e,
+                 campfire.deliveries(e::campfire.events) d
+            WHERE d.id > $1 AND d.topic = $3 ORDER BY d.id LIMIT max_events;
+    END IF;
 END
 $$;
 
 -- The cursor a reader starting now begins after: the log's horizon (0 when the log is empty).
 CREATE FUNCTION log_head() RETURNS bigint
     LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$ SELECT coalesce(campfire.log_horizon(), (SELECT max(e.id) FROM campfire.events e), 0) $$;
+    AS $$ SELECT coalesce(campfire.log_horizon(),
+                          (SELECT max(d.id) FROM (SELECT e.* FROM campfire.events e ORDER BY e.id DESC LIMIT 1) e,
+                                                 campfire.deliveries(e::campfire.events) d), 0) $$;
 
 -- The id through which the log has been pruned (0 if never). A client resuming from an older cursor has missed events for good and must
 -- reload history.
@@ -683,8 +735,9 @@ BEGIN
     IF NOT campfire.is_service() THEN
         PERFORM campfire.raise_error('42501', 'only the service role may prune the event log');
     END IF;
-    WITH gone AS (DELETE FROM campfire.events e WHERE e.created_at < now() - older_than RETURNING e.id)
-    SELECT count(*), max(id) INTO deleted, through FROM gone;
+    WITH gone AS (DELETE FROM campfire.events e WHERE e.created_at < now() - older_than
+                  RETURNING e.id + (e.conversation_update IS NOT NULL)::int AS last, 1 + (e.conversation_update IS NOT NULL)::int AS events)
+    SELECT coalesce(sum(events), 0), max(last) INTO deleted, through FROM gone;
     INSERT INTO campfire.log_state AS s (pruned_through) VALUES (coalesce(through, 0))
     ON CONFLICT (singleton) DO UPDATE SET pruned_through = greatest(s.pruned_through, EXCLUDED.pruned_through);
     RETURN deleted;
@@ -717,8 +770,9 @@ BEGIN
     -- log, in a statement that sees what those writers logged. Each statement sees what
     -- committed before it started; under REPEATABLE READ a race is a serialization error instead.
     DELETE FROM campfire.conversations c WHERE c.id = ANY (conversations);
-    DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations);
-    GET DIAGNOSTICS erased_events = ROW_COUNT;
+    WITH gone AS (DELETE FROM campfire.events e WHERE e.conversation_id = ANY (conversations)
+                  RETURNING 1 + (e.conversation_update IS NOT NULL)::int AS events)
+    SELECT coalesce(sum(events), 0) INTO erased_events FROM gone;
     DELETE FROM campfire.widget_sessions s
     WHERE s.organization_id = erase_visitor.organization_id AND s.visitor_id = erase_visitor.visitor_id;
     GET DIAGNOSTICS erased_sessions = ROW_COUNT;

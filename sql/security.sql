@@ -131,7 +131,8 @@ GRANT INSERT, UPDATE ON conversation_reads TO campfire_client;
 
 -- Pure functions anyone may use.
 GRANT EXECUTE ON FUNCTION scalar_json(anyelement), parse_channel(text), is_valid_visitor_id(text),
-                          is_valid_email(text) TO PUBLIC;
+                          is_valid_email(text), is_valid_client_message_id(text), is_valid_slug(text),
+                          deliveries(events), channel_organization(text) TO PUBLIC;
 
 -- What policies and the API call, and the API itself.
 GRANT EXECUTE ON FUNCTION

@@ -32,6 +32,15 @@ struct PendingEvent {
     topic: String,
     event: String,
     payload: Value,
+    /// A `conversation:updated` payload announced just before this event (see `take_conversation_update`).
+    conversation_update: Option<Value>,
+}
+
+impl PendingEvent {
+    /// How many ids, and deliveries, the event's log row accounts for.
+    fn span(&self) -> i64 {
+        1 + self.conversation_update.is_some() as i64
+    }
 }
 
 thread_local! {
@@ -56,6 +65,11 @@ pub fn init() {
     }
 }
 
+fn current_subtransaction() -> pg_sys::SubTransactionId {
+    // SAFETY: a plain read of the backend's transaction state, inside a transaction.
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
 /// Queues an event of the current (sub)transaction; `flush_events` writes it at commit.
 pub fn queue(
     organization_id: pgrx::Uuid,
@@ -64,8 +78,20 @@ pub fn queue(
     event: impl Into<String>,
     payload: Value,
 ) {
-    // SAFETY: a plain read of the backend's transaction state, inside a transaction.
-    let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    queue_after(organization_id, conversation_id, topic, event, payload, None);
+}
+
+/// Queues an event that a `conversation:updated` (from `take_conversation_update`) precedes:
+/// both go to the log as one row with two ids, the update's first.
+pub fn queue_after(
+    organization_id: pgrx::Uuid,
+    conversation_id: Option<pgrx::Uuid>,
+    topic: String,
+    event: impl Into<String>,
+    payload: Value,
+    conversation_update: Option<Value>,
+) {
+    let subtransaction = current_subtransaction();
     PENDING.with(|pending| {
         pending.borrow_mut().push(PendingEvent {
             subtransaction,
@@ -74,8 +100,29 @@ pub fn queue(
             topic,
             event: event.into(),
             payload,
+            conversation_update,
         })
     });
+}
+
+/// Takes back the `conversation:updated` of `conversation` that a new message's own summary
+/// update just queued, for the message's conversation-list event to carry (`queue_after`): one
+/// log row instead of two, read back as the same two events. Only when nothing but the message's
+/// event on its conversation channel came in between, in the same subtransaction, so that no
+/// event of the organization channel moves past it.
+pub fn take_conversation_update(conversation: pgrx::Uuid) -> Option<Value> {
+    if !log_carries_updates() {
+        return None;
+    }
+    let subtransaction = current_subtransaction();
+    PENDING.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        let index = pending.iter().rposition(|e| e.event == "conversation:updated")?;
+        let same = |e: &PendingEvent| e.subtransaction == subtransaction && e.conversation_id == Some(conversation);
+        let between = &pending[index + 1..];
+        let adjacent = between.len() <= 1 && between.iter().all(|e| same(e) && e.event.starts_with("message:"));
+        (adjacent && same(&pending[index])).then(|| pending.remove(index).payload)
+    })
 }
 
 #[pg_guard]
@@ -170,6 +217,19 @@ fn run_kept<T>(
     .unwrap_or_else(|err| pgrx::error!("writing realtime events failed: {err}"))
 }
 
+/// Whether the log has the `conversation_update` column, which 0.1.0's has not: the library can
+/// run on 0.1.0's schema, between a restart and ALTER EXTENSION UPDATE, and then logs every event
+/// in a row of its own.
+fn log_carries_updates() -> bool {
+    // SAFETY: catalog lookups by name, inside a transaction; each returns InvalidOid (or
+    // InvalidAttrNumber) for what is missing.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"campfire".as_ptr(), true);
+        let log = pg_sys::get_relname_relid(c"events".as_ptr(), schema);
+        log != pg_sys::InvalidOid && pg_sys::get_attnum(log, c"conversation_update".as_ptr()) != 0
+    }
+}
+
 /// Payloads travel as `json` built here: serialized once, never parsed again (a cast from text
 /// would run the JSON parser over every payload just to validate what serde_json wrote).
 ///
@@ -177,23 +237,31 @@ fn run_kept<T>(
 /// every relation, function and type by its schema: nothing in them may resolve through the
 /// caller's search_path or temp schema (the parameters are typed by oid, so they need no cast).
 ///
-/// The five parameter arrays become rows `u(o, c, t, e, p)`, numbered `n` from 1 in their order,
-/// logged with the ids `$6 + n - 1`. (The multi-argument `unnest(a, b, ...)` shorthand exists only
-/// unqualified.)
+/// The seven parameter arrays become the rows. (The multi-argument `unnest(a, b, ...)` shorthand
+/// exists only unqualified.)
 const LOG_EVENTS_SQL: &str = "\
-    INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
-    SELECT $6 OPERATOR(pg_catalog.+) u.n OPERATOR(pg_catalog.-) 1, o, c, t, e, p \
+    INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload, conversation_update) \
+    SELECT i, o, c, t, e, p, u \
     FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), \
-                    pg_catalog.unnest($5)) WITH ORDINALITY AS u(o, c, t, e, p, n)";
+                    pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7)) AS r(i, o, c, t, e, p, u)";
 
-const LOG_EVENTS_TYPES: [pg_sys::Oid; 6] = [
+const LOG_EVENTS_TYPES: [pg_sys::Oid; 7] = [
+    pg_sys::INT8ARRAYOID,
     pg_sys::UUIDARRAYOID,
     pg_sys::UUIDARRAYOID,
     pg_sys::TEXTARRAYOID,
     pg_sys::TEXTARRAYOID,
     pg_sys::JSONARRAYOID,
-    pg_sys::INT8OID,
+    pg_sys::JSONARRAYOID,
 ];
+
+/// A transaction with no conversation update to log: the statement every schema takes (the first
+/// six parameters of `LOG_EVENTS_SQL`).
+const LOG_PLAIN_EVENTS_SQL: &str = "\
+    INSERT INTO campfire.events (id, organization_id, conversation_id, topic, event, payload) \
+    SELECT i, o, c, t, e, p \
+    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), \
+                    pg_catalog.unnest($5), pg_catalog.unnest($6)) AS r(i, o, c, t, e, p)";
 
 /// Writes the transaction's queued events to the log, with the ids `horizon::reserve` gives it,
 /// and announces them itself unless the notifier will (see `notifier.rs`). Returns the number of
@@ -203,45 +271,94 @@ pub fn flush() -> i64 {
     if events.is_empty() {
         return 0;
     }
-    let first = crate::horizon::reserve(events.len());
+    let count: i64 = events.iter().map(PendingEvent::span).sum();
+    let first = crate::horizon::reserve(count as usize);
+    let ids: Vec<i64> = events.iter().scan(first, |next, e| Some(std::mem::replace(next, *next + e.span()))).collect();
     let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
-    let args: [DatumWithOid; 6] = [
+    let updates: Vec<Option<String>> =
+        events.iter().map(|e| e.conversation_update.as_ref().map(Value::to_string)).collect();
+    let args: [DatumWithOid; 7] = [
+        ids.clone().into(),
         events.iter().map(|e| e.organization_id).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.conversation_id).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>().into(),
         payloads.iter().map(|p| JsonString(p.clone())).collect::<Vec<_>>().into(),
-        first.into(),
+        updates.iter().map(|u| u.clone().map(JsonString)).collect::<Vec<_>>().into(),
     ];
-    run_kept(LOG_EVENTS_SQL, &LOG_EVENTS_TYPES, &args, |_| Ok(()));
-    let count = events.len() as i64;
+    if updates.iter().any(Option::is_some) {
+        run_kept(LOG_EVENTS_SQL, &LOG_EVENTS_TYPES, &args, |_| Ok(()));
+    } else {
+        run_kept(LOG_PLAIN_EVENTS_SQL, &LOG_EVENTS_TYPES[..6], &args[..6], |_| Ok(()));
+    }
     if !crate::notifier::will_announce(first) {
-        let logged: Vec<Logged> = events
-            .into_iter()
-            .zip(payloads)
-            .zip(first..)
-            .map(|((e, payload), id)| Logged { id, topic: e.topic, event: e.event, payload })
-            .collect();
+        let mut logged = Vec::with_capacity(count as usize);
+        for (((e, payload), update), id) in events.into_iter().zip(payloads).zip(updates).zip(ids) {
+            push_deliveries(
+                &mut logged,
+                LogRow { id, organization: e.organization_id, topic: e.topic, event: e.event, payload, update },
+            );
+        }
         notify(first, first + count - 1, &logged);
     }
     count
 }
 
-const READ_LOG_SQL: &str = "\
-    SELECT e.id, e.topic, e.event, e.payload::pg_catalog.text FROM campfire.events e \
-    WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 ORDER BY e.id LIMIT $3";
+/// One row of the log, payloads as JSON text.
+struct LogRow {
+    id: i64,
+    organization: pgrx::Uuid,
+    topic: String,
+    event: String,
+    payload: String,
+    update: Option<String>,
+}
 
-/// Up to `limit` logged events with ids in `(after, through]`, in id order.
-pub fn read_log(after: i64, through: i64, limit: i64) -> Vec<Logged> {
+/// The events a log row delivers, in id order: the `conversation:updated` it carries, on its
+/// organization's channel, then its own event (as `campfire.deliveries` reads them in SQL).
+fn push_deliveries(logged: &mut Vec<Logged>, row: LogRow) {
+    let mut id = row.id;
+    if let Some(payload) = row.update {
+        let topic = format!("org:{}", row.organization);
+        logged.push(Logged { id, topic, event: "conversation:updated".to_owned(), payload });
+        id += 1;
+    }
+    logged.push(Logged { id, topic: row.topic, event: row.event, payload: row.payload });
+}
+
+/// From the row at `$1` on: a row at the cursor itself may deliver a second event after it.
+const READ_LOG_SQL: &str = "\
+    SELECT e.id, e.organization_id, e.topic, e.event, e.payload::pg_catalog.text, e.conversation_update::pg_catalog.text \
+    FROM campfire.events e \
+    WHERE e.id OPERATOR(pg_catalog.>=) $1 AND e.id OPERATOR(pg_catalog.<=) $2 ORDER BY e.id LIMIT $3";
+/// The same on 0.1.0's schema.
+const READ_PLAIN_LOG_SQL: &str = "\
+    SELECT e.id, e.organization_id, e.topic, e.event, e.payload::pg_catalog.text, NULL::pg_catalog.text \
+    FROM campfire.events e \
+    WHERE e.id OPERATOR(pg_catalog.>=) $1 AND e.id OPERATOR(pg_catalog.<=) $2 ORDER BY e.id LIMIT $3";
+
+/// The logged events with ids in `(after, through]`, in id order, from at most `limit` log rows;
+/// and whether that limit cut the read short.
+pub fn read_log(after: i64, through: i64, limit: i64) -> (Vec<Logged>, bool) {
     let types = [pg_sys::INT8OID, pg_sys::INT8OID, pg_sys::INT8OID];
-    run_kept(READ_LOG_SQL, &types, &[after.into(), through.into(), limit.into()], |row| {
-        Ok(Logged {
+    let sql = if log_carries_updates() { READ_LOG_SQL } else { READ_PLAIN_LOG_SQL };
+    let rows = run_kept(sql, &types, &[after.into(), through.into(), limit.into()], |row| {
+        Ok(LogRow {
             id: row.get::<i64>(1)?.unwrap_or_default(),
-            topic: row.get::<String>(2)?.unwrap_or_default(),
-            event: row.get::<String>(3)?.unwrap_or_default(),
-            payload: row.get::<String>(4)?.unwrap_or_default(),
+            organization: row.get::<pgrx::Uuid>(2)?.unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16])),
+            topic: row.get::<String>(3)?.unwrap_or_default(),
+            event: row.get::<String>(4)?.unwrap_or_default(),
+            payload: row.get::<String>(5)?.unwrap_or_default(),
+            update: row.get::<String>(6)?,
         })
-    })
+    });
+    let full = rows.len() as i64 >= limit;
+    let mut logged = Vec::with_capacity(rows.len() * 2);
+    for row in rows {
+        push_deliveries(&mut logged, row);
+    }
+    logged.retain(|e| e.id > after);
+    (logged, full)
 }
 
 /// Runs `f` with `settings` in force, restored afterwards (or by the abort of the transaction).

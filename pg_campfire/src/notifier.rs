@@ -21,7 +21,7 @@ use pgrx::{pg_shmem_init, pg_sys};
 use std::cell::Cell;
 use std::time::Duration;
 
-/// Events read and announced per notifier transaction; a full batch is followed at once by the next.
+/// Log rows read and announced per notifier transaction; a full batch is followed at once by the next.
 const BATCH: i64 = 2000;
 /// How long the notifier sleeps when nothing wakes it, and how long it stays with nothing to do.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -306,9 +306,9 @@ fn announce_settled(sequence: pg_sys::Oid, announced: i64) -> Option<(i64, usize
         return Some((announced, 0));
     }
     // Read in a snapshot taken after the horizon: every id up to it is settled and visible.
-    let logged = crate::events::read_log(announced, horizon, BATCH);
+    let (logged, full) = crate::events::read_log(announced, horizon, BATCH);
     let through = match logged.last() {
-        Some(last) if logged.len() as i64 >= BATCH => last.id,
+        Some(last) if full => last.id,
         _ => horizon,
     };
     crate::events::notify(announced + 1, through, &logged);

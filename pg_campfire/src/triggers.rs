@@ -59,7 +59,8 @@ fn envelope(key: &str, object: Map<String, Value>, org: pgrx::Uuid, conversation
 }
 
 /// `message:created` / `message:updated` on the conversation channel (not for agent-only notes)
-/// and on the organization's conversation list.
+/// and on the organization's conversation list, which a new message's `conversation:updated`
+/// (queued by its summary update, just before) precedes in the same log row.
 #[pg_trigger]
 fn message_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let change = Change::of(trigger);
@@ -73,7 +74,11 @@ fn message_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     if row.text("message_type").as_deref() != Some("note") {
         events::queue(org, Some(conversation), format!("org:{org}:conv:{conversation}"), event, payload.clone());
     }
-    events::queue(org, Some(conversation), format!("org:{org}:conversations"), event, payload);
+    // A new message's summary update, announced on the organization channel, shares the list
+    // event's log row: both are for the organization's members only.
+    let update =
+        matches!(change.op, PgTriggerOperation::Insert).then(|| events::take_conversation_update(conversation));
+    events::queue_after(org, Some(conversation), format!("org:{org}:conversations"), event, payload, update.flatten());
     Ok(None)
 }
 
