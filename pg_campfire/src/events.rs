@@ -27,8 +27,8 @@ pub static NOTIFY_INLINE_MAX: GucSetting<i32> = GucSetting::<i32>::new(5900);
 
 struct PendingEvent {
     subtransaction: pg_sys::SubTransactionId,
-    organization_id: pgrx::Uuid,
-    conversation_id: Option<pgrx::Uuid>,
+    organization_id: uuid::Uuid,
+    conversation_id: Option<uuid::Uuid>,
     topic: String,
     event: String,
     payload: Value,
@@ -72,8 +72,8 @@ fn current_subtransaction() -> pg_sys::SubTransactionId {
 
 /// Queues an event of the current (sub)transaction; `flush_events` writes it at commit.
 pub fn queue(
-    organization_id: pgrx::Uuid,
-    conversation_id: Option<pgrx::Uuid>,
+    organization_id: uuid::Uuid,
+    conversation_id: Option<uuid::Uuid>,
     topic: String,
     event: impl Into<String>,
     payload: Value,
@@ -84,8 +84,8 @@ pub fn queue(
 /// Queues an event that a `conversation:updated` (from `take_conversation_update`) precedes:
 /// both go to the log as one row with two ids, the update's first.
 pub fn queue_after(
-    organization_id: pgrx::Uuid,
-    conversation_id: Option<pgrx::Uuid>,
+    organization_id: uuid::Uuid,
+    conversation_id: Option<uuid::Uuid>,
     topic: String,
     event: impl Into<String>,
     payload: Value,
@@ -110,7 +110,7 @@ pub fn queue_after(
 /// log row instead of two, read back as the same two events. Only when nothing but the message's
 /// event on its conversation channel came in between, in the same subtransaction, so that no
 /// event of the organization channel moves past it.
-pub fn take_conversation_update(conversation: pgrx::Uuid) -> Option<Value> {
+pub fn take_conversation_update(conversation: uuid::Uuid) -> Option<Value> {
     if !log_carries_updates() {
         return None;
     }
@@ -279,8 +279,8 @@ pub fn flush() -> i64 {
         events.iter().map(|e| e.conversation_update.as_ref().map(Value::to_string)).collect();
     let args: [DatumWithOid; 7] = [
         ids.clone().into(),
-        events.iter().map(|e| e.organization_id).collect::<Vec<_>>().into(),
-        events.iter().map(|e| e.conversation_id).collect::<Vec<_>>().into(),
+        events.iter().map(|e| to_pg(e.organization_id)).collect::<Vec<_>>().into(),
+        events.iter().map(|e| e.conversation_id.map(to_pg)).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>().into(),
         payloads.iter().map(|p| JsonString(p.clone())).collect::<Vec<_>>().into(),
@@ -304,10 +304,14 @@ pub fn flush() -> i64 {
     count
 }
 
+fn to_pg(id: uuid::Uuid) -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(*id.as_bytes())
+}
+
 /// One row of the log, payloads as JSON text.
 struct LogRow {
     id: i64,
-    organization: pgrx::Uuid,
+    organization: uuid::Uuid,
     topic: String,
     event: String,
     payload: String,
@@ -345,7 +349,10 @@ pub fn read_log(after: i64, through: i64, limit: i64) -> (Vec<Logged>, bool) {
     let rows = run_kept(sql, &types, &[after.into(), through.into(), limit.into()], |row| {
         Ok(LogRow {
             id: row.get::<i64>(1)?.unwrap_or_default(),
-            organization: row.get::<pgrx::Uuid>(2)?.unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16])),
+            organization: row
+                .get::<pgrx::Uuid>(2)?
+                .map(|id| uuid::Uuid::from_bytes(*id.as_bytes()))
+                .unwrap_or_default(),
             topic: row.get::<String>(3)?.unwrap_or_default(),
             event: row.get::<String>(4)?.unwrap_or_default(),
             payload: row.get::<String>(5)?.unwrap_or_default(),
@@ -510,7 +517,7 @@ fn broadcast(organization_id: pgrx::Uuid, topic: &str, event: &str, payload: pgr
     if event.is_empty() || event.len() > 255 {
         ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "event name must be 1-255 bytes");
     }
-    let conversation = channel.conversation().map(|c| pgrx::Uuid::from_bytes(*c.as_bytes()));
-    queue(organization_id, conversation, channel.canonical(), event, payload.0);
+    let conversation = channel.conversation().map(|c| uuid::Uuid::from_bytes(*c.as_bytes()));
+    queue(uuid::Uuid::from_bytes(*organization_id.as_bytes()), conversation, channel.canonical(), event, payload.0);
     1
 }

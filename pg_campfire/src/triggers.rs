@@ -44,17 +44,17 @@ impl Change {
     }
 
     /// The organization and conversation a message or read receipt belongs to.
-    fn conversation_keys(&self) -> (pgrx::Uuid, pgrx::Uuid) {
+    fn conversation_keys(&self) -> (uuid::Uuid, uuid::Uuid) {
         let row = self.current();
         (uuid_column(row, "organization_id"), uuid_column(row, "conversation_id"))
     }
 }
 
-fn uuid_column(row: &Row, column: &str) -> pgrx::Uuid {
+fn uuid_column(row: &Row, column: &str) -> uuid::Uuid {
     row.uuid(column).unwrap_or_else(|| pgrx::error!("uuid column {column} is NULL or missing"))
 }
 
-fn envelope(key: &str, object: Map<String, Value>, org: pgrx::Uuid, conversation: pgrx::Uuid) -> Value {
+fn envelope(key: &str, object: Map<String, Value>, org: uuid::Uuid, conversation: uuid::Uuid) -> Value {
     json!({ key: object, "conversationId": conversation.to_string(), "organizationId": org.to_string() })
 }
 
@@ -302,7 +302,7 @@ fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<
                 client.update(&statements.upsert, None, &args).map(|_| ())
             }
             None => {
-                let id = uuid_column(change.current(), "id");
+                let id = pgrx::Uuid::from_bytes(*uuid_column(change.current(), "id").as_bytes());
                 client.update(&statements.delete, None, &[id.into()]).map(|_| ())
             }
         }
