@@ -1,6 +1,8 @@
 //! What the pg_campfire extension and its relay share, free of pgrx and of tokio, so that
 //! changing one side without the other stops compiling.
 
+pub mod announcement;
+pub mod channel;
 pub mod sealed;
 
 /// The NOTIFY channels: committed events (from the extension), relay-to-relay messages, and

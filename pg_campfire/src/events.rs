@@ -13,12 +13,14 @@
 //! `notifier.rs`); otherwise the writer does. A rolled-back transaction or savepoint discards its
 //! queued events.
 
+use campfire_core::announcement::{Announcement, LoggedEvent};
 use pgrx::PgOid;
 use pgrx::datum::{DatumWithOid, JsonString};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::cell::{Cell, RefCell};
 
 /// Inline events in the NOTIFY payload up to this many bytes before sealing (at most
@@ -179,12 +181,12 @@ unsafe extern "C-unwind" fn on_subtransaction_end(
     }
 }
 
-/// An event as written to the log, its payload already JSON text.
-pub struct Logged {
-    pub id: i64,
-    pub topic: String,
-    pub event: String,
-    pub payload: String,
+/// An event as written to the log and announced, its payload already JSON text.
+pub type Logged = LoggedEvent<Box<RawValue>>;
+
+/// A JSON value's text, serialized once and never parsed again.
+fn json_text(value: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("a JSON value serializes")
 }
 
 thread_local! {
@@ -274,17 +276,17 @@ pub fn flush() -> i64 {
     let count: i64 = events.iter().map(PendingEvent::span).sum();
     let first = crate::horizon::reserve(count as usize);
     let ids: Vec<i64> = events.iter().scan(first, |next, e| Some(std::mem::replace(next, *next + e.span()))).collect();
-    let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
-    let updates: Vec<Option<String>> =
-        events.iter().map(|e| e.conversation_update.as_ref().map(Value::to_string)).collect();
+    let payloads: Vec<Box<RawValue>> = events.iter().map(|e| json_text(&e.payload)).collect();
+    let updates: Vec<Option<Box<RawValue>>> =
+        events.iter().map(|e| e.conversation_update.as_ref().map(json_text)).collect();
     let args: [DatumWithOid; 7] = [
         ids.clone().into(),
         events.iter().map(|e| to_pg(e.organization_id)).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.conversation_id.map(to_pg)).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>().into(),
-        payloads.iter().map(|p| JsonString(p.clone())).collect::<Vec<_>>().into(),
-        updates.iter().map(|u| u.clone().map(JsonString)).collect::<Vec<_>>().into(),
+        payloads.iter().map(|p| JsonString(p.get().to_owned())).collect::<Vec<_>>().into(),
+        updates.iter().map(|u| u.as_ref().map(|u| JsonString(u.get().to_owned()))).collect::<Vec<_>>().into(),
     ];
     if updates.iter().any(Option::is_some) {
         run_kept(LOG_EVENTS_SQL, &LOG_EVENTS_TYPES, &args, |_| Ok(()));
@@ -314,8 +316,8 @@ struct LogRow {
     organization: uuid::Uuid,
     topic: String,
     event: String,
-    payload: String,
-    update: Option<String>,
+    payload: Box<RawValue>,
+    update: Option<Box<RawValue>>,
 }
 
 /// The events a log row delivers, in id order: the `conversation:updated` it carries, on its
@@ -328,6 +330,11 @@ fn push_deliveries(logged: &mut Vec<Logged>, row: LogRow) {
         id += 1;
     }
     logged.push(Logged { id, topic: row.topic, event: row.event, payload: row.payload });
+}
+
+/// JSON text the log holds, which PostgreSQL has validated already.
+fn logged_json(text: String) -> Box<RawValue> {
+    RawValue::from_string(text).unwrap_or_else(|err| pgrx::error!("a logged payload is not JSON: {err}"))
 }
 
 /// From the row at `$1` on: a row at the cursor itself may deliver a second event after it.
@@ -355,8 +362,8 @@ pub fn read_log(after: i64, through: i64, limit: i64) -> (Vec<Logged>, bool) {
                 .unwrap_or_default(),
             topic: row.get::<String>(3)?.unwrap_or_default(),
             event: row.get::<String>(4)?.unwrap_or_default(),
-            payload: row.get::<String>(5)?.unwrap_or_default(),
-            update: row.get::<String>(6)?,
+            payload: logged_json(row.get::<String>(5)?.unwrap_or_default()),
+            update: row.get::<String>(6)?.map(logged_json),
         })
     });
     let full = rows.len() as i64 >= limit;
@@ -392,36 +399,24 @@ fn with_settings<T>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnO
 }
 
 /// NOTIFYs that account for every id from `from` through `through`, in order: each covers a range
-/// and carries its events inline (`{"first","last","events"}`, a range with none in it carries an
-/// empty list), as many as fit in `campfire.notify_inline_max`; an event too large for that is
-/// announced without events (`{"first","last"}`), for the relay to read from the log.
+/// and carries its events inline (a range with none in it carries an empty list), as many as fit
+/// in `campfire.notify_inline_max`; an event too large for that is announced without events, for
+/// the relay to read from the log.
 pub fn notify(from: i64, through: i64, logged: &[Logged]) {
     let limit = (NOTIFY_INLINE_MAX.get().max(0) as usize).min(campfire_core::sealed::MAX_PAYLOAD);
-    let send = |first: i64, last: i64, inline: Option<&mut Vec<String>>| {
-        let payload = match inline {
-            Some(batch) => {
-                let payload = format!(r#"{{"first":{first},"last":{last},"events":[{}]}}"#, batch.join(","));
-                batch.clear();
-                payload
-            }
-            None => format!(r#"{{"first":{first},"last":{last}}}"#),
-        };
-        crate::notify::send(campfire_core::channels::EVENTS, &payload);
+    let send = |first: i64, last: i64, events: Option<&[&Logged]>| {
+        let note = serde_json::to_string(&Announcement { first, last, events }).expect("an announcement serializes");
+        crate::notify::send(campfire_core::channels::EVENTS, &note);
     };
     // Room for the envelope around the events: two ids of up to 20 digits and the keys.
     const ENVELOPE: usize = 80;
     let (mut batch, mut size, mut start) = (Vec::new(), ENVELOPE, from);
     for e in logged {
-        let item = format!(
-            r#"{{"id":{},"topic":{},"event":{},"payload":{}}}"#,
-            e.id,
-            Value::from(e.topic.as_str()),
-            Value::from(e.event.as_str()),
-            e.payload
-        );
-        let oversized = ENVELOPE + item.len() > limit;
-        if !batch.is_empty() && (oversized || size + 1 + item.len() > limit) {
-            send(start, e.id - 1, Some(&mut batch));
+        let length = encoded_length(e);
+        let oversized = ENVELOPE + length > limit;
+        if !batch.is_empty() && (oversized || size + 1 + length > limit) {
+            send(start, e.id - 1, Some(&batch));
+            batch.clear();
             (size, start) = (ENVELOPE, e.id);
         }
         if oversized {
@@ -429,12 +424,29 @@ pub fn notify(from: i64, through: i64, logged: &[Logged]) {
             start = e.id + 1;
             continue;
         }
-        size += 1 + item.len();
-        batch.push(item);
+        size += 1 + length;
+        batch.push(e);
     }
     if start <= through {
-        send(start, through, Some(&mut batch));
+        send(start, through, Some(&batch));
     }
+}
+
+/// The length of an event's JSON, counted without building it.
+fn encoded_length(event: &Logged) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, event).expect("an event serializes");
+    count.0
 }
 
 /// The transaction's queued events, written now. 0.1.0 fired it as a deferred constraint trigger
@@ -501,7 +513,7 @@ fn as_owner(f: impl FnOnce()) {
 /// number of events queued (1).
 #[pg_extern(volatile)]
 fn broadcast(organization_id: pgrx::Uuid, topic: &str, event: &str, payload: pgrx::JsonB) -> i64 {
-    let channel = match crate::channel::parse(topic) {
+    let channel = match campfire_core::channel::parse(topic) {
         Ok(channel) => channel,
         Err(err) => {
             ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid channel name: {err}"));

@@ -23,13 +23,8 @@ use campfire_core::channels::{ACCESS as ACCESS_CHANNEL, EVENTS as EVENTS_CHANNEL
 pub const MAX_NOTIFY_BYTES: usize = campfire_core::sealed::MAX_PAYLOAD;
 pub(crate) const PAGE: i32 = 1000;
 
-#[derive(Debug, Clone)]
-pub struct DbEvent {
-    pub id: i64,
-    pub topic: String,
-    pub event: String,
-    pub payload: Value,
-}
+/// An event of the log, as the relay routes it.
+pub type DbEvent = campfire_core::announcement::LoggedEvent<Value>;
 
 /// What the extension decided about a join.
 #[derive(Debug, Clone)]
@@ -277,21 +272,8 @@ impl Db {
     }
 }
 
-/// The notification payload the extension writes when it logs events (opened from its seal).
-#[derive(serde::Deserialize)]
-struct EventsNotification {
-    first: i64,
-    last: i64,
-    events: Option<Vec<InlineEvent>>,
-}
-
-#[derive(serde::Deserialize)]
-struct InlineEvent {
-    id: i64,
-    topic: String,
-    event: String,
-    payload: Value,
-}
+/// What an events notification says, opened from its seal.
+type EventsNotification = campfire_core::announcement::Announcement<Vec<DbEvent>>;
 
 /// Routes every event after the relay's cursor, from the log, until caught up.
 async fn catch_up(relay: &Relay) -> Result<(), DbError> {
@@ -340,8 +322,8 @@ async fn handle_events_notification(relay: &Relay, payload: &str, announced: &mu
     match note.events {
         // The common case: the next events, inline, and every id up to `last` accounted for.
         Some(events) if note.first == seen + 1 => {
-            for e in events {
-                route(relay, DbEvent { id: e.id, topic: e.topic, event: e.event, payload: e.payload });
+            for event in events {
+                route(relay, event);
             }
             relay.health.last_event_id.fetch_max(note.last, Ordering::SeqCst);
         }
