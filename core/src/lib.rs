@@ -4,6 +4,7 @@
 pub mod announcement;
 pub mod channel;
 pub mod sealed;
+pub mod widget_secret;
 
 /// The NOTIFY channels: committed events (from the extension), relay-to-relay messages, and
 /// rights taken back (from the extension). Every payload on them is sealed (`sealed`).

@@ -1,15 +1,12 @@
-//! Widget session secrets. A secret is `cfws_<session id>_<mac>` where mac is
-//! HMAC-SHA256(server key, session id || nonce). Only the nonce is stored, so a leaked table
-//! reveals no credential, revoking is rotating the nonce, and the server can hand the same secret
-//! to a second tab of the same visitor during the short claim window after creation.
+//! Widget session secrets. A secret is `cfws_<session id>_<mac>` (`campfire_core::widget_secret`)
+//! where mac is HMAC-SHA256(server key, session id || nonce). Only the nonce is stored, so a
+//! leaked table reveals no credential, revoking is rotating the nonce, and the server can hand the
+//! same secret to a second tab of the same visitor during the short claim window after creation.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use campfire_core::widget_secret;
 use hmac::{Hmac, Mac};
 use pgrx::prelude::*;
 use sha2::Sha256;
-
-const PREFIX: &str = "cfws_";
 
 fn mac(key: &[u8], session_id: &pgrx::Uuid, nonce: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
@@ -18,33 +15,28 @@ fn mac(key: &[u8], session_id: &pgrx::Uuid, nonce: &[u8]) -> Hmac<Sha256> {
     mac
 }
 
-fn session_of(secret: &str) -> Option<(pgrx::Uuid, &str)> {
-    let rest = secret.strip_prefix(PREFIX)?;
-    let (id, mac) = rest.split_once('_')?;
-    let id = uuid::Uuid::try_parse(id).ok()?;
-    Some((pgrx::Uuid::from_bytes(*id.as_bytes()), mac))
+fn to_pg(id: uuid::Uuid) -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(*id.as_bytes())
 }
 
 /// The secret of a widget session (internal: needs the server key).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn widget_secret(key: &[u8], session_id: pgrx::Uuid, nonce: &[u8]) -> String {
     let tag = mac(key, &session_id, nonce).finalize().into_bytes();
-    let id = uuid::Uuid::from_bytes(*session_id.as_bytes()).simple();
-    format!("{PREFIX}{id}_{}", URL_SAFE_NO_PAD.encode(tag))
+    widget_secret::encode(uuid::Uuid::from_bytes(*session_id.as_bytes()), &tag)
 }
 
 /// The session id a secret claims to belong to, or NULL when it is not shaped like a secret.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn widget_secret_session(secret: &str) -> Option<pgrx::Uuid> {
-    session_of(secret).map(|(id, _)| id)
+    widget_secret::decode(secret).map(|(id, _)| to_pg(id))
 }
 
 /// Whether `secret` is the secret of the session, compared in constant time.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn widget_secret_matches(key: &[u8], session_id: pgrx::Uuid, nonce: &[u8], secret: &str) -> bool {
-    let Some((claimed, tag)) = session_of(secret) else { return false };
-    let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else { return false };
-    claimed == session_id && mac(key, &session_id, nonce).verify_slice(&tag).is_ok()
+    let Some((claimed, tag)) = widget_secret::decode(secret) else { return false };
+    to_pg(claimed) == session_id && mac(key, &session_id, nonce).verify_slice(&tag).is_ok()
 }
 
 /// Cryptographically strong random bytes, from PostgreSQL's own source.
