@@ -296,6 +296,43 @@ async fn a_client_resuming_from_a_cursor_gets_what_it_missed_in_order_then_live_
     relay.stop().await;
 }
 
+/// A message's conversation update shares a log row with its list event (two ids in one row):
+/// an agent resuming on the organization channel gets each missed update once, in order, also
+/// from a cursor that sits on a message's own conversation-channel event.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_resuming_on_the_organization_channel_gets_each_missed_update_once() {
+    let f = fixture().await;
+    let relay = RelayHandle::start(&f.db).await;
+    let org_topic = format!("org:{}", f.org);
+    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    client.join(&f.topic(), json!({"config": {}})).await;
+    f.send_as_agent("seen").await;
+    // The conversation channel's event is the row before the update: a cursor between the two.
+    let cursor = client.broadcast_event("message:created").await.payload["payload"]["cursor"].as_i64().unwrap();
+    drop(client);
+
+    for i in 1..=3 {
+        f.send_as_agent(&format!("missed {i}")).await;
+    }
+    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    client.join(&org_topic, json!({"config": {"cursor": cursor}})).await;
+    let mut previews = Vec::new();
+    let mut cursors = Vec::new();
+    while previews.len() < 4 {
+        let frame = client.broadcast_event("conversation:updated").await;
+        previews.push(frame.payload["payload"]["conversation"]["last_message_preview"].as_str().unwrap().to_owned());
+        cursors.push(frame.payload["payload"]["cursor"].as_i64().unwrap());
+    }
+    assert_eq!(previews, ["seen", "missed 1", "missed 2", "missed 3"]);
+    assert_eq!(cursors[0], cursor + 1, "the update right after the cursor's event");
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "in cursor order: {cursors:?}");
+    assert!(
+        client.drain(Duration::from_millis(300)).await.iter().all(|m| m.payload["event"] != "conversation:updated"),
+        "no duplicates"
+    );
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_listen_connection_during_a_stream_loses_and_duplicates_nothing() {
     let f = fixture().await;
