@@ -4,7 +4,8 @@
 #
 #   - Debian packages: PostgreSQL 15 server headers, clang/libclang (bindgen), sudo (cargo pgrx
 #     test --runas, and installing as a user other than root), Chromium (browser tests; a test
-#     tool's own browser download fails here), python3 (the scripts' small helpers)
+#     tool's own browser download fails here), python3 (the scripts' small helpers), nats-server
+#     (the relays' tests over NATS start their own on free ports)
 #   - cargo-pgrx of the pinned version, initialised against the system PostgreSQL 15 (or the one
 #     $PG_CONFIG names)
 # Root is needed only for apt-get and for writing into PostgreSQL's directories: other users get
@@ -24,7 +25,7 @@ missing_packages=()
 need_package() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || missing_packages+=("$1")
 }
-for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo curl chromium python3; do
+for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo curl chromium python3 nats-server; do
     need_package "$pkg"
 done
 if [ ${#missing_packages[@]} -gt 0 ]; then

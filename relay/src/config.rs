@@ -27,6 +27,9 @@ pub struct Config {
     #[command(flatten)]
     pub limits: LimitConfig,
 
+    #[command(flatten)]
+    pub peers: PeerConfig,
+
     /// Proxies whose `X-Forwarded-For` names the client (comma-separated addresses or networks,
     /// e.g. `10.0.0.0/8,127.0.0.1`). From any other peer the header is ignored: by default the
     /// client is the TCP peer.
@@ -137,6 +140,97 @@ pub struct TokenConfig {
         default_value_t = DEFAULT_JWKS_COOLDOWN_SECS
     )]
     pub jwks_cooldown_secs: u64,
+}
+
+/// How relays reach each other (client broadcasts, presence, typing ends). Database events always
+/// come from PostgreSQL's log, whatever this says.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeerConfig {
+    /// The relay-to-relay bus: `postgres` (sealed NOTIFYs through the database, enough for one
+    /// box) or `nats` (a NATS server or cluster: each relay hears only the topics it serves).
+    #[arg(long = "peers", env = "CAMPFIRE_PEERS", value_enum, default_value_t = PeerBus::Postgres)]
+    pub bus: PeerBus,
+
+    /// NATS servers (comma-separated `nats://` or `tls://` URLs) for `--peers nats`.
+    #[arg(
+        long,
+        env = "CAMPFIRE_NATS_URL",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    pub nats_url: Vec<String>,
+
+    /// First token of every subject this installation uses, so that several can share one NATS.
+    #[arg(long, env = "CAMPFIRE_NATS_SUBJECT_PREFIX", default_value = "campfire", value_parser = parse_subject_prefix)]
+    pub nats_subject_prefix: String,
+
+    /// NATS user name (with `--nats-password`).
+    #[arg(long, env = "CAMPFIRE_NATS_USER", requires = "nats_password", conflicts_with_all = ["nats_creds", "nats_nkey_file"])]
+    pub nats_user: Option<String>,
+
+    #[arg(long, env = "CAMPFIRE_NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
+    pub nats_password: Option<String>,
+
+    /// A NATS credentials file (user JWT and nkey seed, as `nsc` writes it).
+    #[arg(long, env = "CAMPFIRE_NATS_CREDS", value_name = "FILE", conflicts_with = "nats_nkey_file")]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// A file holding the nkey seed (`SU...`) this relay authenticates with.
+    #[arg(long, env = "CAMPFIRE_NATS_NKEY_FILE", value_name = "FILE")]
+    pub nats_nkey_file: Option<std::path::PathBuf>,
+
+    /// PEM file of the certificate authorities the NATS server's certificate must chain to
+    /// (implies TLS).
+    #[arg(long, env = "CAMPFIRE_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for NATS servers that verify clients (with `--nats-tls-key`).
+    #[arg(long, env = "CAMPFIRE_NATS_TLS_CERT", value_name = "FILE", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+
+    #[arg(long, env = "CAMPFIRE_NATS_TLS_KEY", value_name = "FILE", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+
+    /// Refuse a NATS connection without TLS (also implied by a `tls://` URL or `--nats-tls-ca`).
+    #[arg(long, env = "CAMPFIRE_NATS_TLS_REQUIRED")]
+    pub nats_tls_required: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerBus {
+    Postgres,
+    Nats,
+}
+
+/// NATS subject tokens: no wildcards, no whitespace, no empty token.
+fn parse_subject_prefix(text: &str) -> Result<String, String> {
+    let valid_token =
+        |token: &str| !token.is_empty() && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if text.split('.').all(valid_token) {
+        Ok(text.to_owned())
+    } else {
+        Err("dot-separated tokens of letters, digits, '-' and '_'".into())
+    }
+}
+
+/// The flags' defaults, for embedding the relay as a library (and tests).
+impl Default for PeerConfig {
+    fn default() -> PeerConfig {
+        PeerConfig {
+            bus: PeerBus::Postgres,
+            nats_url: vec!["nats://127.0.0.1:4222".into()],
+            nats_subject_prefix: "campfire".into(),
+            nats_user: None,
+            nats_password: None,
+            nats_creds: None,
+            nats_nkey_file: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+            nats_tls_required: false,
+        }
+    }
 }
 
 /// Abuse limits, counted per relay process.

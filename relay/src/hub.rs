@@ -7,7 +7,7 @@ use crate::db::DbEvent;
 use crate::metrics::Metrics;
 use crate::outbox::ConnId;
 use crate::peers::{PeerLink, PeerMessage, PeerOut, PeerState, Received};
-use crate::presence::{Owner, PresenceDiff};
+use crate::presence::{Owner, PresenceDiff, PresenceEntries};
 use crate::rooms::{Join, Room};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
@@ -21,13 +21,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>, relay_id: String, peers: tokio::sync::mpsc::Sender<PeerOut>) -> Hub {
-        Hub {
-            rooms: Mutex::new(HashMap::new()),
-            metrics,
-            peers: PeerLink::new(relay_id, peers),
-            peer_state: Mutex::new(PeerState::default()),
-        }
+    pub fn new(metrics: Arc<Metrics>, peers: PeerLink) -> Hub {
+        Hub { rooms: Mutex::new(HashMap::new()), metrics, peers, peer_state: Mutex::new(PeerState::default()) }
     }
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
@@ -46,6 +41,9 @@ impl Hub {
     pub fn join(&self, topic: &str, join: Join) -> Value {
         let mut rooms = self.rooms();
         let room = rooms.entry(topic.to_owned()).or_default();
+        if !room.has_subscribers() {
+            self.peers.serving(topic, true);
+        }
         room.subscribe(join);
         self.metrics.channels.inc();
         json!(room.presence.state())
@@ -65,9 +63,21 @@ impl Hub {
             self.metrics.channels.dec();
         }
         self.owner_leaves(topic, room, &Owner::Local(conn, join_topic.to_owned()));
-        if room.is_empty() {
+        let unserved = !room.has_subscribers();
+        if unserved {
+            self.peers.serving(topic, false);
+        }
+        // A bus that carries only served topics stops telling us about the peers' presence here:
+        // what we hold of it would go stale, so it goes (it is asked for again on the next join).
+        if room.is_empty() || (unserved && !self.peers.hears_every_topic()) {
             rooms.remove(topic);
         }
+    }
+
+    /// The room a peer's presence message is for. On a bus that carries only served topics, one
+    /// this relay does not serve (a message that crossed our unsubscribe) is not kept.
+    fn peer_room<'a>(&self, rooms: &'a mut HashMap<String, Room>, topic: String) -> Option<&'a mut Room> {
+        if self.peers.hears_every_topic() { Some(rooms.entry(topic).or_default()) } else { rooms.get_mut(&topic) }
     }
 
     /// The one way presence leaves a room: announced to its subscribers and, when the owner is a
@@ -140,8 +150,12 @@ impl Hub {
     }
 
     /// Called whenever the LISTEN connection is (re)established: peer messages may have been
-    /// missed, so this relay sends its own presence state and asks every peer for theirs.
+    /// missed, so this relay sends its own presence state and asks every peer for theirs. (A bus
+    /// that carries only served topics syncs per topic instead: [`Hub::ask`], [`Hub::resync`].)
     pub fn announce(&self) {
+        if !self.peers.hears_every_topic() {
+            return;
+        }
         self.send_state();
         self.tell_peers(PeerMessage::Hello);
         // Peers are judged from now on: silence while we could not hear them proves nothing.
@@ -158,6 +172,41 @@ impl Hub {
             }
         }
         self.tell_peers(PeerMessage::StateDone { sync });
+    }
+
+    /// Asks the peers serving `topic` for their presence there (this relay just subscribed).
+    pub fn ask(&self, topic: &str) {
+        self.tell_peers(PeerMessage::Ask { topic: topic.to_owned() });
+    }
+
+    /// After this relay was cut off from a bus that carries only served topics: whatever the
+    /// peers contributed may be stale, so it goes, and for every topic served this relay sends
+    /// its own presence (the peers may have dropped it, or hold leaves it missed) and asks for
+    /// theirs.
+    pub fn resync(&self) {
+        let known = self.peer_state().known();
+        self.forget_peers(known);
+        let served: Vec<(String, PresenceEntries)> = self
+            .rooms()
+            .iter()
+            .filter(|(_, room)| room.has_subscribers())
+            .map(|(topic, room)| (topic.clone(), room.presence.local_state()))
+            .collect();
+        for (topic, metas) in served {
+            self.tell_peers(PeerMessage::TopicState { topic: topic.clone(), metas });
+            self.ask(&topic);
+        }
+    }
+
+    /// The peers this relay has heard from and not forgotten.
+    pub fn known_peers(&self) -> Vec<String> {
+        self.peer_state().known()
+    }
+
+    /// A peer found dead: its presence leaves, its clients' typing stops.
+    pub fn peer_gone(&self, origin: &str) {
+        tracing::warn!(peer = %origin, "peer relay gone; dropping its presence");
+        self.forget_peers(vec![origin.to_owned()]);
     }
 
     /// Peers not heard from within `timeout` are presumed dead: their presence leaves and their
@@ -213,15 +262,22 @@ impl Hub {
             }
             PeerMessage::Presence { topic, diff } => {
                 let mut rooms = self.rooms();
-                let room = rooms.entry(topic).or_default();
-                room.presence.apply_peer_diff(&origin, &diff);
-                self.announce_presence(room, &diff);
+                if let Some(room) = self.peer_room(&mut rooms, topic) {
+                    room.presence.apply_peer_diff(&origin, &diff);
+                    self.announce_presence(room, &diff);
+                }
             }
-            PeerMessage::State { topic, metas, .. } => {
+            PeerMessage::State { topic, metas, .. } | PeerMessage::TopicState { topic, metas } => {
                 let mut rooms = self.rooms();
-                let room = rooms.entry(topic).or_default();
+                let Some(room) = self.peer_room(&mut rooms, topic) else { return };
                 if let Some(diff) = room.presence.replace_peer(&origin, metas) {
                     self.announce_presence(room, &diff);
+                }
+            }
+            PeerMessage::Ask { topic } => {
+                let metas = self.rooms().get(&topic).map(|room| room.presence.local_state()).unwrap_or_default();
+                if !metas.is_empty() {
+                    self.tell_peers(PeerMessage::TopicState { topic, metas });
                 }
             }
             PeerMessage::StateDone { sync } => {
@@ -283,7 +339,15 @@ mod tests {
 
     fn relay(id: &str) -> TestRelay {
         let (tx, to_peers) = mpsc::channel(64);
-        TestRelay { hub: Hub::new(Arc::new(Metrics::new()), id.to_owned(), tx), to_peers }
+        TestRelay { hub: Hub::new(Arc::new(Metrics::new()), PeerLink::to_everyone(id.to_owned(), tx)), to_peers }
+    }
+
+    /// A relay on a bus that carries only served topics, and where its interest goes.
+    fn relay_by_topic(id: &str) -> (TestRelay, mpsc::UnboundedReceiver<crate::peers::Interest>) {
+        let (tx, to_peers) = mpsc::channel(64);
+        let (interest_tx, interest) = mpsc::unbounded_channel();
+        let link = PeerLink::by_topic(id.to_owned(), tx, interest_tx);
+        (TestRelay { hub: Hub::new(Arc::new(Metrics::new()), link), to_peers }, interest)
     }
 
     impl TestRelay {
@@ -299,7 +363,7 @@ mod tests {
         fn said(&mut self) -> Vec<Value> {
             std::iter::from_fn(|| self.to_peers.try_recv().ok())
                 .filter_map(|out| match out {
-                    PeerOut::Message(text) => Some(serde_json::from_str(&text).expect("JSON")),
+                    PeerOut::Message { text, .. } => Some(serde_json::from_str(&text).expect("JSON")),
                     PeerOut::Flush(_) => None,
                 })
                 .collect()
@@ -485,6 +549,46 @@ mod tests {
         }
         assert_eq!(a.hub.metrics.channels.get(), 0);
         assert!(a.hub.rooms().is_empty());
+    }
+
+    #[test]
+    fn by_topic_a_relay_follows_a_topic_while_it_serves_it_and_asks_for_its_presence() {
+        let (mut a, _) = relay_by_topic("a");
+        let (mut b, mut interest) = relay_by_topic("b");
+        track(&a, 7, "ann");
+        a.said();
+        let mut watcher = b.client(1);
+        let _second = b.client(2);
+        let serving = |on| crate::peers::Interest { topic: CHANNEL.into(), serving: on };
+        assert_eq!(interest.try_recv().ok(), Some(serving(true)), "the first subscriber only");
+        assert!(interest.try_recv().is_err());
+
+        // Once subscribed, b asks; a, which has presence there, answers with all of it.
+        b.hub.ask(CHANNEL);
+        b.deliver_to(&a);
+        let answer = a.said();
+        assert_eq!(kinds(&answer), ["topic_state"]);
+        b.hear(&answer);
+        assert_eq!(diffs(&received(&mut watcher)), [joins("ann")]);
+        assert_eq!(b.hub.join_state_keys(), ["ann"]);
+
+        // Cut off and back: what the peers contributed goes, and comes back from their answers.
+        b.hub.resync();
+        assert_eq!(diffs(&received(&mut watcher)), [leaves("ann")]);
+        let resync = b.said();
+        assert_eq!(kinds(&resync), ["topic_state", "ask"]);
+        a.hear(&resync);
+        b.hear(&a.said());
+        assert_eq!(diffs(&received(&mut watcher)), [joins("ann")]);
+
+        // The last subscriber goes: so does the peers' presence, and late news of it is not kept.
+        b.hub.leave(CHANNEL, 1, JOIN_TOPIC);
+        b.hub.leave(CHANNEL, 2, JOIN_TOPIC);
+        assert_eq!(interest.try_recv().ok(), Some(serving(false)));
+        assert!(b.hub.rooms().is_empty());
+        track(&a, 8, "bob");
+        a.deliver_to(&b);
+        assert!(b.hub.rooms().is_empty());
     }
 
     impl Hub {

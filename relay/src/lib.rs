@@ -1,7 +1,7 @@
 //! campfire-relay: a Supabase-Realtime-compatible WebSocket server fed by pg_campfire's event
 //! log. It LISTENs on one connection, routes each committed event to the subscribers the
 //! extension authorized, carries client broadcasts and presence (between relays through
-//! PostgreSQL), and replays from the log after any gap. Decisions about data and permissions are
+//! PostgreSQL or NATS), and replays from the log after any gap. Decisions about data and permissions are
 //! the extension's.
 
 mod api;
@@ -45,9 +45,10 @@ pub struct Health {
 /// Tunables that are not flags (tests shorten them).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// How often this relay tells the others it is alive.
+    /// How often this relay tells the others it is alive (over NATS: probes each peer it knows).
     pub peer_heartbeat: Duration,
-    /// A peer silent this long is presumed dead: its presence leaves, its typing stops.
+    /// A peer silent this long (over NATS: not answering a probe this long) is presumed dead: its
+    /// presence leaves, its typing stops.
     pub peer_timeout: Duration,
     /// A resuming client that reads nothing of its replay for this long is disconnected.
     pub replay_stall_timeout: Duration,
@@ -63,7 +64,7 @@ impl Default for Options {
     }
 }
 
-/// Messages waiting to be NOTIFYed to the other relays; beyond this they are dropped (counted).
+/// Messages waiting to be sent to the other relays; beyond this they are dropped (counted).
 const PEER_QUEUE: usize = 8192;
 /// Access changes a session may fall behind on before it re-checks all its channels.
 const ACCESS_QUEUE: usize = 256;
@@ -134,12 +135,14 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let verifier = auth::Verifier::new(&config.jwt_secret, &config.tokens).await?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let (peers_tx, mut peers_rx) = tokio::sync::mpsc::channel::<peers::PeerOut>(PEER_QUEUE);
+    let relay_id = uuid::Uuid::new_v4().to_string();
+    let bus = peers::Bus::connect(&config.peers, &relay_id, &options).await?;
+    let (peer_link, peer_queues) = bus.link(relay_id, PEER_QUEUE);
     let relay = Arc::new(Relay {
         options,
         verifier,
         db: db::Db::new(&config, metrics.clone())?,
-        hub: hub::Hub::new(metrics.clone(), uuid::Uuid::new_v4().to_string(), peers_tx),
+        hub: hub::Hub::new(metrics.clone(), peer_link),
         metrics,
         health: Health::default(),
         next_connection: AtomicU64::new(1),
@@ -153,35 +156,7 @@ pub async fn run_with(
     let listen = tokio::spawn(db::listen(relay.clone(), relay.shutdown.clone()));
     let watch_relay = relay.clone();
     let watch_queries = tokio::spawn(async move { watch_relay.db.watch_queries(&watch_relay.shutdown).await });
-    let peers_relay = relay.clone();
-    let peers = tokio::spawn(async move {
-        while let Some(out) = peers_rx.recv().await {
-            match out {
-                peers::PeerOut::Message(message) => {
-                    if let Err(err) = peers_relay.db.notify_peers(&message).await {
-                        peers_relay.metrics.drops.with_label_values(&["peer_notify_failed"]).inc();
-                        tracing::warn!(%err, "telling peer relays failed");
-                    }
-                }
-                peers::PeerOut::Flush(done) => {
-                    let _ = done.send(());
-                }
-            }
-        }
-    });
-    // Liveness among relays: a heartbeat out, and peers that went silent forgotten (only judged
-    // while this relay can hear them).
-    let heartbeat_relay = relay.clone();
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(heartbeat_relay.options.peer_heartbeat.max(Duration::from_millis(10)));
-        loop {
-            tick.tick().await;
-            heartbeat_relay.hub.heartbeat();
-            if heartbeat_relay.health.listen_connected.load(Ordering::SeqCst) {
-                heartbeat_relay.hub.expire_peers(heartbeat_relay.options.peer_timeout);
-            }
-        }
-    });
+    let peers = tokio::spawn(bus.run(relay.clone(), peer_queues));
     tracing::info!(address = %listener.local_addr()?, "relay listening");
     let stop = relay.shutdown.clone();
     // TCP_NODELAY: small realtime frames must not wait for delayed ACKs (Nagle).
@@ -205,7 +180,6 @@ pub async fn run_with(
     }
     let _ = listen.await;
     let _ = watch_queries.await;
-    heartbeat.abort();
     // The connections' presence leaves have been queued for the peers; say goodbye after them
     // and give it all a moment to go out.
     relay.hub.goodbye();

@@ -109,6 +109,10 @@ impl Room {
         self.subscriptions.remove(&(conn, join_topic.to_owned())).is_some()
     }
 
+    pub fn has_subscribers(&self) -> bool {
+        !self.subscriptions.is_empty()
+    }
+
     /// Nobody subscribed and no presence (not even another relay's): the room can go.
     pub fn is_empty(&self) -> bool {
         self.subscriptions.is_empty() && self.presence.is_empty()

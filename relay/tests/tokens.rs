@@ -360,14 +360,7 @@ async fn an_agent_whose_sub_is_in_capitals_loses_its_channels_when_disabled() {
         token(json!({"role": "authenticated", "sub": f.agent.to_string().to_uppercase(), "exp": auth::now() + 3600}));
     let mut client = Client::connect(relay.addr, "2.0.0", &capitals).await;
     client.join_ok(&format!("org:{}", f.org), json!({"config": {}})).await;
-    f.db()
-        .await
-        .execute(
-            "UPDATE campfire.organization_members SET status = 'disabled' WHERE organization_id = $1 AND user_id = $2",
-            &[&f.org, &f.agent],
-        )
-        .await
-        .unwrap();
+    f.disable_agent().await;
     let system = client.recv_where(|m| m.event == "system").await;
     assert!(system.payload["message"].as_str().unwrap().contains("no longer have permission"), "{system:?}");
     client.recv_where(|m| m.event == "phx_close").await;

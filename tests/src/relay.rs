@@ -33,6 +33,7 @@ impl RelayHandle {
             jwt_secret: JWT_SECRET.into(),
             tokens: Default::default(),
             limits: Default::default(),
+            peers: Default::default(),
             trusted_proxies: Vec::new(),
             ops_token: None,
             reserved_events: Vec::new(),

@@ -7,6 +7,8 @@
 //! `pg_ctl` as the `postgres` user under /tmp and stops the cluster when the test binary exits.
 #![allow(dead_code)]
 
+pub mod nats;
+pub mod presence;
 pub mod proxy;
 
 use campfire_relay::{Config, Options, auth};
@@ -223,6 +225,18 @@ impl Fixture {
         token(json!({ "role": "authenticated", "sub": self.agent, "exp": auth::now() + 3600 }))
     }
 
+    /// The agent's membership disabled, as an admin would (the relays hear it as an access change).
+    pub async fn disable_agent(&self) {
+        self.db()
+            .await
+            .execute(
+                "UPDATE campfire.organization_members SET status = 'disabled' WHERE organization_id = $1 AND user_id = $2",
+                &[&self.org, &self.agent],
+            )
+            .await
+            .unwrap();
+    }
+
     /// A second active agent of the organization.
     pub async fn another_agent(&self) -> String {
         let user = Uuid::new_v4();
@@ -238,6 +252,7 @@ impl Fixture {
             jwt_secret: JWT_SECRET.into(),
             tokens: Default::default(),
             limits: Default::default(),
+            peers: Default::default(),
             trusted_proxies: Vec::new(),
             ops_token: None,
             reserved_events: Vec::new(),

@@ -1,15 +1,22 @@
-//! What the relays on one database tell each other on the peers NOTIFY channel: client
-//! broadcasts, their clients' presence, and liveness. Each message is one JSON object stamped
-//! with the sender's `origin` and named by its `kind`. Nothing here is durable: a relay that may
-//! have missed messages asks for everyone's state again (`hello`, answered by `state` messages
-//! and a `state_done`).
+//! What the relays tell each other: client broadcasts, their clients' presence, and liveness.
+//! Each message is one JSON object stamped with the sender's `origin` and named by its `kind`,
+//! sealed with the database's notify key, whichever bus carries it (see [`Bus`]). Nothing here is
+//! durable: a relay that may have missed messages asks for the others' state again (over
+//! PostgreSQL everyone's: `hello`, answered by `state` messages and a `state_done`; over NATS one
+//! topic's: `ask`, answered by `topic_state`).
 
+mod nats;
+mod postgres;
+
+use crate::config::{PeerBus, PeerConfig};
 use crate::db::MAX_NOTIFY_BYTES;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceDiff, PresenceEntries};
+use crate::{Options, Relay};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,10 +50,30 @@ pub enum PeerMessage {
     },
     /// The sender (re)started listening and may have missed messages: everyone sends its state.
     Hello,
+    /// All the sender's presence in one topic (possibly none): an answer to `ask`, or sent after
+    /// the sender reconnected to a bus that carries only the topics a relay subscribed to.
+    TopicState { topic: String, metas: PresenceEntries },
+    /// The sender began to serve `topic` (or came back) on such a bus: whoever has presence there
+    /// answers with its `topic_state`.
+    Ask { topic: String },
     /// The sender is still there (sent periodically).
     Alive,
     /// The sender is going away: its presence leaves at once.
     Bye,
+}
+
+impl PeerMessage {
+    /// The topic the message is about; none for what concerns the whole relay.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            PeerMessage::Broadcast { topic, .. }
+            | PeerMessage::Presence { topic, .. }
+            | PeerMessage::State { topic, .. }
+            | PeerMessage::TopicState { topic, .. }
+            | PeerMessage::Ask { topic } => Some(topic),
+            PeerMessage::StateDone { .. } | PeerMessage::Hello | PeerMessage::Alive | PeerMessage::Bye => None,
+        }
+    }
 }
 
 /// A message as it goes on the wire: `origin` next to the message's own fields.
@@ -76,24 +103,50 @@ impl Received {
     }
 }
 
-/// What the hub hands the task that NOTIFYs the other relays.
+/// What the hub hands the task that sends to the other relays.
 pub enum PeerOut {
-    Message(String),
+    /// A stamped message, and the topic it is about (none: relay-wide).
+    Message { topic: Option<String>, text: String },
     /// Answered once everything queued before it has been sent (used at shutdown).
     Flush(oneshot::Sender<()>),
 }
 
-/// This relay's side of the peers channel: messages stamped with its id and queued for the
-/// database task. The queue is bounded, and a full queue drops the message (counted) rather than
-/// slowing a client down.
+/// This relay begins or stops serving a topic (its first subscriber came, its last one went).
+#[derive(Debug, PartialEq)]
+pub struct Interest {
+    pub topic: String,
+    pub serving: bool,
+}
+
+/// This relay's side of the bus: messages stamped with its id and queued for the peer task. The
+/// queue is bounded, and a full queue drops the message (counted) rather than slowing a client
+/// down. A bus that carries only the topics a relay subscribed to also hears where this relay's
+/// interest goes, on a queue of its own that never drops: a lost interest would leave a topic
+/// unheard for as long as the relay serves it.
 pub struct PeerLink {
     pub relay_id: String,
     queue: mpsc::Sender<PeerOut>,
+    interest: Option<mpsc::UnboundedSender<Interest>>,
 }
 
 impl PeerLink {
-    pub fn new(relay_id: String, queue: mpsc::Sender<PeerOut>) -> PeerLink {
-        PeerLink { relay_id, queue }
+    /// For a bus on which every relay hears every message.
+    pub fn to_everyone(relay_id: String, queue: mpsc::Sender<PeerOut>) -> PeerLink {
+        PeerLink { relay_id, queue, interest: None }
+    }
+
+    /// For a bus on which a relay hears a topic only while it serves it.
+    pub fn by_topic(
+        relay_id: String,
+        queue: mpsc::Sender<PeerOut>,
+        interest: mpsc::UnboundedSender<Interest>,
+    ) -> PeerLink {
+        PeerLink { relay_id, queue, interest: Some(interest) }
+    }
+
+    /// Whether this relay hears what peers say about topics it does not serve.
+    pub fn hears_every_topic(&self) -> bool {
+        self.interest.is_none()
     }
 
     pub fn tell(&self, metrics: &Metrics, message: &PeerMessage) {
@@ -102,16 +155,67 @@ impl PeerLink {
             metrics.drops.with_label_values(&["too_large_for_peers"]).inc();
             return;
         }
-        match self.queue.try_send(PeerOut::Message(text)) {
+        let topic = message.topic().map(str::to_owned);
+        match self.queue.try_send(PeerOut::Message { topic, text }) {
             Ok(()) => metrics.peer_messages_out.inc(),
             Err(mpsc::error::TrySendError::Full(_)) => metrics.drops.with_label_values(&["peer_queue_full"]).inc(),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
+    /// Tells the bus (if it cares) that this relay begins or stops serving `topic`.
+    pub fn serving(&self, topic: &str, serving: bool) {
+        if let Some(interest) = &self.interest {
+            let _ = interest.send(Interest { topic: topic.to_owned(), serving });
+        }
+    }
+
     /// Queues a marker behind everything already queued for the peers.
     pub fn flush(&self, marker: PeerOut) -> bool {
         self.queue.try_send(marker).is_ok()
+    }
+}
+
+/// The bus between relays, as `--peers` chose it.
+pub enum Bus {
+    /// Sealed NOTIFYs through the database the relay follows anyway.
+    Postgres,
+    Nats(Box<nats::Nats>),
+}
+
+/// The ends of a [`PeerLink`]'s queues that the bus task reads.
+pub struct Queues {
+    outgoing: mpsc::Receiver<PeerOut>,
+    interest: mpsc::UnboundedReceiver<Interest>,
+}
+
+impl Bus {
+    /// Connects to the chosen bus. NATS is reached (and authenticated) here, at start-up, so that a
+    /// wrong URL or credential stops the relay with a clear error.
+    pub async fn connect(config: &PeerConfig, relay_id: &str, options: &Options) -> anyhow::Result<Bus> {
+        Ok(match config.bus {
+            PeerBus::Postgres => Bus::Postgres,
+            PeerBus::Nats => Bus::Nats(Box::new(nats::Nats::connect(config, relay_id, options.peer_timeout).await?)),
+        })
+    }
+
+    /// This relay's link to the bus, and the queues behind it (`capacity` messages at most).
+    pub fn link(&self, relay_id: String, capacity: usize) -> (PeerLink, Queues) {
+        let (queue, outgoing) = mpsc::channel(capacity);
+        let (interest_tx, interest) = mpsc::unbounded_channel();
+        let link = match self {
+            Bus::Postgres => PeerLink::to_everyone(relay_id, queue),
+            Bus::Nats(_) => PeerLink::by_topic(relay_id, queue, interest_tx),
+        };
+        (link, Queues { outgoing, interest })
+    }
+
+    /// Carries this relay's messages to its peers and theirs to its hub, until aborted.
+    pub async fn run(self, relay: Arc<Relay>, queues: Queues) {
+        match self {
+            Bus::Postgres => postgres::run(relay, queues.outgoing).await,
+            Bus::Nats(nats) => nats.run(relay, queues).await,
+        }
     }
 }
 
@@ -168,6 +272,11 @@ impl PeerState {
         }
     }
 
+    /// Every peer heard from and not forgotten since.
+    pub fn known(&self) -> Vec<String> {
+        self.last_seen.keys().cloned().collect()
+    }
+
     /// Peers not heard from within `timeout`.
     pub fn silent(&self, timeout: Duration) -> Vec<String> {
         self.last_seen.iter().filter(|(_, seen)| seen.elapsed() >= timeout).map(|(o, _)| o.clone()).collect()
@@ -197,12 +306,12 @@ mod tests {
 
     fn link(capacity: usize) -> (PeerLink, mpsc::Receiver<PeerOut>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (PeerLink::new("relay-a".into(), tx), rx)
+        (PeerLink::to_everyone("relay-a".into(), tx), rx)
     }
 
     fn sent(rx: &mut mpsc::Receiver<PeerOut>) -> Value {
         match rx.try_recv() {
-            Ok(PeerOut::Message(text)) => serde_json::from_str(&text).expect("JSON"),
+            Ok(PeerOut::Message { text, .. }) => serde_json::from_str(&text).expect("JSON"),
             _ => panic!("no message queued"),
         }
     }
@@ -229,6 +338,9 @@ mod tests {
             json!({ "kind": "hello", "origin": "relay-a" }),
             json!({ "kind": "alive", "origin": "relay-a" }),
             json!({ "kind": "bye", "origin": "relay-a" }),
+            json!({ "kind": "topic_state", "topic": "org:o:conv:c:presence", "metas": diff["joins"],
+                    "origin": "relay-a" }),
+            json!({ "kind": "ask", "topic": "org:o:conv:c:presence", "origin": "relay-a" }),
         ]
     }
 
@@ -240,7 +352,7 @@ mod tests {
             link.tell(&metrics, &message(example.clone()));
             assert_eq!(sent(&mut rx), example);
         }
-        assert_eq!(metrics.peer_messages_out.get(), 8);
+        assert_eq!(metrics.peer_messages_out.get(), 10);
     }
 
     #[test]
