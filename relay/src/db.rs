@@ -432,12 +432,13 @@ async fn listen_once(
             }
         }
     }));
-    relay
-        .db
-        .answer(
-            client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {PEERS_CHANNEL}; LISTEN {ACCESS_CHANNEL}")),
-        )
-        .await?;
+    // Peers on another bus are not listened for: a relay on the PostgreSQL bus would pass for one.
+    let mut channels = vec![EVENTS_CHANNEL, ACCESS_CHANNEL];
+    if relay.config.peers.bus == crate::config::PeerBus::Postgres {
+        channels.push(PEERS_CHANNEL);
+    }
+    let listen: String = channels.iter().map(|channel| format!("LISTEN {channel};")).collect();
+    relay.db.answer(client.batch_execute(&listen)).await?;
     relay.db.read_notify_key().await?;
     if *first {
         // A new relay starts at the head: clients ask for history with a resume cursor.
