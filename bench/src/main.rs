@@ -18,6 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod growth;
 mod naive;
+mod peers;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks pg_campfire and campfire-relay on this machine")]
@@ -52,8 +53,8 @@ struct Args {
     /// Calls timed per path and step in the growth scenario.
     #[arg(long, default_value_t = 200)]
     growth_reps: usize,
-    /// Scenarios to run (latency, throughput, cost, baseline, fanout, connections, growth); all by
-    /// default.
+    /// Scenarios to run (latency, throughput, cost, baseline, fanout, connections, growth, peers);
+    /// all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// A short run (a few hundred messages, small counts) that only checks the benchmark works.
@@ -165,9 +166,15 @@ async fn start_relay(args: &Args, cluster: &Cluster) -> Result<Relay> {
 
 /// A relay on `port`; with `reuse_port`, one of several relay processes sharing it.
 async fn start_relay_on(args: &Args, cluster: &Cluster, port: u16, reuse_port: bool) -> Result<Relay> {
+    let mut relay = relay_command(args, cluster, port);
+    relay.env("CAMPFIRE_REUSE_PORT", reuse_port.to_string());
+    start_listening(relay, port).await
+}
+
+/// The relay process the scenarios run, on `port`, before it starts.
+fn relay_command(args: &Args, cluster: &Cluster, port: u16) -> Command {
     let mut relay = Command::new(&args.relay_bin);
     relay
-        .env("CAMPFIRE_REUSE_PORT", reuse_port.to_string())
         .env("DATABASE_URL", format!("host=127.0.0.1 port={} user=campfire_relay_bench dbname=campfire", cluster.port))
         .env("CAMPFIRE_LISTEN", format!("127.0.0.1:{port}"))
         .env("CAMPFIRE_JWT_SECRET", JWT_SECRET)
@@ -177,7 +184,7 @@ async fn start_relay_on(args: &Args, cluster: &Cluster, port: u16, reuse_port: b
         .env("CAMPFIRE_MAX_CONNECTIONS_PER_IP", "1000000")
         .env("CAMPFIRE_MAX_CONNECTIONS_PER_CREDENTIAL", "1000000")
         .env("RUST_LOG", "campfire_relay=warn");
-    start_listening(relay, port).await
+    relay
 }
 
 /// The naive baseline's relay: this program again, as a process of its own (see naive.rs).
@@ -940,6 +947,10 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     results["connections"] = json!(idle);
+
+    if wanted("peers") {
+        results["peers"] = peers::peers(&args, &cluster, &org).await?;
+    }
 
     if wanted("growth") {
         results["growth"] = growth::growth(cluster.port, &args.growth, args.growth_reps).await?;
