@@ -390,3 +390,71 @@ async fn a_relay_refused_by_nats_stops_with_a_clear_error_that_names_no_secret()
     assert!(err.contains("authorization violation"), "{err}");
     assert!(!err.contains("not-the-password"), "{err}");
 }
+
+/// A certificate authority and a server certificate for 127.0.0.1 it signed, made with openssl
+/// in `dir`: (CA file, server certificate, server key).
+fn tls_files(dir: &std::path::Path) -> (String, String, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    std::fs::write(
+        path("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        &[&["req", "-x509"][..], &key, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=itest-ca"]]
+            .concat(),
+    );
+    openssl(&[&["req"][..], &key, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (path("ca.pem"), path("server.pem"), path("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relays_meet_over_tls_and_one_without_the_authority_is_refused() {
+    let f = Fixture::new().await;
+    let dir = std::env::temp_dir().join(format!("campfire-nats-tls-{}-{}", std::process::id(), f.database));
+    let (ca, cert, key) = tls_files(&dir);
+    let nats = NatsServer::start_with(&["--tls", "--tlscert", &cert, "--tlskey", &key]).await;
+    let over_tls = || {
+        let mut config = nats.config(&f);
+        config.peers.nats_tls_ca = Some(ca.clone().into());
+        config
+    };
+    let (a, b) = (Relay::start_with(over_tls(), fast_peers()).await, Relay::start_with(over_tls(), fast_peers()).await);
+    let mut on_b = typing_watcher(&f, b.addr).await;
+    let (mut on_a, a_ref) = broadcaster(&f, a.addr).await;
+    broadcast(&f, &mut on_a, &a_ref, "note", json!({"n": 1})).await;
+    assert_eq!(on_b.broadcast_event("note").await.payload["payload"]["n"], 1);
+
+    // Without the authority the server's certificate does not verify: the relay does not start.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let started =
+        tokio::time::timeout(WAIT, campfire_relay::run(nats.config(&f), listener, std::future::pending())).await;
+    let err = started.expect("gives up at once").expect_err("refused").to_string();
+    assert!(err.contains("connecting to NATS failed"), "{err}");
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

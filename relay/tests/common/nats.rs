@@ -12,12 +12,20 @@ pub const PASSWORD: &str = "nats-itest-password";
 
 pub struct NatsServer {
     pub port: u16,
+    /// Beyond the address, port and credentials.
+    options: Vec<String>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        let mut server = NatsServer { port: free_port(), child: None };
+        NatsServer::start_with(&[]).await
+    }
+
+    /// With more of nats-server's options (TLS, say).
+    pub async fn start_with(options: &[&str]) -> NatsServer {
+        let options = options.iter().map(|o| o.to_string()).collect();
+        let mut server = NatsServer { port: free_port(), options, child: None };
         server.spawn().await;
         server
     }
@@ -25,6 +33,7 @@ impl NatsServer {
     async fn spawn(&mut self) {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "--user", USER, "--pass", PASSWORD])
+            .args(&self.options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
