@@ -162,11 +162,21 @@ pub struct PeerConfig {
     pub nats_url: Vec<String>,
 
     /// First token of every subject this installation uses, so that several can share one NATS.
-    #[arg(long, env = "CAMPFIRE_NATS_SUBJECT_PREFIX", default_value = "campfire", value_parser = parse_subject_prefix)]
+    #[arg(
+        long,
+        env = "CAMPFIRE_NATS_SUBJECT_PREFIX",
+        default_value = "campfire",
+        value_parser = parse_subject_prefix
+    )]
     pub nats_subject_prefix: String,
 
     /// NATS user name (with `--nats-password`).
-    #[arg(long, env = "CAMPFIRE_NATS_USER", requires = "nats_password", conflicts_with_all = ["nats_creds", "nats_nkey_file"])]
+    #[arg(
+        long,
+        env = "CAMPFIRE_NATS_USER",
+        requires = "nats_password",
+        conflicts_with_all = ["nats_creds", "nats_nkey_file"]
+    )]
     pub nats_user: Option<String>,
 
     #[arg(long, env = "CAMPFIRE_NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
@@ -318,5 +328,37 @@ impl Config {
 
     pub fn db_timeout(&self) -> Duration {
         Duration::from_millis(self.db_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Config, clap::Error> {
+        let required = ["campfire-relay", "--database-url", "host=db", "--jwt-secret", "s"];
+        Config::try_parse_from(required.iter().chain(flags))
+    }
+
+    #[test]
+    fn a_subject_prefix_is_tokens_without_wildcards() {
+        for good in ["campfire", "acme.campfire-eu_1"] {
+            assert_eq!(parse_subject_prefix(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "a..b", "a.*", "a.>", "a b", "a."] {
+            assert!(parse_subject_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nats_credentials_come_whole_and_one_kind_at_a_time() {
+        let config = parse(&["--peers", "nats", "--nats-url", "nats://a:4222,nats://b:4222"]).unwrap();
+        assert_eq!((config.peers.bus, config.peers.nats_url.len()), (PeerBus::Nats, 2));
+        assert_eq!(parse(&[]).unwrap().peers.bus, PeerBus::Postgres, "PostgreSQL unless told otherwise");
+        assert!(parse(&["--nats-user", "relay"]).is_err(), "a user needs its password");
+        assert!(parse(&["--nats-password", "secret"]).is_err(), "a password needs its user");
+        assert!(parse(&["--nats-user", "relay", "--nats-password", "p", "--nats-creds", "f"]).is_err());
+        assert!(parse(&["--nats-creds", "f", "--nats-nkey-file", "g"]).is_err());
+        assert!(parse(&["--nats-tls-cert", "c"]).is_err(), "a certificate needs its key");
     }
 }
