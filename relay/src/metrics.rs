@@ -24,6 +24,7 @@ pub struct Metrics {
     pub peer_messages_in: IntCounter,
     pub peer_messages_out: IntCounter,
     pub peers_expired: IntCounter,
+    pub nats_connected: IntGauge,
     pub refused_notifications: IntCounterVec,
     pub limited: IntCounterVec,
 }
@@ -95,6 +96,10 @@ impl Metrics {
             peers_expired: counter(
                 "campfire_peers_expired_total",
                 "Other relays presumed gone (silent or said goodbye)",
+            ),
+            nats_connected: gauge(
+                "campfire_nats_connected",
+                "1 while the relay is connected to NATS (with --peers nats), 0 while it reconnects",
             ),
             refused_notifications: counter_vec(
                 "campfire_refused_notifications_total",

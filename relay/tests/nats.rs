@@ -71,6 +71,18 @@ async fn refused(relay: &Relay) -> f64 {
         .sum()
 }
 
+/// Whether `relay`'s metric `name` reads `value` within WAIT.
+async fn wait_for_metric(relay: &Relay, name: &str, value: f64) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while relay.metric(name).await != value {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 fn seq(frame: &common::Received) -> i64 {
     frame.payload["payload"]["message"]["seq"].as_i64().unwrap()
 }
@@ -257,7 +269,13 @@ async fn nats_restarted_under_load_duplicates_nothing_and_presence_comes_back() 
         tokio::time::sleep(Duration::from_millis(300)).await;
         nats.restart(Duration::from_millis(300)).await;
     };
-    let (sent, ()) = tokio::join!(writer, restart);
+    let restart_seen = async {
+        let down = wait_for_metric(&b, "campfire_nats_connected", 0.0).await;
+        let up = wait_for_metric(&b, "campfire_nats_connected", 1.0).await;
+        (down, up)
+    };
+    let (sent, (), (down, up)) = tokio::join!(writer, restart, restart_seen);
+    assert!(down && up, "B reported losing NATS and getting it back");
     let restarted_at = last_tick.load(Ordering::SeqCst);
 
     // Every relay is back on the bus: broadcasts sent well after the restart reach B and C.

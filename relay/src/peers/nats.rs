@@ -137,6 +137,7 @@ impl Nats {
         let (incoming_tx, mut incoming) = mpsc::channel(INCOMING_QUEUE);
         let mut served: HashMap<String, AbortOnDropHandle<()>> = HashMap::new();
         let _relay_wide = self.follow(self.subjects.relay_wide(), &incoming_tx).await;
+        relay.metrics.nats_connected.set(1);
         let mut probes = match self.client.subscribe(self.subjects.probe(&self.relay_id)).await {
             Ok(probes) => probes,
             Err(err) => return tracing::error!(%err, "subscribing to NATS failed; peers are unreachable"),
@@ -173,9 +174,13 @@ impl Nats {
                 Some(event) = self.events.recv() => match event {
                     Event::Connected => {
                         tracing::info!("NATS connection up; re-syncing presence with the peers");
+                        relay.metrics.nats_connected.set(1);
                         relay.hub.resync();
                     }
-                    Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                    Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting");
+                        relay.metrics.nats_connected.set(0);
+                    }
                     other => tracing::warn!(event = %other, "NATS"),
                 },
             }
