@@ -6,7 +6,7 @@
 mod common;
 
 use campfire_relay::Options;
-use common::nats::NatsServer;
+use common::nats::{Auth, NatsServer};
 use common::presence::{Presence, track_and_type, watch};
 use common::{Client, Fixture, Relay, RelayProcess, WAIT};
 use futures_util::StreamExt;
@@ -69,6 +69,13 @@ async fn refused(relay: &Relay) -> f64 {
         .filter(|line| line.starts_with("campfire_refused_notifications_total{"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Why a relay with `config` stops at start (it must, and at once).
+async fn refused_at_start(config: campfire_relay::Config) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let started = tokio::time::timeout(WAIT, campfire_relay::run(config, listener, std::future::pending())).await;
+    started.expect("gives up at once").expect_err("refused").to_string()
 }
 
 /// Whether `relay`'s metric `name` reads `value` within WAIT.
@@ -402,9 +409,7 @@ async fn a_relay_refused_by_nats_stops_with_a_clear_error_that_names_no_secret()
     let nats = NatsServer::start().await;
     let mut config = nats.config(&f);
     config.peers.nats_password = Some("not-the-password".into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let started = tokio::time::timeout(WAIT, campfire_relay::run(config, listener, std::future::pending())).await;
-    let err = started.expect("gives up at once").expect_err("refused").to_string();
+    let err = refused_at_start(config).await;
     assert!(err.contains("authorization violation"), "{err}");
     assert!(!err.contains("not-the-password"), "{err}");
 }
@@ -454,7 +459,7 @@ async fn relays_meet_over_tls_and_one_without_the_authority_is_refused() {
     let f = Fixture::new().await;
     let dir = std::env::temp_dir().join(format!("campfire-nats-tls-{}-{}", std::process::id(), f.database));
     let (ca, cert, key) = tls_files(&dir);
-    let nats = NatsServer::start_with(&["--tls", "--tlscert", &cert, "--tlskey", &key]).await;
+    let nats = NatsServer::start_with(Auth::Password, &["--tls", "--tlscert", &cert, "--tlskey", &key]).await;
     let over_tls = || {
         let mut config = nats.config(&f);
         config.peers.nats_tls_ca = Some(ca.clone().into());
@@ -467,12 +472,30 @@ async fn relays_meet_over_tls_and_one_without_the_authority_is_refused() {
     assert_eq!(on_b.broadcast_event("note").await.payload["payload"]["n"], 1);
 
     // Without the authority the server's certificate does not verify: the relay does not start.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let started =
-        tokio::time::timeout(WAIT, campfire_relay::run(nats.config(&f), listener, std::future::pending())).await;
-    let err = started.expect("gives up at once").expect_err("refused").to_string();
+    let err = refused_at_start(nats.config(&f)).await;
     assert!(err.contains("connecting to NATS failed"), "{err}");
     a.stop().await;
     b.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relays_authenticate_to_nats_with_an_nkey() {
+    let f = Fixture::new().await;
+    let seed_file = std::env::temp_dir().join(format!("campfire-nats-nkey-{}-{}.seed", std::process::id(), f.database));
+    let nats = NatsServer::start_with(Auth::Nkey(seed_file.clone()), &[]).await;
+    let (a, b) = (relay_on(&f, &nats).await, relay_on(&f, &nats).await);
+    let mut on_b = typing_watcher(&f, b.addr).await;
+    let (mut on_a, a_ref) = broadcaster(&f, a.addr).await;
+    broadcast(&f, &mut on_a, &a_ref, "note", json!({"n": 1})).await;
+    assert_eq!(on_b.broadcast_event("note").await.payload["payload"]["n"], 1);
+
+    // Another user's seed is refused.
+    std::fs::write(&seed_file, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    let err = refused_at_start(nats.config(&f)).await;
+    assert!(err.contains("authorization violation"), "{err}");
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_file(&seed_file);
+    let _ = std::fs::remove_file(seed_file.with_extension("conf"));
 }

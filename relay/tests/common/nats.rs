@@ -1,38 +1,59 @@
 //! A real nats-server (Debian's `nats-server`, which scripts/setup.sh installs) on a free loopback
-//! port, with a user and password; stopped when dropped. Relays joined to it with [`NatsServer::config`].
+//! port, with a user and password or an nkey; stopped when dropped. Relays joined to it with
+//! [`NatsServer::config`].
 
 use super::{Fixture, WAIT, free_port};
 use campfire_relay::Config;
 use campfire_relay::config::PeerBus;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub const USER: &str = "campfire";
 pub const PASSWORD: &str = "nats-itest-password";
 
+/// How clients authenticate to the server.
+pub enum Auth {
+    Password,
+    /// The one user is an nkey: its seed in this file.
+    Nkey(PathBuf),
+}
+
 pub struct NatsServer {
     pub port: u16,
-    /// Beyond the address, port and credentials.
+    auth: Auth,
+    /// Beyond the address and port: credentials, and any of the caller's (TLS, say).
     options: Vec<String>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        NatsServer::start_with(&[]).await
+        NatsServer::start_with(Auth::Password, &[]).await
     }
 
-    /// With more of nats-server's options (TLS, say).
-    pub async fn start_with(options: &[&str]) -> NatsServer {
-        let options = options.iter().map(|o| o.to_string()).collect();
-        let mut server = NatsServer { port: free_port(), options, child: None };
+    pub async fn start_with(auth: Auth, options: &[&str]) -> NatsServer {
+        let port = free_port();
+        let mut args: Vec<String> = match &auth {
+            Auth::Password => ["--user", USER, "--pass", PASSWORD].map(String::from).to_vec(),
+            Auth::Nkey(seed_file) => {
+                let user = nkeys::KeyPair::new_user();
+                std::fs::write(seed_file, user.seed().unwrap()).unwrap();
+                let config = seed_file.with_extension("conf");
+                let users = format!("authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n", user.public_key());
+                std::fs::write(&config, users).unwrap();
+                vec!["-c".into(), config.to_str().unwrap().to_owned()]
+            }
+        };
+        args.extend(options.iter().map(|o| o.to_string()));
+        let mut server = NatsServer { port, auth, options: args, child: None };
         server.spawn().await;
         server
     }
 
     async fn spawn(&mut self) {
         let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "--user", USER, "--pass", PASSWORD])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(&self.options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -71,12 +92,17 @@ impl NatsServer {
         let mut config = fixture.config();
         config.peers.bus = PeerBus::Nats;
         config.peers.nats_url = vec![self.url()];
-        config.peers.nats_user = Some(USER.into());
-        config.peers.nats_password = Some(PASSWORD.into());
+        match &self.auth {
+            Auth::Password => {
+                config.peers.nats_user = Some(USER.into());
+                config.peers.nats_password = Some(PASSWORD.into());
+            }
+            Auth::Nkey(seed_file) => config.peers.nats_nkey_file = Some(seed_file.clone()),
+        }
         config
     }
 
-    /// The same, for the relay binary's environment.
+    /// The same, for the relay binary's environment (password authentication).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("CAMPFIRE_PEERS", "nats".into()),
