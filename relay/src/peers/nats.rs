@@ -40,6 +40,7 @@ pub struct Nats {
 }
 
 /// The subjects of one installation, under its prefix.
+#[derive(Clone)]
 struct Subjects {
     prefix: String,
 }
@@ -142,11 +143,8 @@ impl Nats {
             Ok(probes) => probes,
             Err(err) => return tracing::error!(%err, "subscribing to NATS failed; peers are unreachable"),
         };
-        let _prober = AbortOnDropHandle::new(tokio::spawn(probe_peers(
-            relay.clone(),
-            self.client.clone(),
-            Subjects { prefix: self.subjects.prefix.clone() },
-        )));
+        let prober = probe_peers(relay.clone(), self.client.clone(), self.subjects.clone());
+        let _prober = AbortOnDropHandle::new(tokio::spawn(prober));
         loop {
             tokio::select! {
                 out = outgoing.recv() => match out {
