@@ -1,7 +1,9 @@
 //! Phoenix / Supabase Realtime frames: the V1 serializer (JSON objects), the V2 serializer (JSON
 //! arrays) and V2's binary user-broadcast push (kind 3). Outgoing broadcasts are always text.
 
-use serde_json::{Value, json};
+use crate::auth;
+use crate::errors::Refusal;
+use serde_json::{Map, Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Vsn {
@@ -134,6 +136,139 @@ pub fn decode_binary(bytes: &[u8]) -> Result<Frame, DecodeError> {
     }
 }
 
+/// What a client's frame asks for, read once from its topic, event and payload. A payload that
+/// does not fit its event is kept as the refusal to answer with, because a frame for a topic
+/// the connection has not joined (or from an earlier join) is answered for that first.
+#[derive(Debug)]
+pub(crate) enum ClientMessage {
+    /// `heartbeat` on the `phoenix` topic.
+    Heartbeat,
+    Join(JoinRequest),
+    /// Any other event: it concerns the joined channel of the frame's topic.
+    Channel(ChannelMessage),
+}
+
+/// A `phx_join`: the token it acts with and its `config`. Also accepted, and ignored as the
+/// relay has no use for them: `config.private` (the extension authorizes every channel) and
+/// `config.presence.enabled` (presence is always on).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct JoinRequest {
+    pub access_token: Option<String>,
+    /// `config.broadcast.self`: the sender receives its own broadcasts.
+    pub self_broadcast: bool,
+    /// `config.broadcast.ack`: reply to each broadcast once it is fanned out.
+    pub ack: bool,
+    /// `config.presence.key`, if not empty.
+    pub presence_key: Option<String>,
+    /// Where a resuming client's log replay starts.
+    pub cursor: Option<i64>,
+    /// `config.postgres_changes`: the filters asked for, echoed in the join reply.
+    pub postgres_changes: Vec<Value>,
+}
+
+#[derive(Debug)]
+pub(crate) enum ChannelMessage {
+    Leave,
+    Broadcast(Result<Broadcast, Refusal>),
+    Presence(Result<PresenceChange, Refusal>),
+    /// A refreshed token; none when the frame carries no token (or a Supabase API key).
+    AccessToken(Option<String>),
+    Unknown(String),
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) struct Broadcast {
+    pub event: String,
+    pub payload: Value,
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) enum PresenceChange {
+    Track(Map<String, Value>),
+    Untrack,
+}
+
+impl ClientMessage {
+    pub fn parse(frame: &Frame) -> ClientMessage {
+        let payload = &frame.payload;
+        match (frame.topic.as_str(), frame.event.as_str()) {
+            ("phoenix", "heartbeat") => ClientMessage::Heartbeat,
+            (_, "phx_join") => ClientMessage::Join(JoinRequest::parse(payload)),
+            (_, event) => ClientMessage::Channel(match event {
+                "phx_leave" => ChannelMessage::Leave,
+                "broadcast" => ChannelMessage::Broadcast(Broadcast::parse(payload)),
+                "presence" => ChannelMessage::Presence(PresenceChange::parse(payload)),
+                "access_token" => ChannelMessage::AccessToken(token(payload)),
+                other => ChannelMessage::Unknown(other.to_owned()),
+            }),
+        }
+    }
+}
+
+/// The `access_token` of a payload. realtime-js sends a Supabase API key when it has no token:
+/// that is no token.
+fn token(payload: &Value) -> Option<String> {
+    payload["access_token"].as_str().filter(|t| !auth::is_supabase_key(t)).map(str::to_owned)
+}
+
+/// A boolean config value: JSON booleans or "true"/"false" in any case.
+fn flag(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::String(s) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+impl JoinRequest {
+    fn parse(payload: &Value) -> JoinRequest {
+        let config = &payload["config"];
+        JoinRequest {
+            access_token: token(payload),
+            self_broadcast: flag(&config["broadcast"]["self"]),
+            ack: flag(&config["broadcast"]["ack"]),
+            presence_key: config["presence"]["key"].as_str().filter(|k| !k.is_empty()).map(str::to_owned),
+            cursor: resume_cursor(config),
+            postgres_changes: config["postgres_changes"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// The resume cursor a client passes in its join config: `config.broadcast.cursor` (the one
+/// place realtime-js forwards unchanged) or `config.cursor`; a number or a numeric string.
+fn resume_cursor(config: &Value) -> Option<i64> {
+    let cursor = match &config["broadcast"]["cursor"] {
+        Value::Null => &config["cursor"],
+        given => given,
+    };
+    match cursor {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .filter(|c| *c >= 0)
+}
+
+impl Broadcast {
+    fn parse(payload: &Value) -> Result<Broadcast, Refusal> {
+        let event = payload["event"].as_str().ok_or(Refusal::BroadcastWithoutEvent)?;
+        let inner = payload.get("payload").cloned().unwrap_or_else(|| json!({}));
+        Ok(Broadcast { event: event.to_owned(), payload: inner })
+    }
+}
+
+impl PresenceChange {
+    fn parse(payload: &Value) -> Result<PresenceChange, Refusal> {
+        match payload["event"].as_str() {
+            Some("track") => {
+                payload["payload"].as_object().cloned().map(PresenceChange::Track).ok_or(Refusal::TrackNotAMap)
+            }
+            Some("untrack") => Ok(PresenceChange::Untrack),
+            _ => Err(Refusal::PresenceEvent),
+        }
+    }
+}
+
 pub fn encode(vsn: Vsn, frame: &Frame) -> String {
     match vsn {
         Vsn::V2 => json!([frame.join_ref, frame.r#ref, frame.topic, frame.event, frame.payload]).to_string(),
@@ -258,6 +393,141 @@ mod tests {
         match decode_binary(&raw) {
             Err(DecodeError::Payload { frame, .. }) => assert_eq!((frame.topic.as_str(), frame.r#ref), ("t", None)),
             other => panic!("encoding 0 (raw binary) is refused with an answerable frame: {other:?}"),
+        }
+    }
+
+    /// The message of a V1 frame and of the same frame in V2, which must agree.
+    fn parse_both(topic: &str, event: &str, payload: Value) -> ClientMessage {
+        let v1 = json!({ "topic": topic, "event": event, "payload": payload, "ref": "2", "join_ref": "1" });
+        let v2 = json!(["1", "2", topic, event, payload]);
+        let from_v1 = ClientMessage::parse(&decode_text(Vsn::V1, &v1.to_string()).unwrap());
+        let from_v2 = ClientMessage::parse(&decode_text(Vsn::V2, &v2.to_string()).unwrap());
+        assert_eq!(format!("{from_v1:?}"), format!("{from_v2:?}"), "{event} reads the same in both versions");
+        from_v1
+    }
+
+    fn channel_message(event: &str, payload: Value) -> ChannelMessage {
+        match parse_both("realtime:room1", event, payload) {
+            ClientMessage::Channel(message) => message,
+            other => panic!("{event} is a channel message, not {other:?}"),
+        }
+    }
+
+    fn join(payload: Value) -> JoinRequest {
+        match parse_both("realtime:room1", "phx_join", payload) {
+            ClientMessage::Join(request) => request,
+            other => panic!("not a join: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn heartbeat_only_on_the_phoenix_topic() {
+        assert!(matches!(parse_both("phoenix", "heartbeat", json!({})), ClientMessage::Heartbeat));
+        assert!(matches!(channel_message("heartbeat", json!({})), ChannelMessage::Unknown(e) if e == "heartbeat"));
+    }
+
+    #[test]
+    fn a_join_reads_its_config() {
+        let request = join(json!({
+            "access_token": "eyJ.token",
+            "config": {
+                "broadcast": { "self": true, "ack": "TRUE", "cursor": "42" },
+                "presence": { "key": "agent-1", "enabled": true },
+                "private": true,
+                "postgres_changes": [{ "event": "*", "schema": "public" }],
+            },
+        }));
+        assert_eq!(
+            request,
+            JoinRequest {
+                access_token: Some("eyJ.token".into()),
+                self_broadcast: true,
+                ack: true,
+                presence_key: Some("agent-1".into()),
+                cursor: Some(42),
+                postgres_changes: vec![json!({ "event": "*", "schema": "public" })],
+            }
+        );
+        // The topic is checked by the join itself, which refuses a name without `realtime:`.
+        assert!(matches!(parse_both("phoenix", "phx_join", json!({})), ClientMessage::Join(_)));
+    }
+
+    #[test]
+    fn a_join_config_that_does_not_fit_reads_as_the_defaults() {
+        for payload in [
+            json!({}),
+            json!(null),
+            json!("config"),
+            json!({ "config": [] }),
+            json!({ "config": { "broadcast": { "self": "yes", "ack": 1 } } }),
+            json!({ "config": { "presence": { "key": "" }, "postgres_changes": { "event": "*" } } }),
+            json!({ "config": { "broadcast": { "cursor": -1 } } }),
+            json!({ "config": { "cursor": "soon" } }),
+            json!({ "access_token": 7 }),
+        ] {
+            assert_eq!(join(payload.clone()), JoinRequest::default(), "{payload}");
+        }
+    }
+
+    #[test]
+    fn a_join_cursor_is_a_number_or_a_numeric_string_in_either_place() {
+        let cursor = |config: Value| join(json!({ "config": config })).cursor;
+        assert_eq!(cursor(json!({ "broadcast": { "cursor": 7 } })), Some(7));
+        assert_eq!(cursor(json!({ "cursor": "8" })), Some(8));
+        assert_eq!(cursor(json!({ "broadcast": { "cursor": 7 }, "cursor": 8 })), Some(7), "broadcast.cursor first");
+        assert_eq!(cursor(json!({ "cursor": 0 })), Some(0));
+    }
+
+    #[test]
+    fn a_supabase_api_key_is_no_token() {
+        let key = format!("{}abc", auth::SUPABASE_KEY_PREFIX);
+        assert_eq!(join(json!({ "access_token": key })).access_token, None);
+        assert!(matches!(
+            channel_message("access_token", json!({ "access_token": key })),
+            ChannelMessage::AccessToken(None)
+        ));
+        assert!(matches!(
+            channel_message("access_token", json!({ "access_token": "eyJ.new" })),
+            ChannelMessage::AccessToken(Some(t)) if t == "eyJ.new"
+        ));
+        assert!(matches!(channel_message("access_token", json!({})), ChannelMessage::AccessToken(None)));
+    }
+
+    #[test]
+    fn leave_and_unknown_events() {
+        assert!(matches!(channel_message("phx_leave", json!({})), ChannelMessage::Leave));
+        assert!(matches!(channel_message("shout", json!({})), ChannelMessage::Unknown(e) if e == "shout"));
+    }
+
+    #[test]
+    fn a_broadcast_needs_an_event_and_defaults_its_payload() {
+        let broadcast = |payload: Value| match channel_message("broadcast", payload) {
+            ChannelMessage::Broadcast(broadcast) => broadcast,
+            other => panic!("not a broadcast: {other:?}"),
+        };
+        let sent = json!({ "type": "broadcast", "event": "message", "payload": { "text": "hi" } });
+        assert_eq!(broadcast(sent).unwrap(), Broadcast { event: "message".into(), payload: json!({ "text": "hi" }) });
+        assert_eq!(broadcast(json!({ "event": "ping" })).unwrap().payload, json!({}));
+        assert_eq!(broadcast(json!({ "event": "ping", "payload": null })).unwrap().payload, Value::Null);
+        for malformed in [json!({}), json!({ "event": 3 }), json!([]), json!(null)] {
+            assert!(matches!(broadcast(malformed), Err(Refusal::BroadcastWithoutEvent)));
+        }
+    }
+
+    #[test]
+    fn presence_is_track_with_a_map_or_untrack() {
+        let presence = |payload: Value| match channel_message("presence", payload) {
+            ChannelMessage::Presence(change) => change,
+            other => panic!("not presence: {other:?}"),
+        };
+        let track = presence(json!({ "type": "presence", "event": "track", "payload": { "online_at": 1 } }));
+        assert_eq!(track.unwrap(), PresenceChange::Track(json!({ "online_at": 1 }).as_object().unwrap().clone()));
+        assert_eq!(presence(json!({ "event": "untrack" })).unwrap(), PresenceChange::Untrack);
+        for not_a_map in [json!({ "event": "track" }), json!({ "event": "track", "payload": [1] })] {
+            assert!(matches!(presence(not_a_map), Err(Refusal::TrackNotAMap)));
+        }
+        for other in [json!({}), json!({ "event": "sync" }), json!({ "event": true }), json!(null)] {
+            assert!(matches!(presence(other), Err(Refusal::PresenceEvent)));
         }
     }
 

@@ -9,7 +9,7 @@ use crate::hub;
 use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::protocol::{self, Frame, Vsn};
+use crate::protocol::{self, Broadcast, ChannelMessage, ClientMessage, Frame, JoinRequest, PresenceChange, Vsn};
 use crate::rooms::{self, Join};
 use crate::{AccessChange, Relay};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -68,36 +68,11 @@ fn history_lost(join_topic: &str, join_ref: Option<&str>, cursor: i64, tail: i64
     protocol::channel_push(join_topic, join_ref, "system", system)
 }
 
-/// A boolean config value: JSON booleans or "true"/"false" in any case.
-fn flag(value: &Value) -> bool {
-    match value {
-        Value::Bool(b) => *b,
-        Value::String(s) => s.eq_ignore_ascii_case("true"),
-        _ => false,
-    }
-}
-
-/// The resume cursor a client passes in its join config: `config.broadcast.cursor` (the one
-/// place realtime-js forwards unchanged) or `config.cursor`; a number or a numeric string.
-fn resume_cursor(config: &Value) -> Option<i64> {
-    let cursor = match &config["broadcast"]["cursor"] {
-        Value::Null => &config["cursor"],
-        given => given,
-    };
-    match cursor {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-    .filter(|c| *c >= 0)
-}
-
 /// The join reply's `postgres_changes`: each requested filter echoed in order with an integer
 /// `id` (realtime-js checks the echo and reports SUBSCRIBED). The relay does not stream table
 /// changes; a `system` error says so right after the reply.
-fn echo_postgres_changes(requested: &Value) -> Vec<Value> {
-    let Some(filters) = requested.as_array() else { return Vec::new() };
-    filters
+fn echo_postgres_changes(requested: &[Value]) -> Vec<Value> {
+    requested
         .iter()
         .map(|filter| {
             let mut filter = filter.clone();
@@ -156,7 +131,9 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
                     },
                     Some(Ok(Message::Binary(bytes))) if vsn == Vsn::V2 => match protocol::decode_binary(&bytes) {
                         Ok(frame) => Box::pin(session.handle(frame)).await,
-                        Err(protocol::DecodeError::Payload { frame, reason }) => session.refuse_payload(&frame, reason),
+                        Err(protocol::DecodeError::Payload { frame, reason }) => {
+                            Box::pin(session.refuse_payload(&frame, reason)).await
+                        }
                         Err(err) => session.malformed(&err.to_string()),
                     },
                     Some(Ok(Message::Binary(_))) => session.malformed("binary frames need vsn 2.0.0"),
@@ -298,17 +275,11 @@ impl Session {
         tracing::debug!(connection = self.outbox.id, reason, "malformed frame ignored");
     }
 
-    /// A broadcast whose header could be read but whose payload is refused: the sender hears why
-    /// (when it joined the topic with that join_ref), as it would for any refused broadcast.
-    fn refuse_payload(&self, frame: &Frame, reason: &'static str) {
+    /// A broadcast whose header could be read but whose payload is refused: the sender hears why,
+    /// as it would for any refused broadcast.
+    async fn refuse_payload(&mut self, frame: &Frame, reason: &'static str) {
         self.relay.metrics.malformed_frames.inc();
-        let Some(channel) = self.channels.get(&frame.topic) else {
-            return self.refuse(frame, Refusal::UnmatchedTopic);
-        };
-        if frame.join_ref.is_some() && frame.join_ref != channel.join_ref {
-            return;
-        }
-        self.refuse(frame, Refusal::Payload(reason));
+        self.on_channel(frame, ChannelMessage::Broadcast(Err(Refusal::Payload(reason)))).await;
     }
 
     /// Counts `action` against the connection's rate; over it, counted in the metrics and the
@@ -320,50 +291,58 @@ impl Session {
     }
 
     async fn handle(&mut self, frame: Frame) {
-        match (frame.topic.as_str(), frame.event.as_str()) {
-            ("phoenix", "heartbeat") => match self.over_rate(Action::Heartbeat) {
+        match ClientMessage::parse(&frame) {
+            ClientMessage::Heartbeat => match self.over_rate(Action::Heartbeat) {
                 None => self.send(&protocol::reply(&frame, "ok", json!({}))),
                 Some(_) => self.outbox.close(CloseReason::TooManyHeartbeats),
             },
-            (_, "phx_join") => self.join(frame).await,
-            _ => {
-                let Some(channel) = self.channels.get(&frame.topic) else {
-                    if frame.event == "phx_leave" {
-                        return self.send(&protocol::reply(&frame, "ok", json!({})));
-                    }
-                    return self.refuse(&frame, Refusal::UnmatchedTopic);
-                };
-                if frame.join_ref.is_some() && frame.join_ref != channel.join_ref {
-                    return; // a push from an earlier join of this topic
-                }
-                match frame.event.as_str() {
-                    "phx_leave" => {
-                        self.send(&protocol::reply(&frame, "ok", json!({})));
-                        self.close_channel(&frame.topic);
-                    }
-                    "broadcast" => self.broadcast(&frame),
-                    "presence" => self.presence(&frame),
-                    "access_token" => self.refresh_token(&frame).await,
-                    other => self.refuse(&frame, Refusal::UnknownEvent(other.to_owned())),
-                }
+            ClientMessage::Join(request) => self.join(&frame, request).await,
+            ClientMessage::Channel(message) => self.on_channel(&frame, message).await,
+        }
+    }
+
+    /// A message for the channel joined as the frame's topic: answered only if it is joined
+    /// (a leave always is), and only if the frame comes from its current join.
+    async fn on_channel(&mut self, frame: &Frame, message: ChannelMessage) {
+        let Some(channel) = self.channels.get(&frame.topic) else {
+            return match message {
+                ChannelMessage::Leave => self.send(&protocol::reply(frame, "ok", json!({}))),
+                _ => self.refuse(frame, Refusal::UnmatchedTopic),
+            };
+        };
+        if frame.join_ref.is_some() && frame.join_ref != channel.join_ref {
+            return; // a push from an earlier join of this topic
+        }
+        match message {
+            ChannelMessage::Leave => {
+                self.send(&protocol::reply(frame, "ok", json!({})));
+                self.close_channel(&frame.topic);
             }
+            ChannelMessage::Broadcast(broadcast) => self.broadcast(frame, broadcast),
+            ChannelMessage::Presence(change) => self.presence(frame, change),
+            ChannelMessage::AccessToken(token) => self.refresh_token(&frame.topic, token).await,
+            ChannelMessage::Unknown(event) => self.refuse(frame, Refusal::UnknownEvent(event)),
         }
     }
 
     /// A join, in four steps: authorize (any refusal is the reply), subscribe, reply, resume.
-    async fn join(&mut self, frame: Frame) {
-        let (identity, authorization) = match self.authorize_join(&frame).await {
+    async fn join(&mut self, frame: &Frame, request: JoinRequest) {
+        let (identity, authorization) = match self.authorize_join(frame, request.access_token.as_deref()).await {
             Ok(granted) => granted,
-            Err(refusal) => return self.refuse(&frame, refusal),
+            Err(refusal) => return self.refuse(frame, refusal),
         };
         let canonical = authorization.topic.clone();
-        let (presence_state, cursor) = self.subscribe(&frame, identity, authorization);
-        self.reply_to_join(&frame, presence_state);
-        self.resume(&frame, &canonical, cursor).await;
+        let presence_state = self.subscribe(frame, &request, identity, authorization);
+        self.reply_to_join(frame, &request.postgres_changes, presence_state);
+        self.resume(frame, &canonical, request.cursor).await;
     }
 
     /// Who the join acts as and what the extension lets it do there, or why it is refused.
-    async fn authorize_join(&mut self, frame: &Frame) -> Result<(Identity, Authorization), Refusal> {
+    async fn authorize_join(
+        &mut self,
+        frame: &Frame,
+        access_token: Option<&str>,
+    ) -> Result<(Identity, Authorization), Refusal> {
         let Some(name) = frame.topic.strip_prefix("realtime:") else { return Err(Refusal::UnmatchedTopic) };
         if name.is_empty() {
             return Err(Refusal::TopicNameRequired);
@@ -374,7 +353,7 @@ impl Session {
         if self.channels.len() >= self.relay.config.max_channels && !self.channels.contains_key(&frame.topic) {
             return Err(Refusal::TooManyChannels);
         }
-        let identity = self.join_identity(&frame.payload).await.map_err(Refusal::Credential)?;
+        let identity = self.join_identity(access_token).await.map_err(Refusal::Credential)?;
         match self.relay.db.authorize(name, &identity.claims).await {
             Ok(a) if a.read => Ok((identity, a)),
             Ok(a) => {
@@ -390,8 +369,14 @@ impl Session {
     }
 
     /// Subscribes the join's topic to its channel (live events held until [`Session::resume`]);
-    /// returns the room's presence state and the cursor a resuming client gave.
-    fn subscribe(&mut self, frame: &Frame, identity: Identity, authorization: Authorization) -> (Value, Option<i64>) {
+    /// returns the room's presence state.
+    fn subscribe(
+        &mut self,
+        frame: &Frame,
+        request: &JoinRequest,
+        identity: Identity,
+        authorization: Authorization,
+    ) -> Value {
         let topic = &frame.topic;
         // One subscription per channel per connection, or each event would arrive once per
         // spelling (`bcast:`, capitals, the seeds' widget name): a second join of a channel
@@ -404,19 +389,14 @@ impl Session {
                 self.end_channel(&previous, ChannelEnd::JoinedAgainAs(topic.clone()));
             }
         }
-        let config = &frame.payload["config"];
-        let presence_key = config["presence"]["key"]
-            .as_str()
-            .filter(|k| !k.is_empty())
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        let cursor = resume_cursor(config);
+        let presence_key = request.presence_key.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let presence_state = self.relay.hub.join(
             &canonical,
             Join {
                 outbox: self.outbox.clone(),
                 join_topic: topic.clone(),
-                self_broadcast: flag(&config["broadcast"]["self"]),
-                cursor: cursor.unwrap_or(0),
+                self_broadcast: request.self_broadcast,
+                cursor: request.cursor.unwrap_or(0),
             },
         );
         self.channels.insert(
@@ -427,18 +407,18 @@ impl Session {
                 identity,
                 may_broadcast: authorization.broadcast,
                 may_track: authorization.presence,
-                ack: flag(&config["broadcast"]["ack"]),
+                ack: request.ack,
                 presence_key,
                 typing: None,
             },
         );
-        (presence_state, cursor)
+        presence_state
     }
 
     /// The join reply, the presence state, and a `system` error if table changes were asked for.
-    fn reply_to_join(&self, frame: &Frame, presence_state: Value) {
+    fn reply_to_join(&self, frame: &Frame, requested_changes: &[Value], presence_state: Value) {
         let join_ref = frame.join_ref.as_deref();
-        let postgres_changes = echo_postgres_changes(&frame.payload["config"]["postgres_changes"]);
+        let postgres_changes = echo_postgres_changes(requested_changes);
         let unsupported = !postgres_changes.is_empty();
         self.send(&protocol::reply(frame, "ok", json!({ "postgres_changes": postgres_changes })));
         self.send(&protocol::channel_push(&frame.topic, join_ref, "presence_state", presence_state));
@@ -481,8 +461,8 @@ impl Session {
     /// Who a join acts as: its own `access_token`, else the connection's credential, which must
     /// not have expired since the connection opened. Supabase API keys are no tokens: realtime-js
     /// sends one when it has no token.
-    async fn join_identity(&self, payload: &Value) -> Result<Identity, CredentialError> {
-        match payload["access_token"].as_str().filter(|t| !auth::is_supabase_key(t)) {
+    async fn join_identity(&self, access_token: Option<&str>) -> Result<Identity, CredentialError> {
+        match access_token {
             Some(token) => resolve_token(&self.relay, token).await,
             None => Ok(self.identity.as_ref().ok_or(AuthError::NoCredential).and_then(Identity::unexpired)?),
         }
@@ -530,11 +510,11 @@ impl Session {
         }
     }
 
-    fn broadcast(&mut self, frame: &Frame) {
-        let Some(event) = frame.payload["event"].as_str().map(str::to_owned) else {
-            return self.refuse(frame, Refusal::BroadcastWithoutEvent);
+    fn broadcast(&mut self, frame: &Frame, broadcast: Result<Broadcast, Refusal>) {
+        let Broadcast { event, payload } = match broadcast {
+            Ok(broadcast) => broadcast,
+            Err(refusal) => return self.refuse(frame, refusal),
         };
-        let payload = frame.payload.get("payload").cloned().unwrap_or_else(|| json!({}));
         if let Some(reason) = self.over_rate(Action::Broadcast) {
             return self.refuse(frame, Refusal::BroadcastRate(reason));
         }
@@ -544,7 +524,7 @@ impl Session {
         if let Err(refusal) = self.relay.broadcast_rules.check(&event, &payload) {
             return self.refuse(frame, Refusal::BroadcastRule(refusal));
         }
-        let channel = self.channels.get_mut(&frame.topic).expect("checked by handle");
+        let channel = self.channels.get_mut(&frame.topic).expect("checked by on_channel");
         match event.as_str() {
             "typing:start" => channel.typing = Some((payload.clone(), Instant::now())),
             "typing:stop" => channel.typing = None,
@@ -558,33 +538,30 @@ impl Session {
         }
     }
 
-    fn presence(&mut self, frame: &Frame) {
-        let channel = self.channels.get(&frame.topic).expect("checked by handle");
+    fn presence(&mut self, frame: &Frame, change: Result<PresenceChange, Refusal>) {
+        let channel = self.channels.get(&frame.topic).expect("checked by on_channel");
         if !channel.may_track {
             return self.refuse(frame, Refusal::TrackDenied(sub_topic(&frame.topic).to_owned()));
         }
-        match frame.payload["event"].as_str() {
-            Some("track") => {
-                let Some(state) = frame.payload["payload"].as_object().cloned() else {
-                    return self.refuse(frame, Refusal::TrackNotAMap);
-                };
+        match change {
+            Ok(PresenceChange::Track(state)) => {
                 if Value::Object(state.clone()).to_string().len() > self.relay.config.max_payload_bytes {
                     return self.refuse(frame, Refusal::TrackTooLarge);
                 }
                 self.relay.hub.track(&channel.canonical, self.outbox.id, &frame.topic, &channel.presence_key, state);
             }
-            Some("untrack") => self.relay.hub.untrack(&channel.canonical, self.outbox.id, &frame.topic),
-            _ => return self.refuse(frame, Refusal::PresenceEvent),
+            Ok(PresenceChange::Untrack) => self.relay.hub.untrack(&channel.canonical, self.outbox.id, &frame.topic),
+            Err(refusal) => return self.refuse(frame, refusal),
         }
         self.send(&protocol::reply(frame, "ok", json!({})));
     }
 
     /// `access_token`: no reply; a token that no longer grants the channel ends it.
-    async fn refresh_token(&mut self, frame: &Frame) {
-        let Some(token) = frame.payload["access_token"].as_str().filter(|t| !auth::is_supabase_key(t)) else { return };
-        match resolve_token(&self.relay, token).await {
-            Ok(identity) => self.reauthorize(&frame.topic, identity).await,
-            Err(err) => self.end_channel(&frame.topic, ChannelEnd::Credential(err)),
+    async fn refresh_token(&mut self, topic: &str, token: Option<String>) {
+        let Some(token) = token else { return };
+        match resolve_token(&self.relay, &token).await {
+            Ok(identity) => self.reauthorize(topic, identity).await,
+            Err(err) => self.end_channel(topic, ChannelEnd::Credential(err)),
         }
     }
 
