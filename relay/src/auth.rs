@@ -6,7 +6,7 @@ use crate::config::TokenConfig;
 use crate::jwks::Jwks;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Verified claims and when they stop being valid (unix seconds).
 #[derive(Debug, Clone)]
@@ -66,6 +66,13 @@ impl Identity {
     pub fn unexpired(&self) -> Result<Identity, AuthError> {
         if self.expires_at <= now() { Err(AuthError::ConnectionExpired) } else { Ok(self.clone()) }
     }
+
+    /// When the token expires, on the monotonic clock timers run on; `None` if too far ahead to
+    /// say (an `exp` beyond any clock).
+    pub fn expiry(&self) -> Option<Instant> {
+        let at = UNIX_EPOCH.checked_add(Duration::from_secs(self.expires_at))?;
+        Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default())
+    }
 }
 
 pub const WIDGET_SECRET_PREFIX: &str = "cfws_";
@@ -86,7 +93,7 @@ pub fn is_supabase_key(token: &str) -> bool {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Checks client JWTs: the signature (HS256 with the relay's secret; RS, PS, ES and EdDSA with
@@ -227,6 +234,15 @@ mod tests {
 
     fn token(claims: Value) -> String {
         sign(SECRET.as_bytes(), &claims)
+    }
+
+    #[test]
+    fn an_expiry_is_an_instant_unless_beyond_any_clock() {
+        let identity = |expires_at| Identity { claims: json!({}), expires_at };
+        let in_a_minute = identity(now() + 60).expiry().unwrap().duration_since(Instant::now());
+        assert!(in_a_minute > Duration::from_secs(58) && in_a_minute <= Duration::from_secs(60), "{in_a_minute:?}");
+        assert!(identity(now() - 5).expiry().unwrap() <= Instant::now(), "an expired token is due at once");
+        assert_eq!(identity(u64::MAX).expiry(), None);
     }
 
     #[tokio::test]

@@ -115,13 +115,15 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
     let mut session =
         Session { relay: relay.clone(), outbox: outbox.clone(), identity, channels: HashMap::new(), usage };
     let idle = relay.config.idle_timeout();
-    let mut idle_deadline = tokio::time::Instant::now() + idle;
-    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut idle_deadline = Instant::now() + idle;
     let mut access = relay.access.subscribe();
     let reason = loop {
+        // One timer per connection, on whatever is due first: idle, a token's expiry, a typing
+        // indicator's TTL. It is set afresh each turn, after any branch that moved a deadline.
+        let deadline = session.next_expiry().map_or(idle_deadline, |expiry| expiry.min(idle_deadline));
         tokio::select! {
             message = stream.next() => {
-                idle_deadline = tokio::time::Instant::now() + idle;
+                idle_deadline = Instant::now() + idle;
                 match message {
                     // Handling is boxed: its state (joins query the database) would otherwise be
                     // part of every idle connection's task.
@@ -142,16 +144,18 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
                     Some(Err(_)) => break CloseReason::TransportError,
                 }
             }
-            _ = tokio::time::sleep_until(idle_deadline) => {
-                outbox.close(CloseReason::IdleTimeout);
-                break CloseReason::IdleTimeout;
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if Instant::now() >= idle_deadline {
+                    outbox.close(CloseReason::IdleTimeout);
+                    break CloseReason::IdleTimeout;
+                }
+                session.expire();
             }
             _ = outbox.kill.cancelled() => break outbox.closed_for().unwrap_or(CloseReason::Closed),
             _ = relay.shutdown.cancelled() => {
                 outbox.close(CloseReason::ShuttingDown);
                 break CloseReason::ShuttingDown;
             }
-            _ = ticker.tick() => session.expire(),
             change = access.recv() => match change {
                 Ok(change) => Box::pin(session.access_changed(&change)).await,
                 // Fell behind: some change concerned this session, perhaps.
@@ -597,7 +601,16 @@ impl Session {
         }
     }
 
-    /// Once a second: channels whose token expired end; typing indicators left on too long stop.
+    /// When the first joined channel's token expires or its typing indicator goes stale.
+    fn next_expiry(&self) -> Option<Instant> {
+        let token = self.channels.values().map(|c| &c.identity).min_by_key(|i| i.expires_at).and_then(Identity::expiry);
+        let ttl = self.relay.config.typing_ttl();
+        let typing = self.channels.values().filter_map(|c| c.typing.as_ref()?.1.checked_add(ttl)).min();
+        token.into_iter().chain(typing).min()
+    }
+
+    /// When [`Session::next_expiry`] is due: channels whose token expired end; typing indicators
+    /// left on too long stop.
     fn expire(&mut self) {
         let now = auth::now();
         let expired: Vec<String> =

@@ -1,10 +1,11 @@
 //! The relay against a real PostgreSQL with pg_campfire, through real WebSocket clients: resume
 //! beyond the send queue, events too large to inline, postgres_changes bindings, both
-//! serializers, and several relays (a crashed one, a late one, one that lost LISTEN).
+//! serializers, a typing indicator left on, and several relays (a crashed one, a late one, one
+//! that lost LISTEN).
 
 mod common;
 
-use campfire_relay::Options;
+use campfire_relay::{Config, Options};
 use common::presence::{track_and_type, watch};
 use common::{Client, Fixture, Relay, RelayProcess, WAIT, binary_broadcast};
 use serde_json::{Value, json};
@@ -204,6 +205,29 @@ async fn broadcast_self_and_ack_in_both_serializers_and_bad_frames_change_nothin
         assert_eq!((reply.topic.as_str(), reply.payload["status"].clone()), ("phoenix", json!("ok")));
     }
     assert!(relay.metric("campfire_malformed_frames_total").await >= 7.0);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_typing_indicator_left_on_stops_after_its_ttl() {
+    let f = Fixture::new().await;
+    let relay = Relay::start_with(Config { typing_ttl_secs: 1, ..f.config() }, Options::default()).await;
+    let typing = format!("{}:typing", f.topic());
+    let topic = format!("realtime:{typing}");
+    let mut listener = Client::connect(relay.addr, "1.0.0", &f.secret).await;
+    listener.join_ok(&typing, json!({"config": {}})).await;
+    let mut agent = Client::connect(relay.addr, "1.0.0", &f.agent_token()).await;
+    let join_ref = agent.join_ok(&typing, json!({"config": {}})).await;
+    let start = json!({"type": "broadcast", "event": "typing:start", "payload": {"who": "agent"}});
+    agent.push(Some(&join_ref), &topic, "broadcast", start).await;
+    listener.broadcast_event("typing:start").await;
+    let started = std::time::Instant::now();
+    let stop = listener.broadcast_event("typing:stop").await;
+    assert_eq!(
+        (&stop.payload["payload"]["who"], &stop.payload["payload"]["endedBy"]),
+        (&json!("agent"), &json!("relay"))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500), "not before the ttl: {:?}", started.elapsed());
     relay.stop().await;
 }
 
