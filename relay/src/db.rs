@@ -336,8 +336,8 @@ async fn handle_events_notification(relay: &Relay, payload: &str, announced: &mu
     Ok(())
 }
 
-/// `{"user_id"}` or `{"widget_session_id"}` from the extension, to every session (sessions
-/// without a concerned channel ignore it).
+/// `{"user_id"}` or `{"widget_session_id"}` from the extension, to the sessions holding a
+/// channel joined as that user or widget session.
 fn announce_access_change(relay: &Relay, payload: &str) {
     let change = serde_json::from_str::<Value>(payload).ok().and_then(|v| {
         match (v["user_id"].as_str(), v["widget_session_id"].as_str()) {

@@ -4,6 +4,7 @@
 //! PostgreSQL or NATS), and replays from the log after any gap. Decisions about data and
 //! permissions are the extension's.
 
+mod access;
 mod api;
 pub mod auth;
 mod client_addr;
@@ -24,6 +25,7 @@ pub mod protocol;
 mod rooms;
 mod session;
 
+pub use access::AccessChange;
 pub use config::Config;
 
 use std::future::Future;
@@ -66,33 +68,6 @@ impl Default for Options {
 
 /// Messages waiting to be sent to the other relays; beyond this they are dropped (counted).
 const PEER_QUEUE: usize = 8192;
-/// Access changes a session may fall behind on before it re-checks all its channels.
-const ACCESS_QUEUE: usize = 256;
-
-/// Whose rights changed in the database (`campfire_access`): their joined channels are checked
-/// again. `Everyone` after the relay may have missed some (LISTEN reconnected).
-#[derive(Debug, Clone, PartialEq)]
-pub enum AccessChange {
-    User(String),
-    WidgetSession(String),
-    Everyone,
-}
-
-impl AccessChange {
-    /// Whether channels joined with these claims are concerned. Ids are compared as uuids, as the
-    /// database reads them: a `sub` in capitals names the same user.
-    fn concerns(&self, claims: &serde_json::Value) -> bool {
-        let same = |claim: &serde_json::Value, id: &str| {
-            let parse = |text: &str| uuid::Uuid::parse_str(text).ok();
-            claim.as_str().and_then(parse).is_some_and(|claimed| parse(id) == Some(claimed))
-        };
-        match self {
-            AccessChange::User(id) => same(&claims["sub"], id),
-            AccessChange::WidgetSession(id) => same(&claims["widget_session_id"], id),
-            AccessChange::Everyone => true,
-        }
-    }
-}
 
 pub struct Relay {
     config: Config,
@@ -107,7 +82,7 @@ pub struct Relay {
     sessions: TaskTracker,
     limits: limits::Limits,
     broadcast_rules: client_broadcast::Rules,
-    access: tokio::sync::broadcast::Sender<AccessChange>,
+    access: Arc<access::AccessIndex>,
 }
 
 impl Relay {
@@ -150,7 +125,7 @@ pub async fn run_with(
         sessions: TaskTracker::new(),
         limits: limits::Limits::new(&config.limits),
         broadcast_rules: client_broadcast::Rules::new(&config.reserved_events, config.max_payload_bytes),
-        access: tokio::sync::broadcast::channel(ACCESS_QUEUE).0,
+        access: Arc::default(),
         config,
     });
     let listen = tokio::spawn(db::listen(relay.clone(), relay.shutdown.clone()));

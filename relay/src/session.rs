@@ -2,6 +2,8 @@
 //! heartbeats, joins, leaves, broadcasts, presence, token refreshes and access changes, and a
 //! close that lets the close frame reach the client.
 
+use crate::Relay;
+use crate::access::{AccessChange, AccessWatch};
 use crate::auth::{self, AuthError, Identity};
 use crate::db::{Authorization, DbError};
 use crate::errors::{ChannelEnd, CloseReason, CredentialError, Refusal};
@@ -11,7 +13,6 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Broadcast, ChannelMessage, ClientMessage, Frame, JoinRequest, PresenceChange, Vsn};
 use crate::rooms::{self, Join};
-use crate::{AccessChange, Relay};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 /// A joined channel, as this connection sees it.
@@ -44,6 +45,8 @@ struct Session {
     identity: Option<Identity>,
     channels: HashMap<String, Channel>,
     usage: ConnectionUsage,
+    /// The ids the channels were joined as, watched for access changes.
+    access: AccessWatch,
 }
 
 /// At most this many queued frames are coalesced into one socket write.
@@ -112,11 +115,11 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
         tokio::spawn(write_frames(sink, rx, outbox.clone(), relay.metrics.clone(), relay.config.write_timeout()));
 
     let usage = ConnectionUsage::new(relay.limits.per_connection);
+    let access = relay.access.connect(id);
     let mut session =
-        Session { relay: relay.clone(), outbox: outbox.clone(), identity, channels: HashMap::new(), usage };
+        Session { relay: relay.clone(), outbox: outbox.clone(), identity, channels: HashMap::new(), usage, access };
     let idle = relay.config.idle_timeout();
     let mut idle_deadline = Instant::now() + idle;
-    let mut access = relay.access.subscribe();
     let reason = loop {
         // One timer per connection, on whatever is due first: idle, a token's expiry, a typing
         // indicator's TTL. It is set afresh each turn, after any branch that moved a deadline.
@@ -156,14 +159,7 @@ pub async fn serve(socket: WebSocket, relay: Arc<Relay>, vsn: Vsn, identity: Opt
                 outbox.close(CloseReason::ShuttingDown);
                 break CloseReason::ShuttingDown;
             }
-            change = access.recv() => match change {
-                Ok(change) => Box::pin(session.access_changed(&change)).await,
-                // Fell behind: some change concerned this session, perhaps.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    Box::pin(session.access_changed(&AccessChange::Everyone)).await
-                }
-                Err(broadcast::error::RecvError::Closed) => {}
-            },
+            changes = session.access.changes() => Box::pin(session.access_changed(&changes)).await,
         }
     };
     session.leave_all();
@@ -403,6 +399,7 @@ impl Session {
                 cursor: request.cursor.unwrap_or(0),
             },
         );
+        self.access.watch(&identity.claims);
         self.channels.insert(
             topic.clone(),
             Channel {
@@ -450,8 +447,7 @@ impl Session {
                         // The client must not believe it is caught up: the channel errors, and
                         // realtime-js rejoins (with its cursor) after its backoff.
                         tracing::warn!(%err, "replaying the log for a resuming client failed");
-                        if let Some(channel) = self.channels.remove(topic) {
-                            self.relay.hub.leave(&channel.canonical, self.outbox.id, topic);
+                        if let Some(channel) = self.detach(topic) {
                             self.send(&protocol::channel_end(topic, channel.join_ref.as_deref(), "phx_error"));
                         }
                         return;
@@ -571,11 +567,11 @@ impl Session {
 
     /// Someone's rights changed in the database: the channels joined with their claims are
     /// checked again.
-    async fn access_changed(&mut self, change: &AccessChange) {
+    async fn access_changed(&mut self, changes: &[AccessChange]) {
         let concerned: Vec<(String, Identity)> = self
             .channels
             .iter()
-            .filter(|(_, c)| change.concerns(&c.identity.claims))
+            .filter(|(_, c)| changes.iter().any(|change| change.concerns(&c.identity.claims)))
             .map(|(topic, c)| (topic.clone(), c.identity.clone()))
             .collect();
         for (topic, identity) in concerned {
@@ -589,6 +585,8 @@ impl Session {
         match self.relay.db.authorize(sub_topic(topic), &identity.claims).await {
             Ok(a) if a.read => {
                 if let Some(channel) = self.channels.get_mut(topic) {
+                    self.access.watch(&identity.claims);
+                    self.access.unwatch(&channel.identity.claims);
                     channel.identity = identity;
                     channel.may_broadcast = a.broadcast;
                     channel.may_track = a.presence;
@@ -656,9 +654,7 @@ impl Session {
 
     /// Leaves a channel: typing ends, presence leaves, phx_close goes out.
     fn close_channel(&mut self, topic: &str) {
-        self.stop_typing(topic);
-        if let Some(channel) = self.channels.remove(topic) {
-            self.relay.hub.leave(&channel.canonical, self.outbox.id, topic);
+        if let Some(channel) = self.detach(topic) {
             self.send(&protocol::channel_end(topic, channel.join_ref.as_deref(), "phx_close"));
         }
     }
@@ -666,10 +662,17 @@ impl Session {
     fn leave_all(&mut self) {
         let topics: Vec<String> = self.channels.keys().cloned().collect();
         for topic in topics {
-            self.stop_typing(&topic);
-            if let Some(channel) = self.channels.remove(&topic) {
-                self.relay.hub.leave(&channel.canonical, self.outbox.id, &topic);
-            }
+            self.detach(&topic);
         }
+    }
+
+    /// Lets go of a joined channel, without telling the client: typing ends, presence leaves,
+    /// and the rights it was joined with are no longer watched.
+    fn detach(&mut self, topic: &str) -> Option<Channel> {
+        self.stop_typing(topic);
+        let channel = self.channels.remove(topic)?;
+        self.relay.hub.leave(&channel.canonical, self.outbox.id, topic);
+        self.access.unwatch(&channel.identity.claims);
+        Some(channel)
     }
 }
