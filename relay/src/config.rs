@@ -2,8 +2,19 @@
 
 use crate::jwks::JwksSource;
 use clap::Parser;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
+
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4000));
+const DEFAULT_MAX_PAYLOAD_BYTES: usize = 65_536;
+const DEFAULT_SEND_QUEUE: usize = 1024;
+const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_DB_PROBE_INTERVAL_MS: u64 = 5_000;
+const DEFAULT_DB_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_MAX_CHANNELS: usize = 100;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+const DEFAULT_TYPING_TTL_SECS: u64 = 10;
+const DEFAULT_VISITOR_TOKEN_TTL_SECS: u64 = 3600;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "campfire-relay", about = "Supabase-Realtime-compatible WebSocket relay for pg_campfire")]
@@ -14,7 +25,7 @@ pub struct Config {
     pub database_url: String,
 
     /// Address to serve WebSocket and HTTP on.
-    #[arg(long, env = "CAMPFIRE_LISTEN", default_value = "127.0.0.1:4000")]
+    #[arg(long, env = "CAMPFIRE_LISTEN", default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// HS256 secret that signs client JWTs (and the visitor tokens the relay mints).
@@ -53,39 +64,39 @@ pub struct Config {
     pub reserved_events: Vec<String>,
 
     /// Largest client frame or broadcast payload, in bytes.
-    #[arg(long, env = "CAMPFIRE_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    #[arg(long, env = "CAMPFIRE_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
 
     /// Frames queued for one connection before it is disconnected as too slow.
-    #[arg(long, env = "CAMPFIRE_SEND_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "CAMPFIRE_SEND_QUEUE", default_value_t = DEFAULT_SEND_QUEUE)]
     pub send_queue: usize,
 
     /// Milliseconds a write to a client may stay blocked (the client reads nothing) before the
     /// connection is dropped; also how long a closing connection waits for its close frame to be
     /// read.
-    #[arg(long, env = "CAMPFIRE_WRITE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CAMPFIRE_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_WRITE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub write_timeout_ms: u64,
 
     /// Milliseconds between liveness probes (a query) of each database connection; also the TCP
     /// keepalive idle time, in whole seconds.
-    #[arg(long, env = "CAMPFIRE_DB_PROBE_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CAMPFIRE_DB_PROBE_INTERVAL_MS", default_value_t = DEFAULT_DB_PROBE_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub db_probe_interval_ms: u64,
 
     /// Milliseconds the database may take to answer a probe or a connection attempt before that
     /// connection is presumed dead (a black-holed link sends no FIN or RST) and replaced.
-    #[arg(long, env = "CAMPFIRE_DB_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CAMPFIRE_DB_TIMEOUT_MS", default_value_t = DEFAULT_DB_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub db_timeout_ms: u64,
 
     /// Channels one connection may join.
-    #[arg(long, env = "CAMPFIRE_MAX_CHANNELS", default_value_t = 100)]
+    #[arg(long, env = "CAMPFIRE_MAX_CHANNELS", default_value_t = DEFAULT_MAX_CHANNELS)]
     pub max_channels: usize,
 
     /// Seconds of client silence before the connection is closed.
-    #[arg(long, env = "CAMPFIRE_IDLE_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "CAMPFIRE_IDLE_TIMEOUT", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
     pub idle_timeout_secs: u64,
 
     /// Seconds a typing indicator may stay on without news before the relay ends it.
-    #[arg(long, env = "CAMPFIRE_TYPING_TTL", default_value_t = 10)]
+    #[arg(long, env = "CAMPFIRE_TYPING_TTL", default_value_t = DEFAULT_TYPING_TTL_SECS)]
     pub typing_ttl_secs: u64,
 
     /// Folder with the widget and dashboard pages (web/public); served at /widget, /dashboard
@@ -94,7 +105,7 @@ pub struct Config {
     pub web_dir: Option<std::path::PathBuf>,
 
     /// Lifetime of visitor tokens minted from widget session secrets, in seconds.
-    #[arg(long, env = "CAMPFIRE_VISITOR_TOKEN_TTL", default_value_t = 3600)]
+    #[arg(long, env = "CAMPFIRE_VISITOR_TOKEN_TTL", default_value_t = DEFAULT_VISITOR_TOKEN_TTL_SECS)]
     pub visitor_token_ttl_secs: u64,
 }
 
@@ -310,6 +321,32 @@ impl Default for TokenConfig {
 }
 
 impl Config {
+    /// The flags' defaults, for embedding the relay as a library (and tests): the database and
+    /// the JWT secret are all a relay needs.
+    pub fn new(database_url: impl Into<String>, jwt_secret: impl Into<String>) -> Config {
+        Config {
+            database_url: database_url.into(),
+            listen: DEFAULT_LISTEN,
+            jwt_secret: jwt_secret.into(),
+            tokens: TokenConfig::default(),
+            limits: LimitConfig::default(),
+            peers: PeerConfig::default(),
+            trusted_proxies: Vec::new(),
+            ops_token: None,
+            reserved_events: Vec::new(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            send_queue: DEFAULT_SEND_QUEUE,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            db_probe_interval_ms: DEFAULT_DB_PROBE_INTERVAL_MS,
+            db_timeout_ms: DEFAULT_DB_TIMEOUT_MS,
+            max_channels: DEFAULT_MAX_CHANNELS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            typing_ttl_secs: DEFAULT_TYPING_TTL_SECS,
+            web_dir: None,
+            visitor_token_ttl_secs: DEFAULT_VISITOR_TOKEN_TTL_SECS,
+        }
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
@@ -360,5 +397,10 @@ mod tests {
         assert!(parse(&["--nats-user", "relay", "--nats-password", "p", "--nats-creds", "f"]).is_err());
         assert!(parse(&["--nats-creds", "f", "--nats-nkey-file", "g"]).is_err());
         assert!(parse(&["--nats-tls-cert", "c"]).is_err(), "a certificate needs its key");
+    }
+
+    #[test]
+    fn new_gives_the_flags_defaults() {
+        assert_eq!(format!("{:?}", Config::new("host=db", "s")), format!("{:?}", parse(&[]).unwrap()));
     }
 }

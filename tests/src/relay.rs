@@ -27,27 +27,7 @@ impl RelayHandle {
     }
 
     pub async fn start_with(db: &TestDb, adjust: impl FnOnce(&mut Config)) -> RelayHandle {
-        let mut config = Config {
-            database_url: db.relay_url(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            jwt_secret: JWT_SECRET.into(),
-            tokens: Default::default(),
-            limits: Default::default(),
-            peers: Default::default(),
-            trusted_proxies: Vec::new(),
-            ops_token: None,
-            reserved_events: Vec::new(),
-            max_payload_bytes: 65_536,
-            send_queue: 1024,
-            write_timeout_ms: 10_000,
-            db_probe_interval_ms: 5_000,
-            db_timeout_ms: 5_000,
-            max_channels: 100,
-            idle_timeout_secs: 60,
-            typing_ttl_secs: 10,
-            visitor_token_ttl_secs: 3600,
-            web_dir: None,
-        };
+        let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::new(db.relay_url(), JWT_SECRET) };
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
