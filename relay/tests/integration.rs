@@ -6,6 +6,7 @@
 mod common;
 
 use campfire_relay::{Config, Options};
+use campfire_testkit::RELAY_ROLE;
 use common::presence::{track_and_type, watch};
 use common::{Client, Fixture, Relay, RelayProcess, WAIT, binary_broadcast};
 use serde_json::{Value, json};
@@ -305,7 +306,7 @@ async fn a_relay_that_lost_listen_resyncs_presence_it_missed_from_its_peers() {
         .unwrap();
     let a = Relay::start(&f).await;
     let mut config_b = f.config();
-    config_b.database_url = f.relay_url().replace("user=campfire_relay_itest", "user=campfire_relay_itest_b");
+    config_b.database_url = f.relay_url().replace(&format!("user={RELAY_ROLE}"), "user=campfire_relay_itest_b");
     let b = Relay::start_with(config_b, Options::default()).await;
     let (mut watcher, mut seen) = watch(&f, b.addr).await;
     let mut leaving = Client::connect(a.addr, "2.0.0", &f.secret).await;

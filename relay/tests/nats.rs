@@ -457,7 +457,7 @@ fn tls_files(dir: &std::path::Path) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn relays_meet_over_tls_and_one_without_the_authority_is_refused() {
     let f = Fixture::new().await;
-    let dir = std::env::temp_dir().join(format!("campfire-nats-tls-{}-{}", std::process::id(), f.database));
+    let dir = std::env::temp_dir().join(format!("campfire-nats-tls-{}-{}", std::process::id(), f.database.name));
     let (ca, cert, key) = tls_files(&dir);
     let nats = NatsServer::start_with(Auth::Password, &["--tls", "--tlscert", &cert, "--tlskey", &key]).await;
     let over_tls = || {
@@ -482,7 +482,8 @@ async fn relays_meet_over_tls_and_one_without_the_authority_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn relays_authenticate_to_nats_with_an_nkey() {
     let f = Fixture::new().await;
-    let seed_file = std::env::temp_dir().join(format!("campfire-nats-nkey-{}-{}.seed", std::process::id(), f.database));
+    let seed_file =
+        std::env::temp_dir().join(format!("campfire-nats-nkey-{}-{}.seed", std::process::id(), f.database.name));
     let nats = NatsServer::start_with(Auth::Nkey(seed_file.clone()), &[]).await;
     let (a, b) = (relay_on(&f, &nats).await, relay_on(&f, &nats).await);
     let mut on_b = typing_watcher(&f, b.addr).await;

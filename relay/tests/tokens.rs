@@ -406,8 +406,7 @@ async fn service_role_tokens_act_only_through_a_relay_whose_login_is_in_campfire
     let other_org: Uuid =
         other.query_one("SELECT campfire.create_organization('Other', 'other')", &[]).await.unwrap().get(0);
     let mut config = f.config();
-    config.database_url =
-        format!("host=127.0.0.1 port={} user=campfire_relay_itest_service dbname={}", f.port, f.database);
+    config.database_url = f.database.url("campfire_relay_itest_service");
     let relay = Relay::start_with(config, Options::default()).await;
     let mut client = Client::connect(relay.addr, "2.0.0", &service).await;
     client.join_ok(&f.topic(), json!({"config": {}})).await;

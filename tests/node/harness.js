@@ -3,6 +3,7 @@
 // 127.0.0.1) and RELAY_BIN (the campfire-relay binary); scripts/test.sh provides both.
 import { spawn } from 'node:child_process'
 import { createHmac, randomUUID } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import net from 'node:net'
 import pg from 'pg'
 import WebSocket from 'ws'
@@ -26,6 +27,9 @@ export function jwt(claims) {
   return `${header}.${body}.${signature}`
 }
 
+/** The fixture the Rust tests use too: an organization, an agent and visitors' conversations. */
+const FIXTURE_SQL = readFileSync(new URL('../fixtures/organization.sql', import.meta.url), 'utf8')
+
 async function query(database, sql, params = []) {
   const client = new pg.Client({ host: '127.0.0.1', port: PG_PORT, user: 'postgres', database })
   await client.connect()
@@ -45,15 +49,12 @@ export async function createFixture() {
       IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'campfire_relay_node') THEN
         CREATE ROLE campfire_relay_node LOGIN IN ROLE campfire_relay;
       END IF; END $$`)
-  const agent = randomUUID()
-  const org = (await query(database, `SELECT set_config('request.jwt.claims', '{"role":"service_role"}', false),
-      campfire.create_organization('Node', 'node') AS id`)).rows[0].id
-  await query(database, `SELECT set_config('request.jwt.claims', '{"role":"service_role"}', false),
-      campfire.add_member($1, $2, 'agent', 'active', 'Nadia')`, [org, agent])
-  const session = async (visitor) => (await query(database,
-    'SELECT * FROM campfire.start_widget_session($1, $2)', [org, visitor])).rows[0]
-  const visitorA = await session('visitor-a')
-  const visitorB = await session('visitor-b')
+  // One session: the fixture's function lives in its pg_temp.
+  const [, { rows }] = await query(database, `${FIXTURE_SQL}
+      SELECT * FROM pg_temp.campfire_fixture('Node', 'node', 'Nadia', ARRAY['visitor-a', 'visitor-b'])`)
+  const { organization: org, agent } = rows[0]
+  const [visitorA, visitorB] = rows.map(({ conversation_id, widget_session_id, session_secret }) =>
+    ({ conversation_id, widget_session_id, session_secret }))
   return {
     database,
     org,

@@ -1,10 +1,6 @@
-//! Harness for the relay's integration tests: a throwaway PostgreSQL 15 cluster with pg_campfire
-//! (one per test binary, a fresh database per test), relays in-process or as a child process,
-//! and WebSocket clients speaking vsn 1.0.0 or 2.0.0. Every wait is bounded by [`WAIT`].
-//!
-//! The cluster is `CAMPFIRE_TEST_PORT` when set (a running cluster on 127.0.0.1 whose `postgres`
-//! superuser is trusted, with pg_campfire installed); otherwise this harness runs `initdb` and
-//! `pg_ctl` as the `postgres` user under /tmp and stops the cluster when the test binary exits.
+//! Harness for the relay's integration tests: a fresh database per test on the test kit's cluster
+//! (`campfire-testkit`), relays in-process or as a child process, and WebSocket clients speaking
+//! vsn 1.0.0 or 2.0.0. Every wait is bounded by [`WAIT`].
 #![allow(dead_code)]
 
 pub mod nats;
@@ -12,12 +8,11 @@ pub mod presence;
 pub mod proxy;
 
 use campfire_relay::{Config, Options, auth};
+use campfire_testkit::{Database, FIXTURE_SQL, RELAY_ROLE, free_port};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
@@ -28,114 +23,12 @@ use uuid::Uuid;
 pub const JWT_SECRET: &str = "relay-itest-secret";
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(15);
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-const RELAY_ROLE: &str = "campfire_relay_itest";
 
-struct Cluster {
-    port: u16,
-    /// Set when this process started the cluster and must stop it.
-    data_dir: Option<String>,
-}
-
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-static NEXT_DATABASE: AtomicUsize = AtomicUsize::new(0);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn as_postgres(program: &str, args: &[&str]) -> Command {
-    let path = format!("{PG_BIN}/{program}");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--", &path]).args(args);
-        command
-    } else {
-        let mut command = Command::new(path);
-        command.args(args);
-        command
-    }
-}
-
-extern "C" fn stop_cluster() {
-    if let Some(Cluster { data_dir: Some(dir), .. }) = CLUSTER.get() {
-        let _ = as_postgres("pg_ctl", &["-D", dir, "-m", "immediate", "-w", "stop"]).stdout(Stdio::null()).status();
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-fn start_cluster() -> Cluster {
-    let port = free_port();
-    let dir = format!("/tmp/campfire-relay-itest-{}-{port}", std::process::id());
-    std::fs::create_dir_all(&dir).unwrap();
-    if unsafe { libc::geteuid() } == 0 {
-        let status = Command::new("chown").args(["postgres:postgres", &dir]).status().unwrap();
-        assert!(status.success(), "chown of the data directory");
-    }
-    let ok = as_postgres("initdb", &["-D", &dir, "-A", "trust", "-U", "postgres", "--no-sync"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("initdb runs");
-    assert!(ok.success(), "initdb failed");
-    let options = format!(
-        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={dir} -c max_connections=200 -c fsync=off \
-         -c shared_preload_libraries=pg_campfire -c max_worker_processes=40"
-    );
-    let log = format!("{dir}/server.log");
-    let ok = as_postgres("pg_ctl", &["-D", &dir, "-l", &log, "-o", &options, "-w", "-t", "60", "start"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("pg_ctl runs");
-    assert!(ok.success(), "starting PostgreSQL failed; see {log}");
-    // SAFETY: registering a plain extern "C" fn.
-    unsafe { libc::atexit(stop_cluster) };
-    Cluster { port, data_dir: Some(dir) }
-}
-
-/// Template database with the extension, and the least-privilege relay login.
-async fn prepare(port: u16) {
-    let admin = connect(port, "postgres", "postgres").await;
-    admin.batch_execute("DROP DATABASE IF EXISTS campfire_relay_itest_template").await.unwrap();
-    admin.batch_execute("CREATE DATABASE campfire_relay_itest_template").await.unwrap();
-    let template = connect(port, "postgres", "campfire_relay_itest_template").await;
-    template
-        .batch_execute("CREATE EXTENSION pg_campfire")
-        .await
-        .expect("CREATE EXTENSION pg_campfire (is the extension installed? cargo pgrx install)");
-    admin
-        .batch_execute(&format!(
-            "DO $$ BEGIN
-                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{RELAY_ROLE}') THEN
-                     CREATE ROLE {RELAY_ROLE} LOGIN IN ROLE campfire_relay;
-                 END IF;
-             END $$"
-        ))
-        .await
-        .unwrap();
-}
-
-static PREPARED: tokio::sync::OnceCell<u16> = tokio::sync::OnceCell::const_new();
-
-async fn cluster_port() -> u16 {
-    *PREPARED
-        .get_or_init(|| async {
-            let cluster = CLUSTER.get_or_init(|| match std::env::var("CAMPFIRE_TEST_PORT") {
-                Ok(port) => Cluster { port: port.parse().expect("CAMPFIRE_TEST_PORT is a port"), data_dir: None },
-                Err(_) => tokio::task::block_in_place(start_cluster),
-            });
-            prepare(cluster.port).await;
-            cluster.port
-        })
-        .await
-}
-
-pub async fn connect(port: u16, user: &str, database: &str) -> tokio_postgres::Client {
-    let url = format!("host=127.0.0.1 port={port} user={user} dbname={database}");
-    let (client, connection) = tokio::time::timeout(WAIT, tokio_postgres::connect(&url, NoTls))
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio::time::timeout(WAIT, tokio_postgres::connect(url, NoTls))
         .await
         .expect("connecting timed out")
-        .unwrap_or_else(|e| panic!("connecting to {database}: {e}"));
+        .unwrap_or_else(|e| panic!("connecting ({url}): {e}"));
     tokio::spawn(connection);
     client
 }
@@ -143,8 +36,7 @@ pub async fn connect(port: u16, user: &str, database: &str) -> tokio_postgres::C
 /// A fresh database (copied from the template) with an organization, an agent and one
 /// visitor's conversation.
 pub struct Fixture {
-    pub port: u16,
-    pub database: String,
+    pub database: Database,
     pub org: Uuid,
     pub agent: Uuid,
     pub conversation: Uuid,
@@ -154,26 +46,25 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new() -> Fixture {
-        let port = cluster_port().await;
-        let database =
-            format!("campfire_relay_itest_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst));
-        let admin = connect(port, "postgres", "postgres").await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {database} TEMPLATE campfire_relay_itest_template"))
-            .await
-            .unwrap();
-        let db = connect(port, "postgres", &database).await;
-        db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)")
-            .await
-            .unwrap();
-        let org: Uuid = db.query_one("SELECT campfire.create_organization('Acme', 'acme')", &[]).await.unwrap().get(0);
-        let agent = Uuid::new_v4();
-        db.execute("SELECT campfire.add_member($1, $2, 'agent', 'active', 'Agent')", &[&org, &agent]).await.unwrap();
+        let database = tokio::task::spawn_blocking(|| Database::new("campfire_relay_itest")).await.unwrap();
+        let db = connect(&database.url("postgres")).await;
+        db.batch_execute(FIXTURE_SQL).await.unwrap();
         let row = db
-            .query_one("SELECT conversation_id, widget_session_id, session_secret FROM campfire.start_widget_session($1, 'visitor-a')", &[&org])
+            .query_one(
+                "SELECT organization, agent, conversation_id, widget_session_id, session_secret \
+                 FROM pg_temp.campfire_fixture('Acme', 'acme', 'Agent', ARRAY['visitor-a'])",
+                &[],
+            )
             .await
             .unwrap();
-        Fixture { port, database, org, agent, conversation: row.get(0), session: row.get(1), secret: row.get(2) }
+        Fixture {
+            database,
+            org: row.get(0),
+            agent: row.get(1),
+            conversation: row.get(2),
+            session: row.get(3),
+            secret: row.get(4),
+        }
     }
 
     pub fn relay_url(&self) -> String {
@@ -182,16 +73,16 @@ impl Fixture {
 
     /// The relay login's connection string through `addr` (a proxy in front of the cluster).
     pub fn relay_url_via(&self, addr: SocketAddr) -> String {
-        format!("host={} port={} user={RELAY_ROLE} dbname={}", addr.ip(), addr.port(), self.database)
+        format!("host={} port={} user={RELAY_ROLE} dbname={}", addr.ip(), addr.port(), self.database.name)
     }
 
     pub fn cluster_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from(([127, 0, 0, 1], self.database.port))
     }
 
     /// A superuser connection to the fixture's database.
     pub async fn db(&self) -> tokio_postgres::Client {
-        connect(self.port, "postgres", &self.database).await
+        connect(&self.database.url("postgres")).await
     }
 
     /// A connection acting as `claims` in every transaction.
