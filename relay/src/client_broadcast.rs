@@ -2,9 +2,10 @@
 //! subscriber could take for a database event. The database's event names are reserved on every
 //! channel, and the `cursor` a database event carries (which pages resume from) never comes from
 //! a client. Custom events of `campfire.broadcast()` carry a cursor too; their names are reserved
-//! when the operator lists them (`--reserved-events`).
+//! when the operator lists them (`--reserved-events`). And the one broadcast the relay sends on a
+//! client's behalf: the typing:stop of a sender that vanished.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The events the extension publishes.
 pub const DATABASE_EVENTS: &[&str] = &[
@@ -59,10 +60,27 @@ impl Rules {
     }
 }
 
+/// The typing:stop the relay sends for a sender that vanished: its last typing:start payload with
+/// `isTyping: false` and `endedBy: "relay"`.
+pub fn stopped_typing(mut payload: Value) -> Value {
+    if let Value::Object(map) = &mut payload {
+        map.insert("isTyping".into(), json!(false));
+        map.insert("endedBy".into(), json!("relay"));
+    }
+    payload
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_typing_stop_for_a_vanished_sender_is_its_typing_start_ended_by_the_relay() {
+        let stopped = stopped_typing(json!({ "who": "agent", "isTyping": true }));
+        assert_eq!(stopped, json!({ "who": "agent", "isTyping": false, "endedBy": "relay" }));
+        assert_eq!(stopped_typing(json!("not a map")), json!("not a map"));
+    }
 
     #[test]
     fn database_events_are_reserved_in_any_case_and_extra_ones_too() {

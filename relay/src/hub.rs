@@ -3,6 +3,7 @@
 //! themselves live in their own modules. A client's presence or broadcast goes to its room and to
 //! the peers; what a peer says goes to local subscribers only.
 
+use crate::client_broadcast::stopped_typing;
 use crate::db::DbEvent;
 use crate::metrics::Metrics;
 use crate::outbox::ConnId;
@@ -309,16 +310,6 @@ impl Hub {
             .map(|outbox| outbox.queued())
             .fold((0, 0), |(total, max), q| (total + q, max.max(q)))
     }
-}
-
-/// The typing:stop the relay sends for a sender that vanished: its last typing:start payload with
-/// `isTyping: false` and `endedBy: "relay"`.
-pub fn stopped_typing(mut payload: Value) -> Value {
-    if let Value::Object(map) = &mut payload {
-        map.insert("isTyping".into(), json!(false));
-        map.insert("endedBy".into(), json!("relay"));
-    }
-    payload
 }
 
 #[cfg(test)]

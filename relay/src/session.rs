@@ -5,9 +5,9 @@
 use crate::Relay;
 use crate::access::{AccessChange, AccessWatch};
 use crate::auth::{self, AuthError, Identity};
+use crate::client_broadcast;
 use crate::db::{Authorization, DbError};
 use crate::errors::{ChannelEnd, CloseReason, CredentialError, Refusal};
-use crate::hub;
 use crate::limits::{Action, ConnectionSlot, ConnectionUsage};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -648,7 +648,7 @@ impl Session {
             &canonical,
             Some((self.outbox.id, topic)),
             "typing:stop",
-            hub::stopped_typing(payload),
+            client_broadcast::stopped_typing(payload),
         );
     }
 
