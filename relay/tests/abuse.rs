@@ -5,7 +5,8 @@
 mod common;
 
 use campfire_relay::Options;
-use common::{Client, Ended, Fixture, Relay, WAIT, binary_broadcast_with_metadata};
+use campfire_testkit::ws::{Client, Ended, WAIT, ws_url};
+use common::{Fixture, Relay, binary_broadcast_with_metadata};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,7 +20,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Opens a WebSocket as `apikey`, through a proxy that says it forwards `forwarded_for`; or the
 /// handshake's refusal (status, body).
 async fn open(addr: SocketAddr, apikey: &str, forwarded_for: Option<&str>) -> Result<Socket, (u16, String)> {
-    let mut request = common::ws_url(addr, "2.0.0", apikey).into_client_request().unwrap();
+    let mut request = ws_url(addr, "2.0.0", apikey).into_client_request().unwrap();
     if let Some(client) = forwarded_for {
         request.headers_mut().insert("x-forwarded-for", client.parse().unwrap());
     }

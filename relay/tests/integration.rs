@@ -7,8 +7,9 @@ mod common;
 
 use campfire_relay::{Config, Options};
 use campfire_testkit::RELAY_ROLE;
+use campfire_testkit::ws::{Client, WAIT};
 use common::presence::{track_and_type, watch};
-use common::{Client, Fixture, Relay, RelayProcess, WAIT, binary_broadcast};
+use common::{Fixture, Relay, RelayProcess, binary_broadcast};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;

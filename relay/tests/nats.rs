@@ -6,9 +6,10 @@
 mod common;
 
 use campfire_relay::Options;
+use campfire_testkit::ws::{Client, Received, WAIT};
 use common::nats::{Auth, NatsServer};
 use common::presence::{Presence, track_and_type, watch};
-use common::{Client, Fixture, Relay, RelayProcess, WAIT};
+use common::{Fixture, Relay, RelayProcess};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -90,12 +91,12 @@ async fn wait_for_metric(relay: &Relay, name: &str, value: f64) -> bool {
     true
 }
 
-fn seq(frame: &common::Received) -> i64 {
+fn seq(frame: &Received) -> i64 {
     frame.payload["payload"]["message"]["seq"].as_i64().unwrap()
 }
 
 /// The `n` of every broadcast `event` among `frames`.
-fn numbers(frames: &[common::Received], event: &str) -> Vec<i64> {
+fn numbers(frames: &[Received], event: &str) -> Vec<i64> {
     frames
         .iter()
         .filter(|m| m.event == "broadcast" && m.payload["event"] == event)

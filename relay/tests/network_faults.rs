@@ -4,8 +4,9 @@
 mod common;
 
 use campfire_relay::Options;
+use campfire_testkit::ws::{Client, Received, WAIT};
 use common::proxy::Proxy;
-use common::{Client, Fixture, Relay, WAIT, health_status, tcp_connection_held};
+use common::{Fixture, Relay, health_status, tcp_connection_held};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ async fn a_black_holed_database_link_is_noticed_reported_and_replaced_without_lo
     client.join_ok(&f.topic(), json!({"config": {}})).await;
     let db = f.agent_db().await; // straight to the cluster: writers are not behind the proxy
     let before = f.send_as_agent(&db, "before").await;
-    let seq = |frame: &common::Received| frame.payload["payload"]["message"]["seq"].as_i64().unwrap();
+    let seq = |frame: &Received| frame.payload["payload"]["message"]["seq"].as_i64().unwrap();
     assert_eq!(seq(&client.broadcast_event("message:created").await), before);
 
     // Both of the relay's connections go silent. Health answers at once, and soon says so.

@@ -2,17 +2,14 @@
 
 use crate::TestDb;
 use campfire_relay::{Config, auth};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use campfire_testkit::ws::{Client, Received, WAIT};
 
 pub const JWT_SECRET: &str = "relay-test-secret";
-/// Every wait in these tests is bounded by this.
-pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A relay serving on a free loopback port; stopped when dropped.
 pub struct RelayHandle {
@@ -102,7 +99,7 @@ impl RelayHandle {
     }
 
     pub fn url(&self, vsn: &str, apikey: &str) -> String {
-        format!("ws://{}/realtime/v1/websocket?apikey={apikey}&vsn={vsn}", self.addr)
+        campfire_testkit::ws::ws_url(self.addr, vsn, apikey)
     }
 
     pub async fn stop(mut self) {
@@ -125,136 +122,6 @@ impl Drop for RelayHandle {
 
 pub fn agent_token(user: uuid::Uuid) -> String {
     auth::sign(JWT_SECRET.as_bytes(), &json!({ "role": "authenticated", "sub": user, "exp": auth::now() + 3600 }))
-}
-
-/// A WebSocket client speaking vsn 1.0.0 or 2.0.0.
-pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub v2: bool,
-    next_ref: u64,
-}
-
-/// A decoded server frame.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub join_ref: Value,
-    pub r#ref: Value,
-    pub topic: String,
-    pub event: String,
-    pub payload: Value,
-}
-
-impl Client {
-    pub async fn connect(relay: &RelayHandle, vsn: &str, apikey: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(relay.url(vsn, apikey)).await.expect("websocket connects");
-        Client { ws, v2: vsn.starts_with('2'), next_ref: 0 }
-    }
-
-    fn take_ref(&mut self) -> String {
-        self.next_ref += 1;
-        self.next_ref.to_string()
-    }
-
-    pub async fn send_raw(&mut self, message: Message) {
-        self.ws.send(message).await.expect("send");
-    }
-
-    /// Sends a frame; returns its ref.
-    pub async fn push(&mut self, join_ref: Option<&str>, topic: &str, event: &str, payload: Value) -> String {
-        let r = self.take_ref();
-        let text = if self.v2 {
-            json!([join_ref, r, topic, event, payload]).to_string()
-        } else {
-            json!({ "join_ref": join_ref, "ref": r, "topic": topic, "event": event, "payload": payload }).to_string()
-        };
-        self.send_raw(Message::text(text)).await;
-        r
-    }
-
-    /// Sends a join of `realtime:<name>` (join_ref = ref) without waiting; returns its ref.
-    pub async fn send_join(&mut self, name: &str, payload: Value) -> String {
-        let topic = format!("realtime:{name}");
-        let r = self.take_ref();
-        let text = if self.v2 {
-            json!([r, r, topic, "phx_join", payload]).to_string()
-        } else {
-            json!({ "join_ref": r, "ref": r, "topic": topic, "event": "phx_join", "payload": payload }).to_string()
-        };
-        self.send_raw(Message::text(text)).await;
-        r
-    }
-
-    /// Joins `realtime:<name>`; returns the join ref and the reply.
-    pub async fn join(&mut self, name: &str, payload: Value) -> (String, Received) {
-        let r = self.send_join(name, payload).await;
-        let reply = self.recv_where(|m| m.event == "phx_reply" && m.r#ref == json!(r)).await;
-        (r, reply)
-    }
-
-    pub async fn recv(&mut self) -> Option<Received> {
-        loop {
-            let message = match tokio::time::timeout(WAIT, self.ws.next()).await.ok()? {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => panic!("websocket error: {err}"),
-                None => return None,
-            };
-            let text = match message {
-                Message::Text(t) => t.to_string(),
-                Message::Close(frame) => {
-                    eprintln!("server closed the connection: {frame:?}");
-                    return None;
-                }
-                _ => continue,
-            };
-            let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
-            return Some(if self.v2 {
-                Received {
-                    join_ref: v[0].clone(),
-                    r#ref: v[1].clone(),
-                    topic: v[2].as_str().unwrap().into(),
-                    event: v[3].as_str().unwrap().into(),
-                    payload: v[4].clone(),
-                }
-            } else {
-                assert!(v.get("join_ref").is_none(), "V1 output never carries join_ref: {v}");
-                Received {
-                    join_ref: Value::Null,
-                    r#ref: v["ref"].clone(),
-                    topic: v["topic"].as_str().unwrap().into(),
-                    event: v["event"].as_str().unwrap().into(),
-                    payload: v["payload"].clone(),
-                }
-            });
-        }
-    }
-
-    /// The next frame that satisfies `matches` (others are skipped); panics after WAIT.
-    pub async fn recv_where(&mut self, matches: impl Fn(&Received) -> bool) -> Received {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(remaining, self.recv()).await {
-                Ok(Some(m)) if matches(&m) => return m,
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("connection closed while waiting"),
-                Err(_) => panic!("timed out waiting for a frame"),
-            }
-        }
-    }
-
-    /// The next broadcast with user event `event`.
-    pub async fn broadcast_event(&mut self, event: &str) -> Received {
-        self.recv_where(|m| m.event == "broadcast" && m.payload["event"] == event).await
-    }
-
-    /// Frames that arrive within `wait` (for checking that nothing more comes).
-    pub async fn drain(&mut self, wait: Duration) -> Vec<Received> {
-        let mut frames = Vec::new();
-        while let Ok(Some(m)) = tokio::time::timeout(wait, self.recv()).await {
-            frames.push(m);
-        }
-        frames
-    }
 }
 
 /// Runs blocking database work (the sync client) off the async runtime.

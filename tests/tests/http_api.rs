@@ -70,7 +70,7 @@ async fn a_visitor_and_an_agent_talk_through_the_seeds_endpoints() {
     );
 
     // The agent watches the conversation over the relay.
-    let mut agent_ws = Client::connect(&api.relay, "2.0.0", &agent_token(api.agent)).await;
+    let mut agent_ws = Client::connect(api.relay.addr, "2.0.0", &agent_token(api.agent)).await;
     agent_ws.join(&format!("org:{}:conv:{conversation}", api.org), json!({"config": {}})).await;
 
     let body =

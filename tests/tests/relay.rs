@@ -1,6 +1,6 @@
 //! The relay against a real PostgreSQL with pg_campfire, through real WebSocket clients.
 
-use campfire_tests::relay::{Client, RelayHandle, agent_token, blocking, conversation_topic};
+use campfire_tests::relay::{Client, RelayHandle, WAIT, agent_token, blocking, conversation_topic};
 use campfire_tests::{TestDb, agent, service, visitor};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -51,12 +51,12 @@ impl Fixture {
 async fn a_committed_message_reaches_a_v2_subscriber_as_a_broadcast() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     let (join_ref, reply) =
         client.join(&format!("bcast:{}", f.topic()), json!({"config": {"broadcast": {"self": false}}})).await;
     assert_eq!(reply.payload, json!({"status": "ok", "response": {"postgres_changes": []}}));
     assert_eq!(reply.join_ref, json!(join_ref));
-    let state = client.recv().await.unwrap();
+    let state = client.next(WAIT).await.unwrap();
     assert_eq!(
         (state.event.as_str(), &state.payload, &state.join_ref),
         ("presence_state", &json!({}), &json!(join_ref))
@@ -78,9 +78,9 @@ async fn a_committed_message_reaches_a_v2_subscriber_as_a_broadcast() {
 async fn v1_clients_get_objects_without_join_ref_and_heartbeat_replies() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
-    let mut client = Client::connect(&relay, "1.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "1.0.0", &agent_token(f.agent)).await;
     let r = client.push(None, "phoenix", "heartbeat", json!({})).await;
-    let reply = client.recv().await.unwrap();
+    let reply = client.next(WAIT).await.unwrap();
     assert_eq!((reply.topic.as_str(), reply.event.as_str(), &reply.r#ref), ("phoenix", "phx_reply", &json!(r)));
     assert_eq!(reply.payload["status"], "ok");
     let (_, reply) = client.join(&f.topic(), json!({"config": {}})).await;
@@ -110,7 +110,7 @@ async fn joins_are_refused_with_clear_reasons() {
         .await
     };
     let _ = other_session;
-    let mut intruder = Client::connect(&relay, "2.0.0", &other_secret).await;
+    let mut intruder = Client::connect(relay.addr, "2.0.0", &other_secret).await;
     let (_, reply) = intruder.join(&f.topic(), json!({"config": {}})).await;
     assert_eq!(reply.payload["status"], "error");
     let reason = reply.payload["response"]["reason"].as_str().unwrap();
@@ -120,10 +120,10 @@ async fn joins_are_refused_with_clear_reasons() {
     );
 
     // The owner may, with the same kind of credential.
-    let mut owner = Client::connect(&relay, "2.0.0", &f.secret).await;
+    let mut owner = Client::connect(relay.addr, "2.0.0", &f.secret).await;
     assert_eq!(owner.join(&f.topic(), json!({"config": {}})).await.1.payload["status"], "ok");
 
-    let mut agent = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut agent = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     let (_, reply) = agent.join("org:not-a-uuid", json!({"config": {}})).await;
     assert!(
         reply.payload["response"]["reason"].as_str().unwrap().starts_with("InvalidChannelName:"),
@@ -165,9 +165,9 @@ async fn typing_broadcasts_reach_the_other_side_and_end_when_the_sender_vanishes
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
     let typing = format!("{}:typing", f.topic());
-    let mut agent = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut agent = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     agent.join(&typing, json!({"config": {}})).await;
-    let mut widget = Client::connect(&relay, "2.0.0", &f.secret).await;
+    let mut widget = Client::connect(relay.addr, "2.0.0", &f.secret).await;
     let (join_ref, _) = widget.join(&typing, json!({"config": {"broadcast": {"ack": true}}})).await;
 
     // realtime-js sends broadcasts as binary kind-3 frames under vsn 2.0.0.
@@ -215,7 +215,7 @@ async fn presence_syncs_between_clients_and_leaves_when_a_connection_dies() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
     let room = format!("org:{}:agents:presence", f.org);
-    let mut first = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut first = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     let (first_ref, _) = first.join(&room, json!({"config": {"presence": {"key": "agent-1"}}})).await;
     let r = first
         .push(
@@ -243,7 +243,7 @@ async fn presence_syncs_between_clients_and_leaves_when_a_connection_dies() {
             .unwrap();
     })
     .await;
-    let mut second = Client::connect(&relay, "2.0.0", &agent_token(second_agent)).await;
+    let mut second = Client::connect(relay.addr, "2.0.0", &agent_token(second_agent)).await;
     second.join(&room, json!({"config": {"presence": {"key": "agent-2"}}})).await;
     let state = second.recv_where(|m| m.event == "presence_state").await;
     assert_eq!(state.payload["agent-1"]["metas"][0]["name"], "Ann");
@@ -259,7 +259,7 @@ async fn presence_syncs_between_clients_and_leaves_when_a_connection_dies() {
 async fn a_client_resuming_from_a_cursor_gets_what_it_missed_in_order_then_live_events() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     client.join(&f.topic(), json!({"config": {}})).await;
     f.send_as_agent("seen").await;
     let cursor = client.broadcast_event("message:created").await.payload["payload"]["cursor"].as_i64().unwrap();
@@ -268,7 +268,7 @@ async fn a_client_resuming_from_a_cursor_gets_what_it_missed_in_order_then_live_
     for i in 1..=5 {
         f.send_as_agent(&format!("missed {i}")).await;
     }
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     client.join(&f.topic(), json!({"config": {"cursor": cursor}})).await;
     let (db, sender, conversation) = (f.db.clone(), f.agent, f.conversation);
     let live = tokio::spawn(async move {
@@ -304,7 +304,7 @@ async fn an_agent_resuming_on_the_organization_channel_gets_each_missed_update_o
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
     let org_topic = format!("org:{}", f.org);
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     client.join(&f.topic(), json!({"config": {}})).await;
     f.send_as_agent("seen").await;
     // The conversation channel's event is the row before the update: a cursor between the two.
@@ -314,7 +314,7 @@ async fn an_agent_resuming_on_the_organization_channel_gets_each_missed_update_o
     for i in 1..=3 {
         f.send_as_agent(&format!("missed {i}")).await;
     }
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     client.join(&org_topic, json!({"config": {"cursor": cursor}})).await;
     let mut previews = Vec::new();
     let mut cursors = Vec::new();
@@ -337,7 +337,7 @@ async fn an_agent_resuming_on_the_organization_channel_gets_each_missed_update_o
 async fn killing_the_listen_connection_during_a_stream_loses_and_duplicates_nothing() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     client.join(&f.topic(), json!({"config": {}})).await;
     let total = 60;
     let (db, sender, conversation) = (f.db.clone(), f.agent, f.conversation);
@@ -374,11 +374,11 @@ async fn two_relays_on_one_database_behave_as_one() {
     let a = RelayHandle::start(&f.db).await;
     let b = RelayHandle::start(&f.db).await;
     let typing = format!("{}:typing", f.topic());
-    let mut on_a = Client::connect(&a, "2.0.0", &f.secret).await;
+    let mut on_a = Client::connect(a.addr, "2.0.0", &f.secret).await;
     let (a_ref, _) = on_a.join(&typing, json!({"config": {}})).await;
-    let mut on_b = Client::connect(&b, "2.0.0", &agent_token(f.agent)).await;
+    let mut on_b = Client::connect(b.addr, "2.0.0", &agent_token(f.agent)).await;
     on_b.join(&typing, json!({"config": {}})).await;
-    let mut events_b = Client::connect(&b, "2.0.0", &agent_token(f.agent)).await;
+    let mut events_b = Client::connect(b.addr, "2.0.0", &agent_token(f.agent)).await;
     events_b.join(&f.topic(), json!({"config": {}})).await;
 
     on_a.push(
@@ -398,7 +398,7 @@ async fn two_relays_on_one_database_behave_as_one() {
 
     let presence = format!("{}:presence", f.topic());
     let (p_ref, _) = on_a.join(&presence, json!({"config": {"presence": {"key": "visitor-a"}}})).await;
-    let mut watcher = Client::connect(&b, "2.0.0", &agent_token(f.agent)).await;
+    let mut watcher = Client::connect(b.addr, "2.0.0", &agent_token(f.agent)).await;
     watcher.join(&presence, json!({"config": {}})).await;
     on_a.push(
         Some(&p_ref),
@@ -409,7 +409,7 @@ async fn two_relays_on_one_database_behave_as_one() {
     .await;
     let diff = watcher.recv_where(|m| m.event == "presence_diff").await;
     assert_eq!(diff.payload["joins"]["visitor-a"]["metas"][0]["online"], true);
-    let mut late = Client::connect(&b, "2.0.0", &agent_token(f.agent)).await;
+    let mut late = Client::connect(b.addr, "2.0.0", &agent_token(f.agent)).await;
     late.join(&presence, json!({"config": {}})).await;
     let state = late.recv_where(|m| m.event == "presence_state").await;
     assert_eq!(state.payload["visitor-a"]["metas"][0]["online"], true, "presence joined on A is in B's state");
@@ -428,9 +428,9 @@ async fn a_client_too_slow_to_read_is_disconnected_with_a_reason() {
     })
     .await;
     let room = format!("org:{}:agents:presence", f.org);
-    let mut slow = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut slow = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     slow.join(&room, json!({"config": {}})).await;
-    let mut fast = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut fast = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     let (r, _) = fast.join(&room, json!({"config": {}})).await;
     // The slow client reads nothing but keeps sending heartbeats; a large burst overflows its
     // queue (and the socket buffers).
@@ -478,7 +478,7 @@ async fn http_broadcast_health_metrics_and_widget_tokens() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
     let typing = format!("{}:typing", f.topic());
-    let mut listener = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut listener = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     listener.join(&typing, json!({"config": {}})).await;
 
     let body =
@@ -579,7 +579,7 @@ async fn channel_lifecycle_leave_duplicate_join_stale_refs_token_refresh_expiry_
     let f = fixture().await;
     let relay = RelayHandle::start_with(&f.db, |c| c.idle_timeout_secs = 2).await;
     let topic = format!("realtime:{}", f.topic());
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
 
     // A second join of the same topic closes the first (phx_close with the old join_ref).
     let (first, _) = client.join(&f.topic(), json!({"config": {}})).await;
@@ -640,7 +640,7 @@ async fn channel_lifecycle_leave_duplicate_join_stale_refs_token_refresh_expiry_
 async fn a_cursor_older_than_the_pruned_log_is_told_to_reload_history() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     client.join(&f.topic(), json!({"config": {}})).await;
     f.send_as_agent("old news").await;
     let cursor = client.broadcast_event("message:created").await.payload["payload"]["cursor"].as_i64().unwrap();
@@ -655,7 +655,7 @@ async fn a_cursor_older_than_the_pruned_log_is_told_to_reload_history() {
     .await;
     f.send_as_agent("after the prune").await;
 
-    let mut client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     client.join(&f.topic(), json!({"config": {"broadcast": {"cursor": cursor}}})).await;
     let system = client.recv_where(|m| m.event == "system").await;
     assert!(system.payload["message"].as_str().unwrap().starts_with("cursor_too_old:"), "{:?}", system.payload);
@@ -678,11 +678,11 @@ async fn channels_end_when_the_database_takes_access_back() {
         db.connect_as(&service()).execute("SELECT campfire.add_member($1, $2, 'agent')", &[&org, &colleague]).unwrap();
     })
     .await;
-    let mut leaving = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut leaving = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     leaving.join(&org_topic, json!({"config": {}})).await;
-    let mut staying = Client::connect(&relay, "2.0.0", &agent_token(colleague)).await;
+    let mut staying = Client::connect(relay.addr, "2.0.0", &agent_token(colleague)).await;
     staying.join(&org_topic, json!({"config": {}})).await;
-    let mut widget = Client::connect(&relay, "2.0.0", &f.secret).await;
+    let mut widget = Client::connect(relay.addr, "2.0.0", &f.secret).await;
     widget.join(&f.topic(), json!({"config": {}})).await;
 
     let (db, agent_id) = (f.db.clone(), f.agent);
@@ -745,9 +745,9 @@ async fn a_login_with_only_connect_can_neither_read_nor_forge_the_realtime_strea
     })
     .await;
     let relay = RelayHandle::start(&f.db).await;
-    let mut agent_client = Client::connect(&relay, "2.0.0", &agent_token(f.agent)).await;
+    let mut agent_client = Client::connect(relay.addr, "2.0.0", &agent_token(f.agent)).await;
     agent_client.join(&f.topic(), json!({"config": {}})).await;
-    let mut visitor_client = Client::connect(&relay, "2.0.0", &f.secret).await;
+    let mut visitor_client = Client::connect(relay.addr, "2.0.0", &f.secret).await;
     visitor_client.join(&f.topic(), json!({"config": {}})).await;
     visitor_client
         .push(None, &f.topic(), "presence", json!({"type": "presence", "event": "track", "payload": {"name": "v"}}))
@@ -835,7 +835,7 @@ async fn the_seeds_widget_channel_is_the_conversation_channel() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
     let widget_topic = format!("org:{}:widget:{}", f.org, f.conversation);
-    let mut visitor_client = Client::connect(&relay, "2.0.0", &f.secret).await;
+    let mut visitor_client = Client::connect(relay.addr, "2.0.0", &f.secret).await;
     let (_, reply) = visitor_client.join(&widget_topic, json!({"config": {}})).await;
     assert_eq!(reply.payload["status"], "ok", "{reply:?}");
     f.send_as_agent("through the widget channel").await;
@@ -863,7 +863,7 @@ async fn the_seeds_widget_channel_is_the_conversation_channel() {
         }
     })
     .await;
-    let mut stranger = Client::connect(&relay, "2.0.0", &other_secret).await;
+    let mut stranger = Client::connect(relay.addr, "2.0.0", &other_secret).await;
     let (_, refused) = stranger.join(&widget_topic, json!({"config": {}})).await;
     assert_eq!(refused.payload["status"], "error", "another visitor may not join it: {refused:?}");
 }
@@ -875,7 +875,7 @@ async fn http_send_refuses_what_it_cannot_do_with_a_reason() {
     let f = fixture().await;
     let relay = RelayHandle::start(&f.db).await;
     let typing = format!("{}:typing", f.topic());
-    let mut listener = Client::connect(&relay, "2.0.0", &f.secret).await;
+    let mut listener = Client::connect(relay.addr, "2.0.0", &f.secret).await;
     listener.join(&typing, json!({"config": {}})).await;
     let bearer = format!("Bearer {}", agent_token(f.agent));
     let json_headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];

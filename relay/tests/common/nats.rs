@@ -2,9 +2,10 @@
 //! port, with a user and password or an nkey; stopped when dropped. Relays joined to it with
 //! [`NatsServer::config`].
 
-use super::{Fixture, WAIT, free_port};
+use super::{Fixture, free_port};
 use campfire_relay::Config;
 use campfire_relay::config::PeerBus;
+use campfire_testkit::ws::WAIT;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! Presence and typing across relays, as a client on one relay makes them and a watcher on
 //! another sees them.
 
-use super::{Client, Fixture, WAIT};
+use super::Fixture;
+use campfire_testkit::ws::{Client, WAIT};
 use serde_json::{Value, json};
 
 /// Presence and typing of `on_a` as a watcher on another relay sees them.
