@@ -5,8 +5,8 @@ use campfire_relay::{Config, auth};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
+use campfire_testkit::http;
 pub use campfire_testkit::ws::{Client, Received, WAIT};
 
 pub const JWT_SECRET: &str = "relay-test-secret";
@@ -66,10 +66,7 @@ impl RelayHandle {
         headers: &[(&str, &str)],
         body: &str,
     ) -> std::io::Result<(u16, String)> {
-        let response = self.http_raw(method, path, headers, body).await?;
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        Ok((status, body))
+        Ok(http::status_and_body(&self.http_raw(method, path, headers, body).await?))
     }
 
     /// The whole response, status line and headers included.
@@ -80,22 +77,7 @@ impl RelayHandle {
         headers: &[(&str, &str)],
         body: &str,
     ) -> std::io::Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(self.addr).await?;
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await??;
-        Ok(response)
+        http::request(self.addr, method, path, headers, body).await
     }
 
     pub fn url(&self, vsn: &str, apikey: &str) -> String {

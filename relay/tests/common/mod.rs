@@ -8,13 +8,13 @@ pub mod presence;
 pub mod proxy;
 
 use campfire_relay::{Config, Options, auth};
+use campfire_testkit::http::{request, status_and_body};
 use campfire_testkit::ws::{WAIT, ws_url};
 use campfire_testkit::{Database, FIXTURE_SQL, RELAY_ROLE, free_port};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -240,8 +240,9 @@ pub async fn wait_healthy(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         // 200 only while LISTEN is up and the database answers.
-        if let Ok(Ok((200, _))) =
-            tokio::time::timeout(Duration::from_secs(2), try_http(addr, "GET", "/healthz", &[], "")).await
+        let answer = tokio::time::timeout(Duration::from_secs(2), request(addr, "GET", "/healthz", &[], "")).await;
+        if let Ok(Ok(response)) = answer
+            && status_and_body(&response).0 == 200
         {
             return;
         }
@@ -252,43 +253,16 @@ pub async fn wait_healthy(addr: SocketAddr) {
 
 /// A minimal HTTP/1.1 request; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    tokio::time::timeout(WAIT, try_http(addr, method, path, headers, body))
-        .await
-        .expect("HTTP timed out")
-        .expect("HTTP request")
-}
-
-async fn try_http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    status_and_body(&request(addr, method, path, headers, body).await.expect("HTTP request"))
 }
 
 /// The status /healthz answers with; it must answer within a second whatever the database does.
 pub async fn health_status(addr: SocketAddr) -> u16 {
-    tokio::time::timeout(Duration::from_secs(1), try_http(addr, "GET", "/healthz", &[], ""))
+    let response = tokio::time::timeout(Duration::from_secs(1), request(addr, "GET", "/healthz", &[], ""))
         .await
         .expect("/healthz answers within a second")
-        .expect("HTTP request")
-        .0
+        .expect("HTTP request");
+    status_and_body(&response).0
 }
 
 /// Whether the kernel still holds the TCP connection from `local` to `remote` (in any state but

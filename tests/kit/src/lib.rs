@@ -1,6 +1,7 @@
 //! The one PostgreSQL harness of pg_campfire's Rust tests (the relay's integration tests and the
 //! end-to-end tests): a cluster with the extension, a template database copied by each test, the
-//! relay's least-privileged login, the fixture SQL, and the WebSocket client ([`ws`]).
+//! relay's least-privileged login, the fixture SQL, and the WebSocket and HTTP clients ([`ws`],
+//! [`http`]).
 //!
 //! The cluster is `CAMPFIRE_TEST_PORT` when set (a running cluster on 127.0.0.1 whose `postgres`
 //! superuser is trusted, with pg_campfire installed and preloaded), refused if the installed
@@ -8,6 +9,7 @@
 //! port, stopped when the test binary exits. Everything runs through `psql`, so that the harness
 //! serves synchronous and asynchronous tests alike.
 
+pub mod http;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
