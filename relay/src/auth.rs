@@ -8,6 +8,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The shape of a widget session secret is shared with the extension, in the core.
+pub use campfire_core::widget_secret::is_widget_secret;
+
 /// Verified claims and when they stop being valid (unix seconds).
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -75,18 +78,12 @@ impl Identity {
     }
 }
 
-pub const WIDGET_SECRET_PREFIX: &str = "cfws_";
-
 /// Supabase's API keys (`sb_publishable_…`, `sb_secret_…`): realtime-js sends them where a token
 /// would go when it has none. They identify a project, not a user.
 pub const SUPABASE_KEY_PREFIX: &str = "sb_";
 
 /// The `iss` of the tokens the relay mints, accepted whatever issuers are configured.
 pub const RELAY_ISSUER: &str = "campfire-relay";
-
-pub fn is_widget_secret(token: &str) -> bool {
-    token.starts_with(WIDGET_SECRET_PREFIX)
-}
 
 pub fn is_supabase_key(token: &str) -> bool {
     token.starts_with(SUPABASE_KEY_PREFIX)
