@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 /// A joined channel, as this connection sees it.
-struct Channel {
+struct JoinedChannel {
     canonical: String,
     join_ref: Option<String>,
     identity: Identity,
@@ -43,7 +43,7 @@ struct Session {
     /// The credential given at connect time (apikey), used by joins that carry none; `None` when
     /// the apikey was a Supabase API key.
     identity: Option<Identity>,
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, JoinedChannel>,
     usage: ConnectionUsage,
     /// The ids the channels were joined as, watched for access changes.
     access: AccessWatch,
@@ -402,7 +402,7 @@ impl Session {
         self.access.watch(&identity.claims);
         self.channels.insert(
             topic.clone(),
-            Channel {
+            JoinedChannel {
                 canonical,
                 join_ref: frame.join_ref.clone(),
                 identity,
@@ -668,7 +668,7 @@ impl Session {
 
     /// Lets go of a joined channel, without telling the client: typing ends, presence leaves,
     /// and the rights it was joined with are no longer watched.
-    fn detach(&mut self, topic: &str) -> Option<Channel> {
+    fn detach(&mut self, topic: &str) -> Option<JoinedChannel> {
         self.stop_typing(topic);
         let channel = self.channels.remove(topic)?;
         self.relay.hub.leave(&channel.canonical, self.outbox.id, topic);
