@@ -217,21 +217,24 @@ struct Org {
     conversations: Vec<uuid::Uuid>,
 }
 
+/// The tests' fixture: an organization, an active agent and a widget session per visitor.
+const FIXTURE_SQL: &str = include_str!("../../tests/fixtures/organization.sql");
+
 async fn create_org(db: &Client, slug: &str, conversations: usize) -> Result<Org> {
-    db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
-    let id: uuid::Uuid = db.query_one("SELECT campfire.create_organization($1, $1)", &[&slug]).await?.get(0);
-    let agent = uuid::Uuid::new_v4();
-    db.execute("SELECT campfire.add_member($1, $2, 'agent')", &[&id, &agent]).await?;
-    let mut ids = Vec::new();
-    for i in 0..conversations {
-        let visitor = format!("{slug}-{i}");
-        ids.push(
-            db.query_one("SELECT conversation_id FROM campfire.start_widget_session($1, $2)", &[&id, &visitor])
-                .await?
-                .get(0),
-        );
-    }
-    Ok(Org { id, agent, conversations: ids })
+    db.batch_execute(FIXTURE_SQL).await?;
+    let visitors: Vec<String> = (0..conversations).map(|i| format!("{slug}-{i}")).collect();
+    let rows = db
+        .query(
+            "SELECT organization, agent, conversation_id FROM pg_temp.campfire_fixture($1, $1, 'bench agent', $2)",
+            &[&slug, &visitors],
+        )
+        .await?;
+    let first = rows.first().context("the fixture returns a row")?;
+    Ok(Org {
+        id: first.get(0),
+        agent: first.get(1),
+        conversations: rows.iter().filter_map(|row| row.get::<_, Option<uuid::Uuid>>(2)).collect(),
+    })
 }
 
 fn agent_token(agent: uuid::Uuid) -> String {
