@@ -132,6 +132,7 @@ GRANT INSERT, UPDATE ON conversation_reads TO campfire_client;
 -- Pure functions anyone may use.
 GRANT EXECUTE ON FUNCTION scalar_json(anyelement), parse_channel(text), is_valid_visitor_id(text),
                           is_valid_email(text), is_valid_client_message_id(text), is_valid_slug(text),
+                          message_fields_are_valid(text, text, text, text, text, text, text),
                           deliveries(events), channel_organization(text) TO PUBLIC;
 
 -- What policies and the API call, and the API itself.

@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 mod channel;
 mod events;
 mod horizon;
+mod message_rules;
 mod notifier;
 mod notify;
 mod scalar;

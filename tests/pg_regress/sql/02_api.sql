@@ -37,6 +37,25 @@ FROM campfire.messages WHERE conversation_id = :conv_a;
 -- The seeds' required column: a direct INSERT without organization_id is refused clearly.
 RESET ROLE;
 SELECT t.try(format($$INSERT INTO campfire.messages (conversation_id, content, sender_type) VALUES (%L, 'x', 'agent')$$, :conv_a)) AS no_org;
+-- The table's own rules hold for a direct INSERT or UPDATE too, each refused naming its field;
+-- the limits themselves are stored whole (and rolled back).
+BEGIN;
+\set direct 'INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type, sender_name, sender_email, message_type, status, client_message_id) SELECT conversation_id, organization_id'
+SELECT rule, t.try(format(:'direct' || ', %s FROM t.sessions WHERE name = %L', v, 'visitor_a')) AS result
+FROM (VALUES ('blank', $$' ', 'agent', NULL, NULL, 'text', 'sent', NULL$$),
+             ('4001 characters', $$repeat('é', 4001), 'agent', NULL, NULL, 'text', 'sent', NULL$$),
+             ('sender_type', $$'hi', 'robot', NULL, NULL, 'text', 'sent', NULL$$),
+             ('201-character name', $$'hi', 'agent', repeat('n', 201), NULL, 'text', 'sent', NULL$$),
+             ('321-character email', $$'hi', 'agent', NULL, repeat('e', 321), 'text', 'sent', NULL$$),
+             ('message_type', $$'hi', 'agent', NULL, NULL, 'poem', 'sent', NULL$$),
+             ('status', $$'hi', 'agent', NULL, NULL, 'text', 'lost', NULL$$),
+             ('client_message_id', $$'hi', 'agent', NULL, NULL, 'text', 'sent', 'has space'$$),
+             ('129-character client_message_id', $$'hi', 'agent', NULL, NULL, 'text', 'sent', repeat('c', 129)$$),
+             ('customer note', $$'hi', 'customer', NULL, NULL, 'note', 'sent', NULL$$),
+             ('limits', $$repeat('é', 4000), 'bot', repeat('ñ', 200), repeat('e', 320), 'event', 'failed', repeat('c', 128)$$))
+     AS r(rule, v);
+SELECT t.try(format($$UPDATE campfire.messages SET status = 'lost' WHERE conversation_id = %L$$, :conv_a)) AS update_status;
+ROLLBACK;
 SET ROLE campfire_test_client;
 
 -- history -----------------------------------------------------------------------------------------------
