@@ -329,6 +329,11 @@ enum Path {
     Naive,
     /// An insert into `plain_messages`: no trigger, nothing delivered.
     Plain,
+    /// `floor_send`: the rows pg_campfire's contract writes for one message (the message with its
+    /// conversation's next seq, the conversation's summary, its mirror row, two log rows with
+    /// JSON payloads) by one PL/pgSQL function into copies of the tables, with no trigger, no
+    /// validation, no delivery. What any implementation of the contract writes at least.
+    Floor,
 }
 
 impl Path {
@@ -337,6 +342,7 @@ impl Path {
             Path::Campfire => "pg_campfire",
             Path::Naive => "naive",
             Path::Plain => "plain_insert",
+            Path::Floor => "contract_floor",
         }
     }
 
@@ -344,6 +350,7 @@ impl Path {
     fn sql(self) -> String {
         let table = match self {
             Path::Campfire => return "SELECT campfire.send_message($1, 'bench message', 'agent', $2)".into(),
+            Path::Floor => return "SELECT floor_send($1, 'bench message', 'agent', $2)".into(),
             Path::Naive => "naive_messages",
             Path::Plain => "plain_messages",
         };
@@ -359,7 +366,7 @@ impl Path {
         match self {
             Path::Campfire => join(relay, vsn, &agent_token(org.agent), &format!("org:{}:conversations", org.id)).await,
             Path::Naive => open_socket(relay.port, "/", [127, 0, 0, 1]).await,
-            Path::Plain => bail!("plain inserts are not delivered"),
+            Path::Plain | Path::Floor => bail!("{} writes are not delivered", self.name()),
         }
     }
 
@@ -370,7 +377,7 @@ impl Path {
                 .filter(|p| p["event"] == "message:created")
                 .map(|mut p| p["payload"]["message"].take()),
             Path::Naive => serde_json::from_str(frame).ok(),
-            Path::Plain => None,
+            Path::Plain | Path::Floor => None,
         }
     }
 }
@@ -524,17 +531,56 @@ async fn write_rate(
     }))
 }
 
+/// `Path::Floor`'s tables, copies of pg_campfire's (the conversations with their rows), and its
+/// function: per message, the conversation's seq and summary (an update kept HOT, as pg_campfire's
+/// is), the message, the mirror row, and two log rows, with the ids of the log's sequence.
+const CONTRACT_FLOOR_SQL: &str = "
+    DROP TABLE IF EXISTS floor_messages, floor_conversations, floor_mirror, floor_events;
+    DROP SEQUENCE IF EXISTS floor_events_seq;
+    CREATE TABLE floor_conversations (LIKE campfire.conversations INCLUDING ALL) WITH (fillfactor = 70);
+    INSERT INTO floor_conversations SELECT * FROM campfire.conversations;
+    CREATE TABLE floor_mirror (LIKE campfire.realtime_conversations INCLUDING ALL);
+    INSERT INTO floor_mirror SELECT * FROM campfire.realtime_conversations;
+    CREATE TABLE floor_messages (LIKE campfire.messages INCLUDING ALL,
+        FOREIGN KEY (organization_id, conversation_id) REFERENCES floor_conversations (organization_id, id));
+    CREATE TABLE floor_events (LIKE campfire.events INCLUDING ALL);
+    CREATE SEQUENCE floor_events_seq;
+    CREATE OR REPLACE FUNCTION floor_send(conversation uuid, body text, sender text, client_id text) RETURNS void
+        LANGUAGE plpgsql AS $$
+    DECLARE c floor_conversations; m floor_messages;
+    BEGIN
+        UPDATE floor_conversations SET last_message_seq = last_message_seq + 1, last_message_at = now(),
+               last_message_preview = left(body, 140), last_message_sender_type = sender, updated_at = now()
+         WHERE id = conversation RETURNING * INTO c;
+        INSERT INTO floor_messages (conversation_id, organization_id, seq, content, sender_type, client_message_id)
+        VALUES (c.id, c.organization_id, c.last_message_seq, body, sender, client_id) RETURNING * INTO m;
+        UPDATE floor_mirror SET last_message_seq = c.last_message_seq, last_message_at = c.last_message_at,
+               last_message_preview = c.last_message_preview, last_message_sender_type = c.last_message_sender_type,
+               updated_at = c.updated_at
+         WHERE id = c.id;
+        INSERT INTO floor_events (id, organization_id, conversation_id, topic, event, payload, conversation_update)
+        VALUES (nextval('floor_events_seq'), m.organization_id, m.conversation_id,
+                'org:' || m.organization_id || ':conv:' || m.conversation_id, 'message:created',
+                json_build_object('message', row_to_json(m)), NULL),
+               (nextval('floor_events_seq'), m.organization_id, m.conversation_id,
+                'org:' || m.organization_id || ':conversations', 'message:created',
+                json_build_object('message', row_to_json(m)), json_build_object('conversation', row_to_json(c)));
+    END $$;";
+
 /// Scenario 7, the side-by-side baseline of issue 15: what a user writes instead of pg_campfire
 /// (a copy of the messages table whose trigger NOTIFYs each row, and the minimal LISTEN →
-/// WebSocket relay of naive.rs), and the plain insert with no delivery, driven in the same run by
-/// the same load generator and the same client. Each run measures every path in turn; the
+/// WebSocket relay of naive.rs), the plain insert with no delivery, and the contract's floor
+/// (`Path::Floor`), driven in the same run by the same load generator and the same client. Each run measures every path in turn; the
 /// ratios, of medians, are those the targets are set in.
 async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, org: &Org) -> Result<Value> {
+    connect(cluster.port, "postgres").await?.batch_execute(CONTRACT_FLOOR_SQL).await?;
     let writers = 8;
     let mut write: HashMap<&str, Vec<Value>> = HashMap::new();
     let mut delay: HashMap<&str, Vec<Value>> = HashMap::new();
     for _ in 0..args.runs {
-        for (path, relay) in [(Path::Campfire, Some(relay)), (Path::Naive, Some(naive)), (Path::Plain, None)] {
+        for (path, relay) in
+            [(Path::Campfire, Some(relay)), (Path::Naive, Some(naive)), (Path::Plain, None), (Path::Floor, None)]
+        {
             let run = write_rate(cluster, path, relay, org, writers, 1, args.seconds).await?;
             write.entry(path.name()).or_default().push(run);
         }
@@ -545,7 +591,8 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
 
     let rate = |path: Path| median_at(&write[path.name()], "/per_second");
     let lost = |path: Path| write[path.name()].iter().filter_map(|r| r["lost"].as_u64()).sum::<u64>();
-    let (campfire, naive, plain) = (rate(Path::Campfire), rate(Path::Naive), rate(Path::Plain));
+    let (campfire, naive, plain, floor) =
+        (rate(Path::Campfire), rate(Path::Naive), rate(Path::Plain), rate(Path::Floor));
     println!(
         "baseline write rate, {writers} writers x 1/tx: pg_campfire {campfire:.0} msg/s delivered ({} lost), naive {naive:.0} msg/s delivered ({} lost), plain insert {plain:.0}/s",
         lost(Path::Campfire),
@@ -555,6 +602,12 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
         "baseline write rate ratios: pg_campfire / naive {:.2}x (target >= 1.8x), pg_campfire / plain insert {:.2}x (target >= 0.5x)",
         campfire / naive,
         campfire / plain
+    );
+    println!(
+        "baseline contract floor (the same rows written by hand, no trigger or delivery): {floor:.0}/s = {:.2}x naive, {:.2}x plain insert; pg_campfire / floor {:.2}x",
+        floor / naive,
+        floor / plain,
+        campfire / floor
     );
 
     // Medians over runs of each percentile, from insert start or from commit.
@@ -581,9 +634,10 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
     Ok(json!({
         "write_rate": {
             "writers": writers, "per_transaction": 1,
-            "median_per_second": { "pg_campfire": campfire, "naive": naive, "plain_insert": plain },
+            "median_per_second": { "pg_campfire": campfire, "naive": naive, "plain_insert": plain, "contract_floor": floor },
             "lost": { "pg_campfire": lost(Path::Campfire), "naive": lost(Path::Naive) },
             "campfire_to_naive": campfire / naive, "campfire_to_plain": campfire / plain,
+            "floor_to_naive": floor / naive, "floor_to_plain": floor / plain, "campfire_to_floor": campfire / floor,
             "runs": write,
         },
         "latency": {
