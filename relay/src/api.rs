@@ -1,10 +1,12 @@
 //! The HTTP API of the widget and the dashboard (the seeds' endpoints and what the pages need).
-//! Each endpoint is one call into the extension's SQL API under the caller's claims, so RLS and
-//! the extension's checks decide; SQLSTATEs become HTTP statuses with a JSON body.
+//! Each endpoint is one call into the extension's SQL API under the caller's claims, on the shard
+//! of the organization the call is about, so RLS and the extension's checks decide; SQLSTATEs
+//! become HTTP statuses with a JSON body.
 
 use crate::Relay;
 use crate::auth::{self, Identity};
 use crate::errors::{HttpError, SqlError};
+use crate::shards::Shard;
 use crate::{client_addr, session};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -103,10 +105,11 @@ fn parse_uuid(text: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(text).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{what} must be a UUID")))
 }
 
-/// The caller's identity from `Authorization: Bearer` (a JWT or a widget session secret). Placed
-/// after a route's path and query extractors, so that a malformed request is answered as such
-/// before its credential is checked.
-struct Caller(Identity);
+/// The caller's identity from `Authorization: Bearer` (a JWT or a widget session secret), and the
+/// organization the call is about when the request says: a visitor's own (its claims name it),
+/// else the `x-organization-id` header. Placed after a route's path and query extractors, so that
+/// a malformed request is answered as such before its credential is checked.
+struct Caller(Identity, Option<uuid::Uuid>);
 
 impl FromRequestParts<Arc<Relay>> for Caller {
     type Rejection = ApiError;
@@ -114,16 +117,37 @@ impl FromRequestParts<Arc<Relay>> for Caller {
     async fn from_request_parts(parts: &mut Parts, relay: &Arc<Relay>) -> Result<Caller, ApiError> {
         let token = crate::http::bearer(&parts.headers)
             .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token"))?;
-        let identity = session::resolve_token(relay, token)
+        let header = parts.headers.contains_key(ORGANIZATION_HEADER).then(|| organization_header(&parts.headers));
+        let header = header.transpose()?;
+        let identity = session::resolve_token(relay, token, header)
             .await
             .map_err(|err| ApiError::new(StatusCode::UNAUTHORIZED, err.to_string()))?;
-        Ok(Caller(identity))
+        let own = identity.claims["org_id"].as_str().and_then(|org| uuid::Uuid::try_parse(org).ok());
+        Ok(Caller(identity, own.or(header)))
     }
 }
 
-/// Runs `call` (a set-returning or scalar SQL expression over $2, $3, ...) with the caller's
-/// claims, in one statement: the claims are set first, for that statement's transaction only.
-async fn call_as(relay: &Relay, claims: &Value, call: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Value, ApiError> {
+/// The shard of the organization a call is about. A call that names none (a dashboard call by
+/// conversation id without `x-organization-id`) goes to the only shard there is; with several,
+/// it is refused rather than answered "not found" by the wrong one.
+fn shard_for(relay: &Relay, organization: Option<uuid::Uuid>) -> Result<&Shard, ApiError> {
+    match organization {
+        Some(org) => Ok(relay.shards.of_organization(org)),
+        None if relay.shards.all().len() == 1 => Ok(relay.shards.default_shard()),
+        None => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the {ORGANIZATION_HEADER} header is required: this relay serves several shards, \
+                 and the organization decides which one answers"
+            ),
+        )),
+    }
+}
+
+/// Runs `call` (a set-returning or scalar SQL expression over $2, $3, ...) on `shard` with the
+/// caller's claims, in one statement: the claims are set first, for that statement's transaction
+/// only.
+async fn call_as(shard: &Shard, claims: &Value, call: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Value, ApiError> {
     let sql = format!(
         "WITH claims AS MATERIALIZED (SELECT pg_catalog.set_config('request.jwt.claims', $1, true)) \
          SELECT (SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]'::jsonb) FROM {call} r)::text FROM claims"
@@ -131,8 +155,8 @@ async fn call_as(relay: &Relay, claims: &Value, call: &str, params: &[&(dyn ToSq
     let claims = claims.to_string();
     let mut all: Vec<&(dyn ToSql + Sync)> = vec![&claims];
     all.extend_from_slice(params);
-    let client = relay.db.client().await.map_err(|err| {
-        tracing::warn!(%err, "no database connection for an API call");
+    let client = shard.db.client().await.map_err(|err| {
+        tracing::warn!(shard = shard.name, %err, "no database connection for an API call");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable")
     })?;
     let row = client.query_one(&sql, &all).await?;
@@ -150,16 +174,19 @@ fn ok(value: Value) -> ApiResult {
 
 // Widget ----------------------------------------------------------------------------------------
 
+const ORGANIZATION_HEADER: &str = "x-organization-id";
+
 fn organization_header(headers: &HeaderMap) -> Result<uuid::Uuid, ApiError> {
-    let value = headers
-        .get("x-organization-id")
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "the x-organization-id header is required"))?;
-    parse_uuid(value.to_str().unwrap_or_default(), "x-organization-id")
+    let value = headers.get(ORGANIZATION_HEADER).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("the {ORGANIZATION_HEADER} header is required"))
+    })?;
+    parse_uuid(value.to_str().unwrap_or_default(), ORGANIZATION_HEADER)
 }
 
 async fn widget_config(State(relay): State<Arc<Relay>>, headers: HeaderMap) -> ApiResult {
     let org = organization_header(&headers)?;
-    let config = first(call_as(&relay, &json!({}), "campfire.widget_config($2)", &[&org]).await?);
+    let shard = relay.shards.of_organization(org);
+    let config = first(call_as(shard, &json!({}), "campfire.widget_config($2)", &[&org]).await?);
     if config.is_null() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("organization {org} not found")));
     }
@@ -184,9 +211,10 @@ async fn widget_auth(
     body: Result<Json<AuthRequest>, JsonRejection>,
 ) -> ApiResult {
     let org = organization_header(&headers)?;
+    let shard = relay.shards.of_organization(org);
     let request = json_body(body)?;
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let config = first(call_as(&relay, &json!({}), "campfire.widget_config($2)", &[&org]).await?);
+        let config = first(call_as(shard, &json!({}), "campfire.widget_config($2)", &[&org]).await?);
         let allowed: Vec<&str> =
             config["allowed_origins"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         if !allowed.is_empty() && !allowed.contains(&origin) {
@@ -206,7 +234,7 @@ async fn widget_auth(
     }
     let session = first(
         call_as(
-            &relay,
+            shard,
             &json!({}),
             "campfire.start_widget_session($2, $3, $4, $5, $6)",
             &[&org, &request.visitor_id, &request.customer_email, &request.customer_name, &request.session_secret],
@@ -214,7 +242,7 @@ async fn widget_auth(
         .await?,
     );
     let secret = session["session_secret"].as_str().unwrap_or_default().to_owned();
-    let identity = session::resolve_token(&relay, &secret)
+    let identity = session::resolve_token(&relay, &secret, Some(org))
         .await
         .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
     ok(json!({
@@ -236,7 +264,13 @@ struct SendRequest {
     message_type: Option<String>,
 }
 
-async fn send(relay: &Relay, identity: &Identity, conversation: uuid::Uuid, request: SendRequest) -> ApiResult {
+async fn send(
+    relay: &Relay,
+    Caller(identity, organization): Caller,
+    conversation: uuid::Uuid,
+    request: SendRequest,
+) -> ApiResult {
+    let shard = shard_for(relay, organization)?;
     if let Some(session) = identity.claims["widget_session_id"].as_str() {
         relay
             .limits
@@ -246,7 +280,7 @@ async fn send(relay: &Relay, identity: &Identity, conversation: uuid::Uuid, requ
     }
     let message = first(
         call_as(
-            relay,
+            shard,
             &identity.claims,
             "campfire.send_message($2, $3, $4, $5, coalesce($6, 'text'))",
             &[&conversation, &request.content, &request.sender_type, &request.client_message_id, &request.message_type],
@@ -259,7 +293,7 @@ async fn send(relay: &Relay, identity: &Identity, conversation: uuid::Uuid, requ
 /// POST /api/widget/messages {conversationId, content, clientMessageId?}
 async fn widget_send(
     State(relay): State<Arc<Relay>>,
-    Caller(identity): Caller,
+    caller: Caller,
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> ApiResult {
     let mut request = json_body(body)?;
@@ -268,18 +302,18 @@ async fn widget_send(
     if request.sender_type.as_deref() == Some("visitor") {
         request.sender_type = Some("customer".into());
     }
-    send(&relay, &identity, conversation, request).await
+    send(&relay, caller, conversation, request).await
 }
 
 /// POST /api/dashboard/conversations/{id}/messages {content, clientMessageId?, messageType?}
 async fn dashboard_send(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
-    Caller(identity): Caller,
+    caller: Caller,
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> ApiResult {
     let conversation = parse_uuid(&id, "conversation id")?;
-    send(&relay, &identity, conversation, json_body(body)?).await
+    send(&relay, caller, conversation, json_body(body)?).await
 }
 
 #[derive(Deserialize)]
@@ -294,12 +328,13 @@ async fn history(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
-    Caller(identity): Caller,
+    Caller(identity, organization): Caller,
 ) -> ApiResult {
     let conversation = parse_uuid(&id, "conversation id")?;
+    let shard = shard_for(&relay, organization)?;
     let limit = q.limit.unwrap_or(50);
     ok(
-        json!({ "messages": call_as(&relay, &identity.claims, "campfire.history($2, $3, $4)", &[&conversation, &q.before, &limit]).await? }),
+        json!({ "messages": call_as(shard, &identity.claims, "campfire.history($2, $3, $4)", &[&conversation, &q.before, &limit]).await? }),
     )
 }
 
@@ -318,11 +353,12 @@ async fn mark_read(
     caller: Result<Caller, ApiError>,
     body: Option<Json<ReadRequest>>,
 ) -> ApiResult {
-    let Caller(identity) = caller?;
+    let Caller(identity, organization) = caller?;
     let conversation = parse_uuid(&id, "conversation id")?;
+    let shard = shard_for(&relay, organization)?;
     let up_to = body.map(|Json(b)| b).unwrap_or_default().up_to_seq;
     let rows = call_as(
-        &relay,
+        shard,
         &identity.claims,
         "(SELECT campfire.mark_read($2, $3) AS last_read_seq)",
         &[&conversation, &up_to],
@@ -342,11 +378,14 @@ struct EventsQuery {
 async fn events_since(
     State(relay): State<Arc<Relay>>,
     Query(q): Query<EventsQuery>,
-    Caller(identity): Caller,
+    Caller(identity, organization): Caller,
 ) -> ApiResult {
+    // A topic names its organization, and the cursors asked after are that shard's.
+    let topic_organization = q.topic.as_deref().and_then(crate::shards::organization_of);
+    let shard = shard_for(&relay, topic_organization.or(organization))?;
     let limit = q.limit.unwrap_or(500);
     let events = call_as(
-        &relay,
+        shard,
         &identity.claims,
         "(SELECT e.id AS cursor, e.topic, e.event, e.payload FROM campfire.events_since($2, $3, $4) e)",
         &[&q.after.unwrap_or(0), &q.topic, &limit],
@@ -371,14 +410,15 @@ struct ListQuery {
 async fn list_conversations(
     State(relay): State<Arc<Relay>>,
     Query(q): Query<ListQuery>,
-    Caller(identity): Caller,
+    Caller(identity, _): Caller,
 ) -> ApiResult {
     let org = parse_uuid(&q.organization_id, "organizationId")?;
+    let shard = relay.shards.of_organization(org);
     let after_id = q.after_id.as_deref().map(|id| parse_uuid(id, "afterId")).transpose()?;
     let filter = q.filter.unwrap_or_else(|| "all".into());
     let limit = q.limit.unwrap_or(50);
     let rows = call_as(
-        &relay,
+        shard,
         &identity.claims,
         "(SELECT to_jsonb(l.conversation) || jsonb_build_object('unread', l.unread) AS c \
           FROM campfire.list_conversations($2, $3, $4::text::timestamptz, $5, $6) l)",
@@ -398,19 +438,25 @@ struct AssignRequest {
 async fn assign(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
-    Caller(identity): Caller,
+    Caller(identity, organization): Caller,
     body: Result<Json<AssignRequest>, JsonRejection>,
 ) -> ApiResult {
     let conversation = parse_uuid(&id, "conversation id")?;
     let assignee = json_body(body)?.assignee_id.as_deref().map(|a| parse_uuid(a, "assigneeId")).transpose()?;
+    let shard = shard_for(&relay, organization)?;
     ok(first(
-        call_as(&relay, &identity.claims, "campfire.assign_conversation($2, $3)", &[&conversation, &assignee]).await?,
+        call_as(shard, &identity.claims, "campfire.assign_conversation($2, $3)", &[&conversation, &assignee]).await?,
     ))
 }
 
-async fn claim(State(relay): State<Arc<Relay>>, Path(id): Path<String>, Caller(identity): Caller) -> ApiResult {
+async fn claim(
+    State(relay): State<Arc<Relay>>,
+    Path(id): Path<String>,
+    Caller(identity, organization): Caller,
+) -> ApiResult {
     let conversation = parse_uuid(&id, "conversation id")?;
-    ok(first(call_as(&relay, &identity.claims, "campfire.claim_conversation($2)", &[&conversation]).await?))
+    let shard = shard_for(&relay, organization)?;
+    ok(first(call_as(shard, &identity.claims, "campfire.claim_conversation($2)", &[&conversation]).await?))
 }
 
 #[derive(Deserialize)]
@@ -422,14 +468,14 @@ struct StatusRequest {
 async fn set_status(
     State(relay): State<Arc<Relay>>,
     Path(id): Path<String>,
-    Caller(identity): Caller,
+    Caller(identity, organization): Caller,
     body: Result<Json<StatusRequest>, JsonRejection>,
 ) -> ApiResult {
     let conversation = parse_uuid(&id, "conversation id")?;
     let status = json_body(body)?.status;
+    let shard = shard_for(&relay, organization)?;
     ok(first(
-        call_as(&relay, &identity.claims, "campfire.set_conversation_status($2, $3)", &[&conversation, &status])
-            .await?,
+        call_as(shard, &identity.claims, "campfire.set_conversation_status($2, $3)", &[&conversation, &status]).await?,
     ))
 }
 
@@ -442,13 +488,19 @@ struct AvailabilityRequest {
 
 async fn set_availability(
     State(relay): State<Arc<Relay>>,
-    Caller(identity): Caller,
+    Caller(identity, _): Caller,
     body: Result<Json<AvailabilityRequest>, JsonRejection>,
 ) -> ApiResult {
     let request = json_body(body)?;
     let org = parse_uuid(&request.organization_id, "organizationId")?;
     let member = first(
-        call_as(&relay, &identity.claims, "campfire.set_availability($2, $3)", &[&org, &request.availability]).await?,
+        call_as(
+            relay.shards.of_organization(org),
+            &identity.claims,
+            "campfire.set_availability($2, $3)",
+            &[&org, &request.availability],
+        )
+        .await?,
     );
     ok(json!({ "availability": member["availability"], "userId": member["user_id"] }))
 }

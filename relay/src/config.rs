@@ -1,6 +1,7 @@
 //! Relay configuration: flags, each with an environment variable.
 
 use crate::jwks::JwksSource;
+use crate::shards::ShardSpec;
 use clap::Parser;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -20,9 +21,28 @@ const DEFAULT_VISITOR_TOKEN_TTL_SECS: u64 = 3600;
 #[command(name = "campfire-relay", about = "Supabase-Realtime-compatible WebSocket relay for pg_campfire")]
 pub struct Config {
     /// PostgreSQL connection string for a role granted campfire_relay. Connect straight to the
-    /// primary: LISTEN does not work through transaction-pooling proxies.
+    /// primary: LISTEN does not work through transaction-pooling proxies. With --shard, this is
+    /// the shard named `default`: it holds every organization the placement puts nowhere else,
+    /// and relays exchange peer messages through it (with --peers postgres).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+
+    /// Another database holding organizations ("shard"), as NAME=URL; repeat the flag for each
+    /// (comma-separated in the environment). The relay follows every shard's log.
+    #[arg(
+        long = "shard",
+        env = "CAMPFIRE_SHARDS",
+        value_name = "NAME=URL",
+        value_delimiter = ',',
+        value_parser = ShardSpec::parse,
+        hide_env_values = true
+    )]
+    pub shards: Vec<ShardSpec>,
+
+    /// TOML file placing organizations on the shards: one line per shard,
+    /// `NAME = ["<organization id>", ...]`. Organizations it does not name live on `default`.
+    #[arg(long, env = "CAMPFIRE_PLACEMENT", value_name = "FILE")]
+    pub placement: Option<std::path::PathBuf>,
 
     /// Address to serve WebSocket and HTTP on.
     #[arg(long, env = "CAMPFIRE_LISTEN", default_value_t = DEFAULT_LISTEN)]
@@ -326,6 +346,8 @@ impl Config {
     pub fn new(database_url: impl Into<String>, jwt_secret: impl Into<String>) -> Config {
         Config {
             database_url: database_url.into(),
+            shards: Vec::new(),
+            placement: None,
             listen: DEFAULT_LISTEN,
             jwt_secret: jwt_secret.into(),
             tokens: TokenConfig::default(),
@@ -397,6 +419,15 @@ mod tests {
         assert!(parse(&["--nats-user", "relay", "--nats-password", "p", "--nats-creds", "f"]).is_err());
         assert!(parse(&["--nats-creds", "f", "--nats-nkey-file", "g"]).is_err());
         assert!(parse(&["--nats-tls-cert", "c"]).is_err(), "a certificate needs its key");
+    }
+
+    #[test]
+    fn shards_come_as_name_and_url_from_flags_or_one_variable() {
+        let config = parse(&["--shard", "eu=host=db-eu", "--shard", "us=postgres://db-us/c"]).unwrap();
+        let names: Vec<&str> = config.shards.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["eu", "us"]);
+        let err = parse(&["--shard", "default=host=db"]).unwrap_err().to_string();
+        assert!(err.contains("--database-url"), "{err}");
     }
 
     #[test]

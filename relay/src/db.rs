@@ -1,10 +1,11 @@
-//! PostgreSQL: the queries the relay makes (through the extension's functions) and the one
-//! LISTEN connection that feeds the hub, with replay from the log after any gap. Both
-//! connections are probed: one that stops answering (a black-holed link sends no FIN or RST) is
-//! given up and replaced.
+//! PostgreSQL: the queries the relay makes (through the extension's functions) and the LISTEN
+//! connection that feeds the hub, with replay from the log after any gap: one of each per shard
+//! (shards.rs). Both connections are probed: one that stops answering (a black-holed link sends
+//! no FIN or RST) is given up and replaced.
 
 use crate::errors::SqlError;
 use crate::metrics::Metrics;
+use crate::shards::Shard;
 use crate::{AccessChange, Config, Relay};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -92,9 +93,11 @@ struct QueryConnection {
     _driver: AbortOnDropHandle<()>,
 }
 
-/// One shared query connection (tokio-postgres pipelines concurrent queries), probed and
-/// reconnected on demand, and the settings every connection is made with.
+/// One shard's shared query connection (tokio-postgres pipelines concurrent queries), probed
+/// and reconnected on demand, and the settings every connection to it is made with.
 pub struct Db {
+    /// The shard's name, as metrics label it.
+    shard: String,
     config: tokio_postgres::Config,
     /// How long the database may take to answer a probe or a connection attempt.
     timeout: Duration,
@@ -111,8 +114,8 @@ fn whole_seconds(duration: Duration) -> Duration {
 }
 
 impl Db {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Db, tokio_postgres::Error> {
-        let mut pg: tokio_postgres::Config = config.database_url.parse()?;
+    pub fn new(shard: &str, url: &str, config: &Config, metrics: Arc<Metrics>) -> Result<Db, tokio_postgres::Error> {
+        let mut pg: tokio_postgres::Config = url.parse()?;
         // The kernel watches the links too: keepalive probes on an idle one, and unacknowledged
         // data (a probe into a dead link) ends the connection after the timeout.
         pg.keepalives(true)
@@ -120,7 +123,14 @@ impl Db {
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3)
             .tcp_user_timeout(config.db_timeout());
+        // Every shard's series from the start, at 0: a shard that never connected shows as down.
+        for link in [Link::Listen, Link::Query] {
+            metrics.db_link_up.with_label_values(&[link.label(), shard]).set(0);
+        }
+        metrics.listen_reconnects.with_label_values(&[shard]);
+        metrics.events_in.with_label_values(&[shard]);
         Ok(Db {
+            shard: shard.to_owned(),
             config: pg,
             timeout: config.db_timeout(),
             probe_interval: config.db_probe_interval(),
@@ -148,13 +158,18 @@ impl Db {
     }
 
     fn link_up(&self, link: Link) {
-        self.metrics.db_link_up.with_label_values(&[link.label()]).set(1);
+        self.metrics.db_link_up.with_label_values(&[link.label(), &self.shard]).set(1);
     }
 
     fn link_lost(&self, link: Link, err: &DbError) {
-        tracing::warn!(connection = link.label(), %err, "database connection lost");
-        self.metrics.db_link_up.with_label_values(&[link.label()]).set(0);
-        self.metrics.db_link_failures.with_label_values(&[link.label(), err.reason()]).inc();
+        tracing::warn!(shard = self.shard, connection = link.label(), %err, "database connection lost");
+        self.metrics.db_link_up.with_label_values(&[link.label(), &self.shard]).set(0);
+        self.metrics.db_link_failures.with_label_values(&[link.label(), err.reason(), &self.shard]).inc();
+    }
+
+    /// Whether the query connection is up, as the metrics say.
+    pub fn query_connected(&self) -> bool {
+        self.metrics.db_link_up.with_label_values(&[Link::Query.label(), &self.shard]).get() == 1
     }
 
     /// The shared query connection, (re)connected if needed.
@@ -275,14 +290,14 @@ impl Db {
 /// What an events notification says, opened from its seal.
 type EventsNotification = campfire_core::announcement::Announcement<Vec<DbEvent>>;
 
-/// Routes every event after the relay's cursor, from the log, until caught up.
-async fn catch_up(relay: &Relay) -> Result<(), DbError> {
+/// Routes every event after the shard's cursor, from its log, until caught up.
+async fn catch_up(relay: &Relay, shard: &Shard) -> Result<(), DbError> {
     loop {
-        let after = relay.health.last_event_id.load(Ordering::SeqCst);
-        let page = relay.db.read_log(after, None).await?;
+        let after = shard.health.last_event_id.load(Ordering::SeqCst);
+        let page = shard.db.read_log(after, None).await?;
         let done = page.len() < PAGE as usize;
         for event in page {
-            route(relay, event);
+            route(relay, shard, event);
         }
         if done {
             return Ok(());
@@ -290,14 +305,19 @@ async fn catch_up(relay: &Relay) -> Result<(), DbError> {
     }
 }
 
-fn route(relay: &Relay, event: DbEvent) {
+fn route(relay: &Relay, shard: &Shard, event: DbEvent) {
     // Notifications and log reads may overlap after a reconnect: each id is routed once.
-    if event.id <= relay.health.last_event_id.load(Ordering::SeqCst) {
+    if event.id <= shard.health.last_event_id.load(Ordering::SeqCst) {
         return;
     }
-    relay.health.last_event_id.store(event.id, Ordering::SeqCst);
-    relay.metrics.last_event_id.set(event.id);
-    relay.metrics.events_in.inc();
+    shard.health.last_event_id.store(event.id, Ordering::SeqCst);
+    relay.metrics.last_event_id.with_label_values(&[&shard.name]).set(event.id);
+    if !relay.shards.holds(shard, &event.topic) {
+        relay.metrics.drops.with_label_values(&["event_of_another_shard"]).inc();
+        tracing::warn!(shard = shard.name, topic = event.topic, "event of an organization placed on another shard");
+        return;
+    }
+    relay.metrics.events_in.with_label_values(&[&shard.name]).inc();
     relay.hub.publish_db_event(&event);
 }
 
@@ -305,17 +325,22 @@ fn route(relay: &Relay, event: DbEvent) {
 /// has accounted for: a writer that announces its own commit (while no notifier runs) can be
 /// heard before an earlier writer's commit settles, so whenever the relay is behind it, it reads
 /// the log again, which holds everything settled so far.
-async fn handle_events_notification(relay: &Relay, payload: &str, announced: &mut i64) -> Result<(), DbError> {
+async fn handle_events_notification(
+    relay: &Relay,
+    shard: &Shard,
+    payload: &str,
+    announced: &mut i64,
+) -> Result<(), DbError> {
     let note: EventsNotification = match serde_json::from_str(payload) {
         Ok(note) => note,
         Err(err) => {
             // Sealed by the extension yet unreadable: a version mismatch. The log has the truth.
             tracing::warn!(%err, "unreadable campfire_events notification; reading the log instead");
-            return catch_up(relay).await;
+            return catch_up(relay, shard).await;
         }
     };
     *announced = (*announced).max(note.last);
-    let seen = relay.health.last_event_id.load(Ordering::SeqCst);
+    let seen = shard.health.last_event_id.load(Ordering::SeqCst);
     if note.last <= seen {
         return Ok(());
     }
@@ -323,15 +348,15 @@ async fn handle_events_notification(relay: &Relay, payload: &str, announced: &mu
         // The common case: the next events, inline, and every id up to `last` accounted for.
         Some(events) if note.first == seen + 1 => {
             for event in events {
-                route(relay, event);
+                route(relay, shard, event);
             }
-            relay.health.last_event_id.fetch_max(note.last, Ordering::SeqCst);
+            shard.health.last_event_id.fetch_max(note.last, Ordering::SeqCst);
         }
         // Too large to inline, or a gap before them: the log has everything in order.
-        _ => catch_up(relay).await?,
+        _ => catch_up(relay, shard).await?,
     }
-    if relay.health.last_event_id.load(Ordering::SeqCst) < *announced {
-        catch_up(relay).await?;
+    if shard.health.last_event_id.load(Ordering::SeqCst) < *announced {
+        catch_up(relay, shard).await?;
     }
     Ok(())
 }
@@ -383,36 +408,42 @@ impl Backoff {
     }
 }
 
-/// Holds the LISTEN connection for the relay's lifetime: reconnects with capped backoff and
-/// replays from the log whatever was committed while it was away.
-pub async fn listen(relay: Arc<Relay>, shutdown: CancellationToken) {
+/// Holds the LISTEN connection of the shard at `index` for the relay's lifetime: reconnects with
+/// capped backoff and replays from the shard's log whatever was committed while it was away.
+pub async fn listen(relay: Arc<Relay>, index: usize, shutdown: CancellationToken) {
+    let shard = &relay.shards.all()[index];
     let mut backoff = Backoff::new();
     let mut first = true;
     loop {
-        match listen_once(&relay, &shutdown, &mut first, &mut backoff).await {
+        match listen_once(&relay, shard, &shutdown, &mut first, &mut backoff).await {
             Ok(()) => return, // shutdown
             Err(err) => {
-                relay.health.listen_connected.store(false, Ordering::SeqCst);
-                relay.db.link_lost(Link::Listen, &err);
+                shard.health.listen_connected.store(false, Ordering::SeqCst);
+                shard.db.link_lost(Link::Listen, &err);
             }
         }
         let wait = backoff.after_failure(Instant::now());
-        tracing::info!(?wait, "reconnecting LISTEN");
+        tracing::info!(shard = shard.name, ?wait, "reconnecting LISTEN");
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        relay.metrics.listen_reconnects.inc();
+        relay.metrics.listen_reconnects.with_label_values(&[&shard.name]).inc();
     }
 }
 
 async fn listen_once(
     relay: &Arc<Relay>,
+    shard: &Shard,
     shutdown: &CancellationToken,
     first: &mut bool,
     backoff: &mut Backoff,
 ) -> Result<(), DbError> {
-    let (client, mut connection) = relay.db.connect().await?;
+    let db = &shard.db;
+    // Peer messages over PostgreSQL cross through the default shard only.
+    let carries_peers =
+        relay.config.peers.bus == crate::config::PeerBus::Postgres && std::ptr::eq(shard, relay.shards.default_shard());
+    let (client, mut connection) = db.connect().await?;
     let (tx, mut notifications) = mpsc::unbounded_channel();
     // However this ends, the connection goes with it: a dead link must not keep a task.
     let _driver = AbortOnDropHandle::new(tokio::spawn(async move {
@@ -434,44 +465,47 @@ async fn listen_once(
     }));
     // Peers on another bus are not listened for: a relay on the PostgreSQL bus would pass for one.
     let mut channels = vec![EVENTS_CHANNEL, ACCESS_CHANNEL];
-    if relay.config.peers.bus == crate::config::PeerBus::Postgres {
+    if carries_peers {
         channels.push(PEERS_CHANNEL);
     }
     let listen: String = channels.iter().map(|channel| format!("LISTEN {channel};")).collect();
-    relay.db.answer(client.batch_execute(&listen)).await?;
-    relay.db.read_notify_key().await?;
+    db.answer(client.batch_execute(&listen)).await?;
+    db.read_notify_key().await?;
     if *first {
         // A new relay starts at the head: clients ask for history with a resume cursor.
-        let head = relay.db.log_head().await?;
-        relay.health.last_event_id.fetch_max(head, Ordering::SeqCst);
+        let head = db.log_head().await?;
+        shard.health.last_event_id.fetch_max(head, Ordering::SeqCst);
+        relay.metrics.last_event_id.with_label_values(&[&shard.name]).set(head);
         *first = false;
     } else {
-        catch_up(relay).await?;
+        catch_up(relay, shard).await?;
         // Rights may have been taken back while nobody was listening.
         let _ = relay.access.send(AccessChange::Everyone);
     }
-    relay.health.listen_connected.store(true, Ordering::SeqCst);
-    relay.db.link_up(Link::Listen);
+    shard.health.listen_connected.store(true, Ordering::SeqCst);
+    db.link_up(Link::Listen);
     backoff.connected(Instant::now());
-    // Peer messages are not durable: whatever the other relays said while this connection was
-    // down is re-learned from a fresh state exchange.
-    relay.hub.announce();
-    tracing::info!(last_event_id = relay.health.last_event_id.load(Ordering::SeqCst), "listening for events");
+    if carries_peers {
+        // Peer messages are not durable: whatever the other relays said while this connection
+        // was down is re-learned from a fresh state exchange.
+        relay.hub.announce();
+    }
+    let last_event_id = shard.health.last_event_id.load(Ordering::SeqCst);
+    tracing::info!(shard = shard.name, last_event_id, "listening for events");
     // Notifications prove nothing when none are due: the link is probed, and one that stops
     // answering is given up.
-    let mut probe =
-        tokio::time::interval_at(tokio::time::Instant::now() + relay.db.probe_interval, relay.db.probe_interval);
+    let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + db.probe_interval, db.probe_interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = probe.tick() => relay.db.probe(&client).await?,
+            _ = probe.tick() => db.probe(&client).await?,
             n = notifications.recv() => match n {
                 None => return Err(DbError::Unavailable("LISTEN connection closed".into())),
-                Some(n) => match relay.db.sealing.open(n.channel(), n.payload(), crate::notify::now_ms()) {
+                Some(n) => match db.sealing.open(n.channel(), n.payload(), crate::notify::now_ms()) {
                     Ok(payload) if n.channel() == EVENTS_CHANNEL => {
-                        handle_events_notification(relay, &payload, &mut announced).await?
+                        handle_events_notification(relay, shard, &payload, &mut announced).await?
                     }
                     Ok(payload) if n.channel() == ACCESS_CHANNEL => announce_access_change(relay, &payload),
                     Ok(payload) => relay.hub.apply_peer_message(&payload),

@@ -5,6 +5,7 @@ use crate::Relay;
 use crate::auth::{self, Identity};
 use crate::errors::HttpError;
 use crate::protocol::Vsn;
+use crate::shards::Shard;
 use crate::{client_addr, client_broadcast, limits, session};
 use axum::Json;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
@@ -85,7 +86,7 @@ async fn websocket(
     let identity = if auth::is_supabase_key(key) {
         None
     } else {
-        match session::resolve_token(&relay, key).await {
+        match session::resolve_token(&relay, key, None).await {
             Ok(identity) => Some(identity),
             Err(err) => return error(StatusCode::UNAUTHORIZED, err.to_string()),
         }
@@ -129,47 +130,80 @@ fn too_many_connections(relay: &Relay, refused: limits::Refused) -> Response {
 /// silent.
 const HEALTH_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// What the health check found.
-struct Health {
+/// What the health check found on one shard.
+struct ShardHealth<'a> {
+    shard: &'a Shard,
     listening: bool,
     head: Option<i64>,
 }
 
-impl Health {
+impl ShardHealth<'_> {
     /// Healthy only while LISTEN is up and the database answered this very check: a check that
     /// could not be made never reads as ok.
-    async fn check(relay: &Relay) -> Health {
-        let listening = relay.health.listen_connected.load(Ordering::SeqCst);
-        let head = tokio::time::timeout(HEALTH_QUERY_TIMEOUT, relay.db.log_head()).await.ok().and_then(Result::ok);
-        Health { listening, head }
+    fn healthy(&self) -> bool {
+        self.listening && self.head.is_some()
     }
 
+    fn details(&self) -> Value {
+        let last = self.shard.health.last_event_id.load(Ordering::SeqCst);
+        json!({
+            "status": if self.healthy() { "ok" } else { "down" },
+            "listen_connected": self.listening,
+            "query_connected": self.shard.db.query_connected(),
+            "last_event_id": last,
+            "log_head": self.head,
+            "lag": self.head.map(|h| (h - last).max(0)),
+        })
+    }
+}
+
+/// What the health check found, every shard checked at once.
+struct Health<'a> {
+    shards: Vec<ShardHealth<'a>>,
+}
+
+impl Health<'_> {
+    async fn check(relay: &Relay) -> Health<'_> {
+        let checks = relay.shards.all().iter().map(|shard| async move {
+            let listening = shard.health.listen_connected.load(Ordering::SeqCst);
+            let head = tokio::time::timeout(HEALTH_QUERY_TIMEOUT, shard.db.log_head()).await.ok().and_then(Result::ok);
+            ShardHealth { shard, listening, head }
+        });
+        Health { shards: futures_util::future::join_all(checks).await }
+    }
+
+    /// `ok` when every shard is; `degraded` when one is down, still 200 while any shard is up:
+    /// every relay sees the same shard down, so taking relays out of a load balancer would only
+    /// cut off the organizations of the shards that work. 503 once none is.
     fn respond(&self, mut body: Value) -> Response {
-        let healthy = self.listening && self.head.is_some();
-        body["status"] = json!(if healthy { "ok" } else { "degraded" });
-        let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let up = self.shards.iter().filter(|s| s.healthy()).count();
+        body["status"] = json!(if up == self.shards.len() { "ok" } else { "degraded" });
+        let status = if up > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         (status, Json(body)).into_response()
     }
 }
 
-/// Public liveness: the status alone (the event cursor and link states are the operator's).
+/// Public liveness: the status alone (the event cursors and link states are the operator's).
 async fn healthz(State(relay): State<Arc<Relay>>) -> Response {
     Health::check(&relay).await.respond(json!({}))
 }
 
-/// The health check's findings, for the operator: LISTEN and query links, the relay's cursor,
-/// the log head and the lag.
+/// The health check's findings, for the operator, per shard: LISTEN and query links, the relay's
+/// cursor, the log head and the lag (ids of different shards are not comparable, so no sum).
+/// The top-level links and lag are every shard's: up only if all are, the largest lag.
 async fn health_details(State(relay): State<Arc<Relay>>) -> Response {
     let health = Health::check(&relay).await;
-    let last = relay.health.last_event_id.load(Ordering::SeqCst);
-    let link_up = |connection| relay.metrics.db_link_up.with_label_values(&[connection]).get() == 1;
+    let shards: serde_json::Map<String, Value> =
+        health.shards.iter().map(|s| (s.shard.name.clone(), s.details())).collect();
+    let all = |field: &str| shards.values().all(|s| s[field] == json!(true));
+    let lag =
+        shards.values().map(|s| s["lag"].as_i64()).collect::<Option<Vec<i64>>>().map(|lags| lags.into_iter().max());
     health.respond(json!({
-        "listen_connected": health.listening,
-        "query_connected": link_up("query"),
-        "last_event_id": last,
-        "log_head": health.head,
-        "lag": health.head.map(|h| (h - last).max(0)),
+        "listen_connected": all("listen_connected"),
+        "query_connected": all("query_connected"),
+        "lag": lag.flatten(),
         "connections": relay.metrics.connections.get(),
+        "shards": shards,
     }))
 }
 
@@ -223,7 +257,7 @@ async fn http_identity(relay: &Relay, headers: &HeaderMap) -> Result<Identity, R
     let Some(token) = token else {
         return Err(error(StatusCode::UNAUTHORIZED, "missing Authorization bearer token or apikey header"));
     };
-    session::resolve_token(relay, token).await.map_err(|err| error(StatusCode::UNAUTHORIZED, err.to_string()))
+    session::resolve_token(relay, token, None).await.map_err(|err| error(StatusCode::UNAUTHORIZED, err.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -315,7 +349,8 @@ async fn check_broadcast(
             format!("payload for {} must be a JSON object", message.topic),
         ));
     }
-    let topic = match relay.db.authorize(&message.topic, &identity.claims).await {
+    let shard = relay.shards.of_topic(&message.topic);
+    let topic = match shard.db.authorize(&message.topic, &identity.claims).await {
         Ok(a) if a.broadcast => a.topic,
         Ok(a) => {
             let reason = a.reason.unwrap_or_else(|| "broadcast not allowed".into());
@@ -356,7 +391,7 @@ async fn widget_token(
     if !auth::is_widget_secret(&request.session_secret) {
         return error(StatusCode::UNAUTHORIZED, "not a widget session secret");
     }
-    match session::resolve_token(&relay, &request.session_secret).await {
+    match session::resolve_token(&relay, &request.session_secret, None).await {
         Ok(identity) => {
             let token = auth::mint(relay.config.jwt_secret.as_bytes(), &identity);
             Json(json!({ "access_token": token, "expires_at": identity.expires_at })).into_response()

@@ -1,5 +1,5 @@
 //! campfire-relay: a Supabase-Realtime-compatible WebSocket server fed by pg_campfire's event
-//! log. It LISTENs on one connection, routes each committed event to the subscribers the
+//! log. It LISTENs on one connection per database (shard), routes each committed event to the subscribers the
 //! extension authorized, carries client broadcasts and presence (between relays through
 //! PostgreSQL or NATS), and replays from the log after any gap. Decisions about data and
 //! permissions are the extension's.
@@ -24,6 +24,7 @@ mod presence;
 pub mod protocol;
 mod rooms;
 mod session;
+mod shards;
 
 pub use access::AccessChange;
 pub use config::Config;
@@ -36,11 +37,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// What /healthz reports.
+/// One shard's LISTEN state and cursor, as /healthz reports them.
 #[derive(Default)]
 pub struct Health {
     pub listen_connected: AtomicBool,
-    /// The newest event id routed: the relay's own cursor in the log.
+    /// The newest event id routed: the relay's own cursor in the shard's log.
     pub last_event_id: AtomicI64,
 }
 
@@ -73,10 +74,9 @@ pub struct Relay {
     config: Config,
     options: Options,
     verifier: auth::Verifier,
-    db: db::Db,
+    shards: shards::Shards,
     hub: hub::Hub,
     metrics: Arc<metrics::Metrics>,
-    health: Health,
     next_connection: AtomicU64,
     shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -116,10 +116,9 @@ pub async fn run_with(
     let relay = Arc::new(Relay {
         options,
         verifier,
-        db: db::Db::new(&config, metrics.clone())?,
+        shards: shards::Shards::new(&config, &metrics)?,
         hub: hub::Hub::new(metrics.clone(), peer_link),
         metrics,
-        health: Health::default(),
         next_connection: AtomicU64::new(1),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
@@ -128,9 +127,13 @@ pub async fn run_with(
         access: Arc::default(),
         config,
     });
-    let listen = tokio::spawn(db::listen(relay.clone(), relay.shutdown.clone()));
-    let watch_relay = relay.clone();
-    let watch_queries = tokio::spawn(async move { watch_relay.db.watch_queries(&watch_relay.shutdown).await });
+    // Each shard is followed on its own: one down does not hold up the others.
+    let mut followers = tokio::task::JoinSet::new();
+    for index in 0..relay.shards.all().len() {
+        followers.spawn(db::listen(relay.clone(), index, relay.shutdown.clone()));
+        let watch_relay = relay.clone();
+        followers.spawn(async move { watch_relay.shards.all()[index].db.watch_queries(&watch_relay.shutdown).await });
+    }
     let peers = tokio::spawn(bus.run(relay.clone(), peer_queues));
     tracing::info!(address = %listener.local_addr()?, "relay listening");
     let stop = relay.shutdown.clone();
@@ -153,8 +156,7 @@ pub async fn run_with(
     if tokio::time::timeout(Duration::from_secs(5), relay.sessions.wait()).await.is_err() {
         tracing::warn!("connections still open after 5 s; stopping anyway");
     }
-    let _ = listen.await;
-    let _ = watch_queries.await;
+    followers.join_all().await;
     // The connections' presence leaves have been queued for the peers; say goodbye after them
     // and give it all a moment to go out.
     relay.hub.goodbye();

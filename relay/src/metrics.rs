@@ -6,16 +6,16 @@ pub struct Metrics {
     registry: Registry,
     pub connections: IntGauge,
     pub channels: IntGauge,
-    pub events_in: IntCounter,
+    pub events_in: IntCounterVec,
     pub client_broadcasts: IntCounter,
     pub deliveries: IntCounter,
     pub drops: IntCounterVec,
     pub disconnects: IntCounterVec,
     pub malformed_frames: IntCounter,
-    pub listen_reconnects: IntCounter,
+    pub listen_reconnects: IntCounterVec,
     pub queue_depth: IntGauge,
     pub queue_depth_max: IntGauge,
-    pub last_event_id: IntGauge,
+    pub last_event_id: IntGaugeVec,
     pub db_link_up: IntGaugeVec,
     pub db_link_failures: IntCounterVec,
     pub frames_written: IntCounter,
@@ -55,7 +55,7 @@ impl Metrics {
         Metrics {
             connections: gauge("campfire_connections", "Open WebSocket connections"),
             channels: gauge("campfire_channels", "Joined channels across all connections"),
-            events_in: counter("campfire_events_in_total", "Events read from the database log"),
+            events_in: counter_vec("campfire_events_in_total", "Events routed from a shard's log", &["shard"]),
             client_broadcasts: counter("campfire_client_broadcasts_total", "Broadcasts received from clients"),
             deliveries: counter(
                 "campfire_deliveries_total",
@@ -64,26 +64,31 @@ impl Metrics {
             drops: counter_vec("campfire_drops_total", "Messages not delivered, by reason", &["reason"]),
             disconnects: counter_vec("campfire_disconnects_total", "Closed connections, by reason", &["reason"]),
             malformed_frames: counter("campfire_malformed_frames_total", "Client frames that could not be decoded"),
-            listen_reconnects: counter(
+            listen_reconnects: counter_vec(
                 "campfire_listen_reconnects_total",
-                "Times the LISTEN connection was re-established",
+                "Times a shard's LISTEN connection was re-established",
+                &["shard"],
             ),
             queue_depth: gauge("campfire_send_queue_depth", "Frames waiting in connection send queues"),
-            last_event_id: gauge("campfire_last_event_id", "Newest event id the relay has routed"),
+            last_event_id: gauge_vec(
+                "campfire_last_event_id",
+                "Newest event id of a shard's log the relay has routed",
+                &["shard"],
+            ),
             queue_depth_max: gauge(
                 "campfire_send_queue_max_depth",
                 "Frames waiting in the fullest connection send queue",
             ),
             db_link_up: gauge_vec(
                 "campfire_db_link_up",
-                "1 while the database connection (listen, query) answers",
-                &["connection"],
+                "1 while a shard's database connection (listen, query) answers",
+                &["connection", "shard"],
             ),
             db_link_failures: counter_vec(
                 "campfire_db_link_failures_total",
-                "Database connections given up or not established, by connection (listen, query) and reason \
-                 (timeout: no answer in time; error)",
-                &["connection", "reason"],
+                "Database connections given up or not established, by connection (listen, query), reason \
+                 (timeout: no answer in time; error) and shard",
+                &["connection", "reason", "shard"],
             ),
             frames_written: counter("campfire_frames_written_total", "Frames written to WebSocket connections"),
             resumes: counter("campfire_resumes_total", "Joins that resumed from a cursor"),

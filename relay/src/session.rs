@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Broadcast, ChannelMessage, ClientMessage, Frame, JoinRequest, PresenceChange, Vsn};
 use crate::rooms::{self, Join};
+use crate::shards;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -94,10 +95,15 @@ fn filter_text(map: &serde_json::Map<String, Value>) -> String {
 }
 
 /// Turns a token into an identity: a JWT is verified here, a widget session secret by the
-/// extension.
-pub async fn resolve_token(relay: &Relay, token: &str) -> Result<Identity, CredentialError> {
+/// extension, on the shard of `organization` when the caller names one (else on any shard).
+pub async fn resolve_token(
+    relay: &Relay,
+    token: &str,
+    organization: Option<uuid::Uuid>,
+) -> Result<Identity, CredentialError> {
     if auth::is_widget_secret(token) {
-        let claims = relay.db.visitor_claims(token).await.map_err(CredentialError::from_secret_lookup)?;
+        let claims =
+            relay.shards.visitor_claims(token, organization).await.map_err(CredentialError::from_secret_lookup)?;
         return Ok(Identity { claims, expires_at: auth::now() + relay.config.visitor_token_ttl_secs });
     }
     Ok(relay.verifier.verify(token).await?)
@@ -353,8 +359,9 @@ impl Session {
         if self.channels.len() >= self.relay.config.max_channels && !self.channels.contains_key(&frame.topic) {
             return Err(Refusal::TooManyChannels);
         }
-        let identity = self.join_identity(access_token).await.map_err(Refusal::Credential)?;
-        match self.relay.db.authorize(name, &identity.claims).await {
+        let identity = self.join_identity(access_token, name).await.map_err(Refusal::Credential)?;
+        // The topic's organization decides the shard: it is never authorized against another.
+        match self.relay.shards.of_topic(name).db.authorize(name, &identity.claims).await {
             Ok(a) if a.read => Ok((identity, a)),
             Ok(a) => {
                 let reason = a.reason.unwrap_or_else(|| "access denied".into());
@@ -461,9 +468,9 @@ impl Session {
     /// Who a join acts as: its own `access_token`, else the connection's credential, which must
     /// not have expired since the connection opened. Supabase API keys are no tokens: realtime-js
     /// sends one when it has no token.
-    async fn join_identity(&self, access_token: Option<&str>) -> Result<Identity, CredentialError> {
+    async fn join_identity(&self, access_token: Option<&str>, topic: &str) -> Result<Identity, CredentialError> {
         match access_token {
-            Some(token) => resolve_token(&self.relay, token).await,
+            Some(token) => resolve_token(&self.relay, token, shards::organization_of(topic)).await,
             None => Ok(self.identity.as_ref().ok_or(AuthError::NoCredential).and_then(Identity::unexpired)?),
         }
     }
@@ -479,12 +486,14 @@ impl Session {
         mut cursor: i64,
     ) -> Result<i64, DbError> {
         let stall = self.relay.options.replay_stall_timeout;
+        // The cursor is an id of the topic's shard's log, and only that log is read after it.
+        let db = &self.relay.shards.of_topic(canonical).db;
         loop {
-            let page = self.relay.db.read_log(cursor, Some(canonical)).await?;
+            let page = db.read_log(cursor, Some(canonical)).await?;
             // The tail as of this read or later: if the log was pruned past the cursor, events
             // after it may be missing from the page, gone for good. The client is told (it must
             // reload history) and the replay goes on from where the log now starts.
-            let tail = self.relay.db.log_tail().await?;
+            let tail = db.log_tail().await?;
             if tail > cursor {
                 let lost = history_lost(join_topic, join_ref, cursor, tail);
                 if !self.outbox.send_paced(&self.relay.metrics, &lost, stall).await {
@@ -559,7 +568,7 @@ impl Session {
     /// `access_token`: no reply; a token that no longer grants the channel ends it.
     async fn refresh_token(&mut self, topic: &str, token: Option<String>) {
         let Some(token) = token else { return };
-        match resolve_token(&self.relay, &token).await {
+        match resolve_token(&self.relay, &token, shards::organization_of(sub_topic(topic))).await {
             Ok(identity) => self.reauthorize(topic, identity).await,
             Err(err) => self.end_channel(topic, ChannelEnd::Credential(err)),
         }
@@ -582,7 +591,8 @@ impl Session {
     /// Asks the database again whether `identity` may use a joined channel: it keeps the rights
     /// granted now, or ends if it may no longer read.
     async fn reauthorize(&mut self, topic: &str, identity: Identity) {
-        match self.relay.db.authorize(sub_topic(topic), &identity.claims).await {
+        let name = sub_topic(topic);
+        match self.relay.shards.of_topic(name).db.authorize(name, &identity.claims).await {
             Ok(a) if a.read => {
                 if let Some(channel) = self.channels.get_mut(topic) {
                     self.access.watch(&identity.claims);

@@ -351,15 +351,15 @@ async fn health_and_metrics_report_what_the_relay_holds() {
     let health: Value = serde_json::from_str(&relay.get("/healthz/details").await).unwrap();
     assert_eq!(health["listen_connected"], true);
     assert_eq!(health["lag"], 0);
-    assert!(health["last_event_id"].as_i64().unwrap() > 0);
+    assert!(health["shards"]["default"]["last_event_id"].as_i64().unwrap() > 0);
     let metrics = relay.get("/metrics").await;
     // One message is three events: message:created twice and conversation:updated.
     assert!(relay.metric("campfire_events_in_total").await >= 3.0);
     for name in [
         "campfire_connections 1",
         "campfire_channels 1",
-        "campfire_db_link_up{connection=\"listen\"} 1",
-        "campfire_db_link_up{connection=\"query\"} 1",
+        "campfire_db_link_up{connection=\"listen\",shard=\"default\"} 1",
+        "campfire_db_link_up{connection=\"query\",shard=\"default\"} 1",
         "campfire_send_queue_depth ",
         "campfire_send_queue_max_depth ",
         "campfire_deliveries_total ",

@@ -44,11 +44,14 @@ async fn a_black_holed_database_link_is_noticed_reported_and_replaced_without_lo
     // Both of the relay's connections go silent. Health answers at once, and soon says so.
     proxy.black_hole();
     let to_unhealthy = wait_until("/healthz reports the silent link", || health_is(relay.addr, 503)).await;
-    let listen_down = r#"campfire_db_link_up{connection="listen"}"#;
+    let listen_down = r#"campfire_db_link_up{connection="listen",shard="default"}"#;
     let relay_ref = &relay;
     let to_detected = wait_until("the LISTEN link is given up", move || async move {
         relay_ref.metric(listen_down).await == 0.0
-            && relay_ref.metric(r#"campfire_db_link_failures_total{connection="listen",reason="timeout"}"#).await >= 1.0
+            && relay_ref
+                .metric(r#"campfire_db_link_failures_total{connection="listen",reason="timeout",shard="default"}"#)
+                .await
+                >= 1.0
     })
     .await;
 
@@ -88,7 +91,11 @@ async fn health_is_never_ok_when_its_own_check_fails() {
     assert_eq!(health_status(relay.addr).await, 503);
     let (status, body) = common::http(relay.addr, "GET", "/healthz/details", &[], "").await;
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((status, &health["status"], &health["log_head"]), (503, &json!("degraded"), &json!(null)), "{health}");
+    assert_eq!(
+        (status, &health["status"], &health["shards"]["default"]["log_head"]),
+        (503, &json!("degraded"), &json!(null)),
+        "{health}"
+    );
     assert_eq!(health["listen_connected"], true);
     admin.batch_execute("GRANT EXECUTE ON FUNCTION campfire.log_head() TO campfire_relay").await.unwrap();
     assert_eq!(health_status(relay.addr).await, 200);

@@ -192,7 +192,7 @@ impl Nats {
                     Some(topic) => self.subjects.topic(topic),
                     None => self.subjects.relay_wide(),
                 };
-                let sent = match relay.db.sealing.seal_for_peers(&text) {
+                let sent = match relay.shards.default_shard().db.sealing.seal_for_peers(&text) {
                     Ok(sealed) => self.client.publish(subject, sealed.into()).await.map_err(|e| e.to_string()),
                     Err(refusal) => Err(refusal.to_string()),
                 };
@@ -235,7 +235,7 @@ impl Nats {
 fn receive(relay: &Relay, message: &Message) {
     let opened = std::str::from_utf8(&message.payload)
         .map_err(|_| crate::notify::Refusal::Seal(campfire_core::sealed::SealError::Malformed))
-        .and_then(|text| relay.db.sealing.open(PEERS_CHANNEL, text, crate::notify::now_ms()));
+        .and_then(|text| relay.shards.default_shard().db.sealing.open(PEERS_CHANNEL, text, crate::notify::now_ms()));
     match opened {
         Ok(text) => relay.hub.apply_peer_message(&text),
         Err(refusal) => {

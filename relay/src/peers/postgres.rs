@@ -1,6 +1,7 @@
-//! The PostgreSQL bus: every peer message is a sealed NOTIFY on `campfire_relay`, which every relay
-//! on the database hears on its LISTEN connection (db.rs hands it to the hub). Liveness is the
-//! relays' own: a heartbeat out, and a peer silent for too long is presumed dead.
+//! The PostgreSQL bus: every peer message is a sealed NOTIFY on `campfire_relay` in the default
+//! shard's database, which every relay hears on its LISTEN connection there (db.rs hands it to
+//! the hub). Liveness is the relays' own: a heartbeat out, and a peer silent for too long is
+//! presumed dead.
 
 use super::PeerOut;
 use crate::Relay;
@@ -15,7 +16,7 @@ pub async fn run(relay: Arc<Relay>, mut outgoing: mpsc::Receiver<PeerOut>) {
     while let Some(out) = outgoing.recv().await {
         match out {
             PeerOut::Message { text, .. } => {
-                if let Err(err) = relay.db.notify_peers(&text).await {
+                if let Err(err) = relay.shards.default_shard().db.notify_peers(&text).await {
                     relay.metrics.drops.with_label_values(&["peer_notify_failed"]).inc();
                     tracing::warn!(%err, "telling peer relays failed");
                 }
@@ -34,7 +35,7 @@ async fn heartbeat(relay: Arc<Relay>) {
     let mut tick = tokio::time::interval(relay.options.peer_heartbeat.max(Duration::from_millis(10)));
     loop {
         tick.tick().await;
-        if relay.health.listen_connected.load(Ordering::SeqCst) {
+        if relay.shards.default_shard().health.listen_connected.load(Ordering::SeqCst) {
             relay.hub.heartbeat();
             relay.hub.expire_peers(relay.options.peer_timeout);
         }
