@@ -28,6 +28,7 @@ mod shards;
 
 pub use access::AccessChange;
 pub use config::Config;
+pub use shards::ShardSpec;
 
 use std::future::Future;
 use std::sync::Arc;

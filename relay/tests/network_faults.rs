@@ -4,22 +4,12 @@
 mod common;
 
 use campfire_relay::Options;
-use campfire_testkit::ws::{Client, Received, WAIT};
+use campfire_testkit::ws::{Client, Received};
 use common::proxy::Proxy;
-use common::{Fixture, Relay, health_status, tcp_connection_held};
+use common::{Fixture, Relay, health_status, tcp_connection_held, wait_until};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-/// Polls until `done` holds, at most WAIT; returns how long it took.
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) -> Duration {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < WAIT, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
+use std::time::Instant;
 
 async fn health_is(addr: SocketAddr, status: u16) -> bool {
     health_status(addr).await == status

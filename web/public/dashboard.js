@@ -4,6 +4,8 @@ import { EventStream, api, connectRealtime, renderMessage, setConnection, typing
 const params = new URLSearchParams(location.hash.slice(1))
 const org = params.get('org')
 const token = params.get('token')
+// Calls by conversation id name the organization: a relay serving several shards routes by it.
+const orgHeader = { 'x-organization-id': org }
 const me = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).sub
 const $ = (id) => document.getElementById(id)
 const conversations = new Map()
@@ -47,7 +49,7 @@ function showConversationState() {
 }
 
 async function markRead(id) {
-  await api(`/api/dashboard/conversations/${id}/read`, { method: 'POST', token, body: {} }).catch(() => {})
+  await api(`/api/dashboard/conversations/${id}/read`, { method: 'POST', token, headers: orgHeader, body: {} }).catch(() => {})
   renderConversation({ id, unread: 0 })
 }
 
@@ -74,7 +76,7 @@ async function loadConversations() {
 
 /** The conversation's messages; rendering is by id, so loading again only adds what is new. */
 async function loadMessages(id) {
-  const { messages } = await api(`/api/dashboard/conversations/${id}/messages?limit=200`, { token })
+  const { messages } = await api(`/api/dashboard/conversations/${id}/messages?limit=200`, { token, headers: orgHeader })
   if (selected === id) messages.forEach((m) => renderMessage($('messages'), m, { mine: m.sender_type !== 'customer' }))
 }
 
@@ -148,11 +150,11 @@ async function main() {
   $('availability').addEventListener('change', (e) =>
     api('/api/dashboard/availability', { method: 'POST', token, body: { organizationId: org, availability: e.target.value } }))
   $('claim').addEventListener('click', async () => {
-    renderConversation(await api(`/api/dashboard/conversations/${selected}/claim`, { method: 'POST', token }))
+    renderConversation(await api(`/api/dashboard/conversations/${selected}/claim`, { method: 'POST', token, headers: orgHeader }))
     showConversationState()
   })
   $('assign-me').addEventListener('click', async () => {
-    renderConversation(await api(`/api/dashboard/conversations/${selected}/assign`, { method: 'POST', token, body: { assigneeId: me } }))
+    renderConversation(await api(`/api/dashboard/conversations/${selected}/assign`, { method: 'POST', token, headers: orgHeader, body: { assigneeId: me } }))
   })
   $('composer').addEventListener('submit', async (submit) => {
     submit.preventDefault()
@@ -166,7 +168,7 @@ async function main() {
     renderMessage(list, draft, { mine: true, pending: true })
     try {
       const { message } = await api(`/api/dashboard/conversations/${selected}/messages`, {
-        method: 'POST', token, body: { content, clientMessageId: draft.client_message_id },
+        method: 'POST', token, headers: orgHeader, body: { content, clientMessageId: draft.client_message_id },
       })
       renderMessage(list, message, { mine: true })
     } catch (error) {

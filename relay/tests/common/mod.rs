@@ -30,7 +30,7 @@ async fn connect(url: &str) -> tokio_postgres::Client {
 }
 
 /// A fresh database (copied from the template) with an organization, an agent and one
-/// visitor's conversation.
+/// visitor's conversation: on the shared cluster, or on a test's own (another shard).
 pub struct Fixture {
     pub database: Database,
     pub org: Uuid,
@@ -42,7 +42,16 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new() -> Fixture {
-        let database = tokio::task::spawn_blocking(|| Database::new("campfire_relay_itest")).await.unwrap();
+        Fixture::create(Database::new).await
+    }
+
+    /// On the cluster at `port`.
+    pub async fn on(port: u16) -> Fixture {
+        Fixture::create(move |prefix| Database::on(port, prefix)).await
+    }
+
+    async fn create(database: impl FnOnce(&str) -> Database + Send + 'static) -> Fixture {
+        let database = tokio::task::spawn_blocking(|| database("campfire_relay_itest")).await.unwrap();
         let db = connect(&database.url("postgres")).await;
         db.batch_execute(FIXTURE_SQL).await.unwrap();
         let row = db
@@ -234,6 +243,16 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits until `done` holds (checked every 20 ms), at most [`WAIT`]; returns how long it took.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) -> Duration {
+    let start = std::time::Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
 }
 
 pub async fn wait_healthy(addr: SocketAddr) {

@@ -6,8 +6,9 @@
 //! The cluster is `CAMPFIRE_TEST_PORT` when set (a running cluster on 127.0.0.1 whose `postgres`
 //! superuser is trusted, with pg_campfire installed and preloaded), refused if the installed
 //! library is newer than the running server; otherwise `scripts/cluster.sh` starts one on a free
-//! port, stopped when the test binary exits. Everything runs through `psql`, so that the harness
-//! serves synchronous and asynchronous tests alike.
+//! port, stopped when the test binary exits. A test may also start clusters of its own
+//! ([`OwnCluster`]: a shard it stops and starts). Everything runs through `psql`, so that the
+//! harness serves synchronous and asynchronous tests alike.
 
 pub mod http;
 pub mod ws;
@@ -80,18 +81,56 @@ pub fn cluster_port() -> u16 {
                 prepare(port).unwrap_or_else(|e| panic!("preparing the cluster on port {port}: {e}"));
                 return Cluster { port, data_dir: None };
             }
-            let port = free_port();
-            let dir = format!("/tmp/campfire-tests-{}-{port}", std::process::id());
-            assert!(cluster_script(&["start", &dir, &port.to_string()]), "starting the test cluster failed");
-            if let Err(err) = prepare(port) {
-                cluster_script(&["stop", &dir]);
-                panic!("preparing the test cluster failed (is pg_campfire installed?): {err}");
-            }
+            let (port, dir) = start_prepared();
             // SAFETY: registering a plain extern "C" fn, which only runs a command.
             unsafe { libc::atexit(stop_cluster) };
             Cluster { port, data_dir: Some(dir) }
         })
         .port
+}
+
+/// Starts a cluster on a free port and prepares it; returns its port and data directory.
+fn start_prepared() -> (u16, String) {
+    let port = free_port();
+    let dir = format!("/tmp/campfire-tests-{}-{port}", std::process::id());
+    assert!(cluster_script(&["start", &dir, &port.to_string()]), "starting a test cluster failed");
+    if let Err(err) = prepare(port) {
+        cluster_script(&["stop", &dir]);
+        panic!("preparing a test cluster failed (is pg_campfire installed?): {err}");
+    }
+    (port, dir)
+}
+
+/// A cluster of one test's own, beside the shared one: a second database server (a shard) that
+/// the test may stop and start again. Stopped and removed when dropped.
+pub struct OwnCluster {
+    pub port: u16,
+    data_dir: String,
+}
+
+impl OwnCluster {
+    pub fn start() -> OwnCluster {
+        let (port, data_dir) = start_prepared();
+        OwnCluster { port, data_dir }
+    }
+
+    /// Stops the server (fast shutdown: its connections are cut).
+    pub fn stop(&self) {
+        assert!(cluster_script(&["stop", &self.data_dir]), "stopping the cluster on port {} failed", self.port);
+    }
+
+    /// Starts it again, on the same port, with its databases.
+    pub fn restart(&self) {
+        let started = cluster_script(&["start", &self.data_dir, &self.port.to_string()]);
+        assert!(started, "restarting the cluster on port {} failed", self.port);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        cluster_script(&["stop", &self.data_dir]);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
 }
 
 /// A reused cluster keeps the pg_campfire it preloaded at start: tests against it would test
@@ -144,9 +183,13 @@ pub struct Database {
 }
 
 impl Database {
-    /// `prefix` names the tests it belongs to.
+    /// On the shared cluster; `prefix` names the tests it belongs to.
     pub fn new(prefix: &str) -> Database {
-        let port = cluster_port();
+        Database::on(cluster_port(), prefix)
+    }
+
+    /// On the cluster at `port` (an [`OwnCluster`]'s).
+    pub fn on(port: u16, prefix: &str) -> Database {
         let name = format!("{prefix}_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::SeqCst));
         psql(port, "postgres", &format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
             .unwrap_or_else(|e| panic!("creating {name}: {e}"));
