@@ -19,6 +19,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 mod growth;
 mod naive;
 mod peers;
+mod shards;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks pg_campfire and campfire-relay on this machine")]
@@ -53,7 +54,8 @@ struct Args {
     /// Calls timed per path and step in the growth scenario.
     #[arg(long, default_value_t = 200)]
     growth_reps: usize,
-    /// Scenarios to run (latency, throughput, cost, baseline, fanout, connections, growth, peers);
+    /// Scenarios to run (latency, throughput, cost, baseline, fanout, connections, growth, peers,
+    /// shards);
     /// all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -1007,6 +1009,10 @@ async fn main() -> Result<()> {
 
     if wanted("peers") {
         results["peers"] = peers::peers(&args, &cluster, &org).await?;
+    }
+
+    if wanted("shards") {
+        results["shards"] = shards::shards(&args, &cluster, &org).await?;
     }
 
     if wanted("growth") {
