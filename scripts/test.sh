@@ -7,7 +7,8 @@
 #   2. the extension installed into the system PostgreSQL (cargo pgrx install)
 #   3. pg_regress golden tests of the SQL surface    (scripts/regress.sh), then a DBA's
 #      backup and restore, upgrade, DROP and CREATE EXTENSION   (scripts/dba_test.sh)
-#   4. the relay's own tests, unit and integration, three relays over NATS among them
+#   4. the relay's own tests, unit and integration, three relays over NATS and two clusters
+#      as shards among them
 #                                                     (cargo test -p campfire-relay)
 #   5. end-to-end tests: SQL over real connections, the relay with real WebSocket clients
 #                                                     (cargo test -p campfire-tests)
