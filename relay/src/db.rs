@@ -440,7 +440,7 @@ async fn listen_once(
     backoff: &mut Backoff,
 ) -> Result<(), DbError> {
     let db = &shard.db;
-    // Peer messages over PostgreSQL cross through the default shard only.
+    // Peer messages over PostgreSQL cross through the default shard only: every relay has it.
     let carries_peers =
         relay.config.peers.bus == crate::config::PeerBus::Postgres && std::ptr::eq(shard, relay.shards.default_shard());
     let (client, mut connection) = db.connect().await?;
@@ -463,7 +463,8 @@ async fn listen_once(
             }
         }
     }));
-    // Peers on another bus are not listened for: a relay on the PostgreSQL bus would pass for one.
+    // Peers are listened for only where they are sent: on another bus, a relay on the PostgreSQL
+    // bus would pass for one.
     let mut channels = vec![EVENTS_CHANNEL, ACCESS_CHANNEL];
     if carries_peers {
         channels.push(PEERS_CHANNEL);

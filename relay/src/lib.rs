@@ -1,7 +1,7 @@
 //! campfire-relay: a Supabase-Realtime-compatible WebSocket server fed by pg_campfire's event
-//! log. It LISTENs on one connection per database (shard), routes each committed event to the subscribers the
-//! extension authorized, carries client broadcasts and presence (between relays through
-//! PostgreSQL or NATS), and replays from the log after any gap. Decisions about data and
+//! log. It LISTENs on one connection per database (shard), routes each committed event to the
+//! subscribers the extension authorized, carries client broadcasts and presence (between relays
+//! through PostgreSQL or NATS), and replays from the log after any gap. Decisions about data and
 //! permissions are the extension's.
 
 mod access;

@@ -50,6 +50,8 @@ pub enum PlacementError {
     NotAnOrganization(String),
     #[error("organization {org} is placed twice (on {first:?} and on {second:?})")]
     PlacedTwice { org: Uuid, first: String, second: String },
+    #[error("the placement is no table of shard names to lists of organization ids: {0}")]
+    Syntax(String),
     #[error("reading the placement file {path}: {reason}")]
     File { path: String, reason: String },
 }
@@ -64,9 +66,9 @@ impl Placement {
     /// A placement file's text: one key per shard, its organizations' ids in an array,
     /// `eu = ["8f0c…", …]`. `names` are the shards' names, the default first.
     pub fn parse(names: &[&str], text: &str) -> Result<Placement, PlacementError> {
-        let table: HashMap<String, Vec<String>> = toml::from_str(text)
-            .map_err(|err| PlacementError::File { path: String::new(), reason: err.to_string() })?;
-        // In file order would be nicer for the duplicate message; sorted is deterministic.
+        let table: HashMap<String, Vec<String>> =
+            toml::from_str(text).map_err(|err| PlacementError::Syntax(err.to_string()))?;
+        // Sorted, so that which of two places an organization is said to have first is stable.
         let mut shards: Vec<(String, Vec<String>)> = table.into_iter().collect();
         shards.sort();
         let mut homes = HashMap::new();
@@ -82,6 +84,16 @@ impl Placement {
             }
         }
         Ok(Placement { homes })
+    }
+
+    /// The placement file at `path`.
+    pub fn load(names: &[&str], path: &std::path::Path) -> Result<Placement, PlacementError> {
+        let file_error = |reason: String| PlacementError::File { path: path.display().to_string(), reason };
+        let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
+        Placement::parse(names, &text).map_err(|err| match err {
+            PlacementError::Syntax(reason) => file_error(reason),
+            other => other,
+        })
     }
 
     /// The index of the shard holding `org`.
@@ -120,14 +132,7 @@ impl Shards {
         }
         let placement = match &config.placement {
             None => Placement::default(),
-            Some(path) => {
-                let file_error = |reason: String| PlacementError::File { path: path.display().to_string(), reason };
-                let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
-                Placement::parse(&names, &text).map_err(|err| match err {
-                    PlacementError::File { reason, .. } => file_error(reason),
-                    other => other,
-                })?
-            }
+            Some(path) => Placement::load(&names, path)?,
         };
         let list = specs
             .iter()
@@ -237,6 +242,6 @@ mod tests {
             twice,
             PlacementError::PlacedTwice { org: ORG.parse().unwrap(), first: "eu".into(), second: "us".into() }
         );
-        assert!(matches!(parse("eu = \"not a list\"".into()), PlacementError::File { .. }));
+        assert!(matches!(parse("eu = \"not a list\"".into()), PlacementError::Syntax(_)));
     }
 }
