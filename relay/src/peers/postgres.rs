@@ -29,8 +29,9 @@ pub async fn run(relay: Arc<Relay>, mut outgoing: mpsc::Receiver<PeerOut>) {
 }
 
 /// A heartbeat out, and peers that went silent forgotten, both only while this relay's LISTEN
-/// connection is up: before it first is, the notify key that seals a heartbeat is not read yet,
-/// and without it this relay neither hears its peers nor reaches them (its NOTIFYs would fail).
+/// connection to the default shard is up: before it first is, the notify key that seals a
+/// heartbeat is not read yet, and without it this relay neither hears its peers nor reaches them
+/// (its NOTIFYs would fail).
 async fn heartbeat(relay: Arc<Relay>) {
     let mut tick = tokio::time::interval(relay.options.peer_heartbeat.max(Duration::from_millis(10)));
     loop {
