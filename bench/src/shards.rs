@@ -23,9 +23,10 @@ async fn start_sharded_relay(args: &Args, shards: &[(&Cluster, &Org)], dir: &std
         specs.push(format!("s{i}=host=127.0.0.1 port={} user=campfire_relay_bench dbname=campfire", cluster.port));
         placement.push_str(&format!("s{i} = [\"{}\"]\n", org.id));
     }
-    let file = dir.join(format!("placement-{}.toml", shards.len()));
-    std::fs::write(&file, placement)?;
+    // One shard is a relay as everyone runs it: no flags at all.
     if !specs.is_empty() {
+        let file = dir.join(format!("placement-{}.toml", shards.len()));
+        std::fs::write(&file, placement)?;
         command.env("CAMPFIRE_SHARDS", specs.join(",")).env("CAMPFIRE_PLACEMENT", &file);
     }
     start_listening(command, port).await
