@@ -24,8 +24,9 @@ use campfire_core::channels::{ACCESS as ACCESS_CHANNEL, EVENTS as EVENTS_CHANNEL
 pub const MAX_NOTIFY_BYTES: usize = campfire_core::sealed::MAX_PAYLOAD;
 pub(crate) const PAGE: i32 = 1000;
 
-/// An event of the log, as the relay routes it.
-pub type DbEvent = campfire_core::announcement::LoggedEvent<Value>;
+/// An event of the log, as the relay routes it: its payload is the JSON text the log gave, which
+/// the relay forwards without parsing it into a tree.
+pub type DbEvent = campfire_core::announcement::LoggedEvent<Box<serde_json::value::RawValue>>;
 
 /// What the extension decided about a join.
 #[derive(Debug, Clone)]
@@ -256,7 +257,7 @@ impl Db {
                     id: row.get(0),
                     topic: row.get(1),
                     event: row.get(2),
-                    payload: serde_json::from_str(row.get::<_, &str>(3))
+                    payload: serde_json::value::RawValue::from_string(row.get::<_, String>(3))
                         .map_err(|e| DbError::Unavailable(e.to_string()))?,
                 })
             })

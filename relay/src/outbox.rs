@@ -54,13 +54,13 @@ impl Outbox {
     /// Queues a frame of a long stream (a resume's replay) without crowding out live traffic:
     /// waits while the queue is more than half full, so the other half stays free for live
     /// frames. A client that drains nothing for `stall` is disconnected as too slow.
-    pub async fn send_paced(&self, metrics: &Metrics, frame: &Frame, stall: Duration) -> bool {
+    pub async fn send_paced(&self, metrics: &Metrics, text: Utf8Bytes, stall: Duration) -> bool {
         loop {
             if self.kill.is_cancelled() {
                 return false;
             }
             if self.tx.capacity() * 2 >= self.tx.max_capacity() {
-                return self.send_frame(metrics, frame);
+                return self.send(metrics, text);
             }
             tokio::select! {
                 _ = self.drained.notified() => {}
@@ -133,6 +133,10 @@ mod tests {
         protocol::push("realtime:room", "broadcast", json!({ "n": n }))
     }
 
+    fn text(n: i64) -> Utf8Bytes {
+        protocol::encode(Vsn::V1, &frame(n)).into()
+    }
+
     fn slow_consumer_drops(metrics: &Metrics) -> u64 {
         metrics.drops.with_label_values(&["slow_consumer"]).get()
     }
@@ -186,11 +190,11 @@ mod tests {
         let (outbox, mut rx) = outbox(1, 4);
         let stall = Duration::from_secs(5);
         for n in 1..=3 {
-            assert!(outbox.send_paced(&metrics, &frame(n), stall).await);
+            assert!(outbox.send_paced(&metrics, text(n), stall).await);
         }
         let waiting = {
             let outbox = outbox.clone();
-            tokio::spawn(async move { outbox.send_paced(&Metrics::new(), &frame(4), stall).await })
+            tokio::spawn(async move { outbox.send_paced(&Metrics::new(), text(4), stall).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "three of four slots taken: the paced frame waits");
@@ -209,7 +213,7 @@ mod tests {
         let (outbox, _rx) = outbox(1, 2);
         assert!(outbox.send_frame(&metrics, &frame(1)));
         assert!(outbox.send_frame(&metrics, &frame(2)));
-        assert!(!outbox.send_paced(&metrics, &frame(3), Duration::from_millis(10)).await);
+        assert!(!outbox.send_paced(&metrics, text(3), Duration::from_millis(10)).await);
         assert_eq!(outbox.close_reason(), Some("slow consumer: replay stalled"));
         assert_eq!(slow_consumer_drops(&metrics), 1);
     }
@@ -219,7 +223,7 @@ mod tests {
         let metrics = Metrics::new();
         let (outbox, _rx) = outbox(1, 2);
         outbox.close("client closed");
-        assert!(!outbox.send_paced(&metrics, &frame(1), Duration::from_secs(5)).await);
+        assert!(!outbox.send_paced(&metrics, text(1), Duration::from_secs(5)).await);
         assert_eq!(outbox.queued(), 0);
     }
 }

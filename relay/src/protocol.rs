@@ -3,6 +3,7 @@
 
 use crate::auth;
 use crate::errors::Refusal;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,6 +281,30 @@ pub fn encode(vsn: Vsn, frame: &Frame) -> String {
     }
 }
 
+/// A database event's push on `topic`: `{"type":"broadcast","event":…,"payload":…}`, its payload
+/// spliced in as the JSON text the log gave (never parsed into a tree and serialized again: the
+/// relay forwards it) with the cursor added as its last key. JSON readers keep the last of a
+/// repeated key, so the cursor wins over one the payload might carry.
+pub fn db_event_push(vsn: Vsn, topic: &str, event: &str, payload: &RawValue, cursor: i64) -> String {
+    let quoted = |text: &str| Value::from(text).to_string();
+    let body =
+        format!(r#"{{"type":"broadcast","event":{},"payload":{}}}"#, quoted(event), with_cursor(payload, cursor));
+    match vsn {
+        Vsn::V2 => format!(r#"[null,null,{},"broadcast",{body}]"#, quoted(topic)),
+        Vsn::V1 => format!(r#"{{"topic":{},"event":"broadcast","payload":{body},"ref":null}}"#, quoted(topic)),
+    }
+}
+
+/// An object payload with `"cursor"` added last; any other payload as it is.
+fn with_cursor(payload: &RawValue, cursor: i64) -> std::borrow::Cow<'_, str> {
+    let text = payload.get().trim();
+    match text.strip_prefix('{').and_then(|inner| inner.strip_suffix('}')) {
+        Some(members) if members.trim().is_empty() => format!(r#"{{"cursor":{cursor}}}"#).into(),
+        Some(members) => format!(r#"{{{members},"cursor":{cursor}}}"#).into(),
+        None => text.into(),
+    }
+}
+
 pub fn reply(request: &Frame, status: &str, response: Value) -> Frame {
     Frame {
         join_ref: request.join_ref.clone(),
@@ -324,6 +349,36 @@ pub fn channel_end(topic: &str, join_ref: Option<&str>, event: &str) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_event_push_adds_its_cursor_last_to_an_object_payload() {
+        let pushed = |payload: &str| {
+            let raw = RawValue::from_string(payload.to_owned()).unwrap();
+            let frame: Value = serde_json::from_str(&db_event_push(Vsn::V2, "realtime:t", "e", &raw, 9)).unwrap();
+            frame[4]["payload"].clone()
+        };
+        assert_eq!(pushed(r#"{"a": 1}"#), json!({ "a": 1, "cursor": 9 }));
+        assert_eq!(pushed(" { } "), json!({ "cursor": 9 }));
+        // A payload's own "cursor" (a custom event's) is overridden: the last key wins.
+        assert_eq!(pushed(r#"{"cursor":"mine"}"#), json!({ "cursor": 9 }));
+        // Anything but an object is sent as it is.
+        assert_eq!(pushed("[1,2]"), json!([1, 2]));
+        assert_eq!(pushed(r#""text""#), json!("text"));
+    }
+
+    #[test]
+    fn a_database_event_push_is_the_push_either_serializer_writes() {
+        let raw = RawValue::from_string(r#"{"message":{"content":"say \"hi\""}}"#.to_owned()).unwrap();
+        let payload = json!({ "type": "broadcast", "event": "message:created",
+                              "payload": { "message": { "content": "say \"hi\"" }, "cursor": 3 } });
+        for vsn in [Vsn::V1, Vsn::V2] {
+            let spliced: Value =
+                serde_json::from_str(&db_event_push(vsn, "realtime:org:o", "message:created", &raw, 3)).unwrap();
+            let encoded: Value =
+                serde_json::from_str(&encode(vsn, &push("realtime:org:o", "broadcast", payload.clone()))).unwrap();
+            assert_eq!(spliced, encoded, "{vsn:?}");
+        }
+    }
 
     #[test]
     fn v2_and_v1_text_frames_round_trip() {

@@ -38,13 +38,9 @@ pub struct Room {
     pub presence: Presence,
 }
 
-/// A database event as clients receive it: its payload with the cursor added.
-pub fn db_payload(event: &DbEvent) -> Value {
-    let mut payload = event.payload.clone();
-    if let Value::Object(map) = &mut payload {
-        map.insert("cursor".to_owned(), json!(event.id));
-    }
-    broadcast_payload(&event.event, payload)
+/// A database event's push as one subscription receives it: its payload with the cursor added.
+pub fn db_frame(vsn: Vsn, join_topic: &str, event: &DbEvent) -> Utf8Bytes {
+    protocol::db_event_push(vsn, join_topic, &event.event, &event.payload, event.id).into()
 }
 
 fn broadcast_payload(event: &str, payload: Value) -> Value {
@@ -53,23 +49,21 @@ fn broadcast_payload(event: &str, payload: Value) -> Value {
 
 /// Encodes a frame once per distinct (serializer, join topic) among the receivers. A room's
 /// subscribers almost always share one or two, so a short list beats hashing a key per receiver.
-struct EncodeCache<'a> {
-    event: &'a str,
-    payload: &'a Value,
+struct EncodeCache<F> {
+    encode: F,
     encoded: Vec<(Vsn, String, Utf8Bytes)>,
 }
 
-impl<'a> EncodeCache<'a> {
-    fn new(event: &'a str, payload: &'a Value) -> Self {
-        EncodeCache { event, payload, encoded: Vec::new() }
+impl<F: Fn(Vsn, &str) -> Utf8Bytes> EncodeCache<F> {
+    fn new(encode: F) -> Self {
+        EncodeCache { encode, encoded: Vec::new() }
     }
 
     fn get(&mut self, vsn: Vsn, join_topic: &str) -> Utf8Bytes {
         if let Some((_, _, frame)) = self.encoded.iter().find(|(v, t, _)| *v == vsn && t == join_topic) {
             return frame.clone();
         }
-        let frame: Utf8Bytes =
-            protocol::encode(vsn, &protocol::push(join_topic, self.event, self.payload.clone())).into();
+        let frame = (self.encode)(vsn, join_topic);
         self.encoded.push((vsn, join_topic.to_owned(), frame.clone()));
         frame
     }
@@ -98,7 +92,7 @@ impl Room {
         for event in sub.held.take().unwrap_or_default() {
             if event.id > sub.cursor {
                 sub.cursor = event.id;
-                sub.outbox.send_frame(metrics, &protocol::push(&sub.join_topic, "broadcast", db_payload(&event)));
+                sub.outbox.send(metrics, db_frame(sub.outbox.vsn, &sub.join_topic, &event));
             }
         }
         true
@@ -120,7 +114,9 @@ impl Room {
 
     /// To every subscriber except `exclude`.
     pub fn fan_out(&self, metrics: &Metrics, event: &str, payload: &Value, exclude: Option<(ConnId, &str)>) {
-        let mut cache = EncodeCache::new(event, payload);
+        let mut cache = EncodeCache::new(|vsn, join_topic: &str| {
+            protocol::encode(vsn, &protocol::push(join_topic, event, payload.clone())).into()
+        });
         for ((conn, join_topic), sub) in &self.subscriptions {
             if exclude.is_some_and(|(c, t)| c == *conn && t == join_topic) {
                 continue;
@@ -132,8 +128,7 @@ impl Room {
     /// A committed database event: held for subscriptions still resuming, sent to the others
     /// unless they have it already.
     pub fn publish_db_event(&mut self, metrics: &Metrics, event: &DbEvent) {
-        let payload = db_payload(event);
-        let mut cache = EncodeCache::new("broadcast", &payload);
+        let mut cache = EncodeCache::new(|vsn, join_topic: &str| db_frame(vsn, join_topic, event));
         for sub in self.subscriptions.values_mut() {
             if let Some(held) = &mut sub.held {
                 held.push(event.clone());
@@ -167,7 +162,8 @@ mod tests {
     const TOPIC: &str = "realtime:org:o:conv:c";
 
     fn event(id: i64) -> DbEvent {
-        DbEvent { id, topic: "org:o:conv:c".into(), event: "message:created".into(), payload: json!({ "n": id }) }
+        let payload = serde_json::value::to_raw_value(&json!({ "n": id })).unwrap();
+        DbEvent { id, topic: "org:o:conv:c".into(), event: "message:created".into(), payload }
     }
 
     fn subscribe(room: &mut Room, conn: ConnId, self_broadcast: bool, cursor: i64) -> mpsc::Receiver<Message> {
@@ -183,10 +179,15 @@ mod tests {
 
     #[test]
     fn a_database_event_carries_its_cursor() {
-        assert_eq!(
-            db_payload(&event(7)),
-            json!({ "type": "broadcast", "event": "message:created", "payload": { "n": 7, "cursor": 7 } })
-        );
+        for vsn in [Vsn::V1, Vsn::V2] {
+            let frame: Value = serde_json::from_str(&db_frame(vsn, TOPIC, &event(7))).unwrap();
+            let expected = protocol::push(
+                TOPIC,
+                "broadcast",
+                json!({ "type": "broadcast", "event": "message:created", "payload": { "n": 7, "cursor": 7 } }),
+            );
+            assert_eq!(frame, serde_json::from_str::<Value>(&protocol::encode(vsn, &expected)).unwrap(), "{vsn:?}");
+        }
     }
 
     #[test]
@@ -248,13 +249,17 @@ mod tests {
 
     #[test]
     fn subscribers_sharing_a_serializer_and_topic_share_one_encoding() {
-        let mut cache = EncodeCache::new("broadcast", &Value::Null);
+        let encodings = std::cell::Cell::new(0);
+        let mut cache = EncodeCache::new(|vsn, join_topic: &str| {
+            encodings.set(encodings.get() + 1);
+            db_frame(vsn, join_topic, &event(1))
+        });
         let a = cache.get(Vsn::V1, TOPIC);
         let b = cache.get(Vsn::V1, TOPIC);
         cache.get(Vsn::V2, TOPIC);
         cache.get(Vsn::V1, "realtime:other");
         assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "the same bytes, not a copy");
-        assert_eq!(cache.encoded.len(), 3);
+        assert_eq!((cache.encoded.len(), encodings.get()), (3, 3));
     }
 
     #[test]

@@ -496,7 +496,8 @@ impl Session {
             let tail = db.log_tail().await?;
             if tail > cursor {
                 let lost = history_lost(join_topic, join_ref, cursor, tail);
-                if !self.outbox.send_paced(&self.relay.metrics, &lost, stall).await {
+                let lost = protocol::encode(self.outbox.vsn, &lost).into();
+                if !self.outbox.send_paced(&self.relay.metrics, lost, stall).await {
                     return Ok(cursor); // the connection is ending
                 }
                 cursor = tail;
@@ -504,8 +505,8 @@ impl Session {
             let full = page.len() >= crate::db::PAGE as usize;
             // Nothing up to the tail: either the page holds none, or the client was just told.
             for event in page.into_iter().filter(|e| e.id > tail) {
-                let frame = protocol::push(join_topic, "broadcast", rooms::db_payload(&event));
-                if !self.outbox.send_paced(&self.relay.metrics, &frame, stall).await {
+                let frame = rooms::db_frame(self.outbox.vsn, join_topic, &event);
+                if !self.outbox.send_paced(&self.relay.metrics, frame, stall).await {
                     return Ok(cursor); // the connection is ending
                 }
                 cursor = event.id;
