@@ -3,6 +3,7 @@
 
 use crate::Relay;
 use crate::auth::{self, Identity};
+use crate::config::PeerBus;
 use crate::errors::HttpError;
 use crate::protocol::Vsn;
 use crate::shards::Shard;
@@ -157,9 +158,12 @@ impl ShardHealth<'_> {
     }
 }
 
-/// What the health check found, every shard checked at once.
+/// What the health check found, every shard checked at once, and the bus to the other relays.
 struct Health<'a> {
     shards: Vec<ShardHealth<'a>>,
+    /// The NATS connection, on that bus; on PostgreSQL's the default shard's LISTEN connection
+    /// carries the peers, so its shard's health says it.
+    peers_connected: bool,
 }
 
 impl Health<'_> {
@@ -169,15 +173,22 @@ impl Health<'_> {
             let head = tokio::time::timeout(HEALTH_QUERY_TIMEOUT, shard.db.log_head()).await.ok().and_then(Result::ok);
             ShardHealth { shard, listening, head }
         });
-        Health { shards: futures_util::future::join_all(checks).await }
+        let shards = futures_util::future::join_all(checks).await;
+        let peers_connected = match relay.config.peers.bus {
+            PeerBus::Nats => relay.metrics.nats_connected.get() == 1,
+            PeerBus::Postgres => shards.first().is_some_and(|default| default.listening),
+        };
+        Health { shards, peers_connected }
     }
 
-    /// `ok` when every shard is; `degraded` when one is down, still 200 while any shard is up:
-    /// every relay sees the same shard down, so taking relays out of a load balancer would only
-    /// cut off the organizations of the shards that work. 503 once none is.
+    /// `ok` when every shard and the bus to the other relays are; `degraded` when one is down,
+    /// still 200 while any shard is up: every relay sees the same shard (or NATS) down, so taking
+    /// relays out of a load balancer would only cut off the organizations of the shards that
+    /// work. 503 once none is.
     fn respond(&self, mut body: Value) -> Response {
         let up = self.shards.iter().filter(|s| s.healthy()).count();
-        body["status"] = json!(if up == self.shards.len() { "ok" } else { "degraded" });
+        let all_up = up == self.shards.len() && self.peers_connected;
+        body["status"] = json!(if all_up { "ok" } else { "degraded" });
         let status = if up > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         (status, Json(body)).into_response()
     }
@@ -203,8 +214,16 @@ async fn health_details(State(relay): State<Arc<Relay>>) -> Response {
         "query_connected": all("query_connected"),
         "lag": lag.flatten(),
         "connections": relay.metrics.connections.get(),
+        "peers": { "bus": bus_name(relay.config.peers.bus), "connected": health.peers_connected },
         "shards": shards,
     }))
+}
+
+fn bus_name(bus: PeerBus) -> &'static str {
+    match bus {
+        PeerBus::Postgres => "postgres",
+        PeerBus::Nats => "nats",
+    }
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> String {

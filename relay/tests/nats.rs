@@ -277,13 +277,23 @@ async fn nats_restarted_under_load_duplicates_nothing_and_presence_comes_back() 
         tokio::time::sleep(Duration::from_millis(300)).await;
         nats.restart(Duration::from_millis(300)).await;
     };
+    // The operator's health check says so too: degraded (still 200: the database still serves)
+    // while NATS is away, ok again after.
+    let peers_health = |addr| async move {
+        let (status, body) = common::http(addr, "GET", "/healthz/details", &[], "").await;
+        let body: Value = serde_json::from_str(&body).unwrap();
+        (status, body["status"].clone(), body["peers"].clone())
+    };
     let restart_seen = async {
         let down = wait_for_metric(&b, "campfire_nats_connected", 0.0).await;
+        let while_down = peers_health(b.addr).await;
         let up = wait_for_metric(&b, "campfire_nats_connected", 1.0).await;
-        (down, up)
+        (down, up, while_down, peers_health(b.addr).await)
     };
-    let (sent, (), (down, up)) = tokio::join!(writer, restart, restart_seen);
+    let (sent, (), (down, up, while_down, after)) = tokio::join!(writer, restart, restart_seen);
     assert!(down && up, "B reported losing NATS and getting it back");
+    assert_eq!(while_down, (200, json!("degraded"), json!({ "bus": "nats", "connected": false })));
+    assert_eq!(after, (200, json!("ok"), json!({ "bus": "nats", "connected": true })));
     let restarted_at = last_tick.load(Ordering::SeqCst);
 
     // Every relay is back on the bus: broadcasts sent well after the restart reach B and C.
