@@ -176,7 +176,7 @@ impl Health<'_> {
         let shards = futures_util::future::join_all(checks).await;
         let peers_connected = match relay.config.peers.bus {
             PeerBus::Nats => relay.metrics.nats_connected.get() == 1,
-            PeerBus::Postgres => shards.first().is_some_and(|default| default.listening),
+            PeerBus::Postgres => relay.shards.default_shard().health.listen_connected.load(Ordering::SeqCst),
         };
         Health { shards, peers_connected }
     }
