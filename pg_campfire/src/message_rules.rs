@@ -2,9 +2,10 @@
 //!
 //! One compiled function instead of eight SQL expressions: PostgreSQL reads every CHECK of a table
 //! back from its stored form and plans it again each time a statement starts inserting (not once
-//! per session), and for messages, whose writes are one-row statements, that cost about 55 µs per
-//! message against ~15 µs for the insert itself (measured). A broken rule raises check_violation
-//! (23514) naming the field, where a false CHECK would only name the constraint.
+//! per session). For messages, whose writes are one-row statements, 10,000 inserts in a loop took
+//! 70 µs each with the eight SQL checks, 14 µs with this one, 10 µs with none. A broken rule
+//! raises check_violation (23514) naming the field, where a false CHECK would only name the
+//! constraint.
 
 use pgrx::prelude::*;
 
