@@ -389,11 +389,24 @@ const LATENCY_WRITERS: usize = 4;
 /// Scenario 1: latency at a fixed rate over many conversations, from the writer's commit
 /// acknowledgement to the frame, and from insert start (just before the writer sends the
 /// statement) to the frame.
-async fn latency(args: &Args, cluster: &Cluster, path: Path, relay: &Relay, vsn: &str, org: &Org) -> Result<Value> {
+/// How long after its insert started each message's frame arrives, at `args.rate` messages a
+/// second. A path without a relay (the plain insert, the floor) delivers nothing: it gives how long
+/// after its insert started each commit was acknowledged, what any delivery of it adds to.
+async fn latency(
+    args: &Args,
+    cluster: &Cluster,
+    path: Path,
+    relay: Option<&Relay>,
+    vsn: &str,
+    org: &Org,
+) -> Result<Value> {
     let messages = args.latency_messages;
     // Client message ids unique to this run: a repeated id would be an idempotent no-op.
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut ws = path.subscribe(relay, org, vsn).await?;
+    let mut ws = match relay {
+        Some(relay) => Some(path.subscribe(relay, org, vsn).await?),
+        None => None,
+    };
     // Each message's insert start and commit acknowledgement.
     let sent: Arc<std::sync::Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
     let writers = LATENCY_WRITERS;
@@ -419,7 +432,10 @@ async fn latency(args: &Args, cluster: &Cluster, path: Path, relay: &Relay, vsn:
     }
     let mut arrived: HashMap<String, Instant> = HashMap::new();
     let deadline = Instant::now() + WAIT + Duration::from_secs(messages as u64 / args.rate);
-    while arrived.len() < messages && Instant::now() < deadline {
+    while let Some(ws) = ws.as_mut()
+        && arrived.len() < messages
+        && Instant::now() < deadline
+    {
         let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(WAIT, ws.next()).await else { break };
         if let Some(message) = path.delivered(&text)
             && let Some(id) = message["client_message_id"].as_str()
@@ -431,6 +447,13 @@ async fn latency(args: &Args, cluster: &Cluster, path: Path, relay: &Relay, vsn:
         task.await??;
     }
     let sent = sent.lock().unwrap();
+    if ws.is_none() {
+        let to_commit = sent.values().map(|(started, committed)| (*committed - *started).as_secs_f64() * 1000.0);
+        return Ok(json!({
+            "path": path.name(), "messages": messages, "committed": sent.len(), "rate": args.rate,
+            "to_commit": percentiles(to_commit.collect()),
+        }));
+    }
     let (mut from_commit, mut from_start) = (Vec::with_capacity(messages), Vec::with_capacity(messages));
     for (id, at) in &arrived {
         if let Some((started, committed)) = sent.get(id) {
@@ -586,7 +609,9 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
             let run = write_rate(cluster, path, relay, org, writers, 1, args.seconds).await?;
             write.entry(path.name()).or_default().push(run);
         }
-        for (path, relay) in [(Path::Campfire, relay), (Path::Naive, naive)] {
+        for (path, relay) in
+            [(Path::Campfire, Some(relay)), (Path::Naive, Some(naive)), (Path::Plain, None), (Path::Floor, None)]
+        {
             delay.entry(path.name()).or_default().push(latency(args, cluster, path, relay, "2.0.0", org).await?);
         }
     }
@@ -627,10 +652,17 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
             args.rate, ms["p50_ms"], ms["p95_ms"], ms["p99_ms"], ms["max_ms"]
         );
     }
+    let (plain_ms, floor_ms) = (figures(Path::Plain, "to_commit"), figures(Path::Floor, "to_commit"));
+    for (name, ms) in [("plain insert", &plain_ms), ("contract floor", &floor_ms)] {
+        println!(
+            "baseline latency {name} @ {}/s, insert start -> commit (nothing delivered): p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            args.rate, ms["p50_ms"], ms["p95_ms"], ms["p99_ms"], ms["max_ms"]
+        );
+    }
     let p99_ratio = campfire_ms["p99_ms"] / naive_ms["p99_ms"];
     println!(
-        "baseline latency ratios: p99 pg_campfire / naive {p99_ratio:.2}x (target <= 0.33x), pg_campfire p50 {:.2} ms (target <= 1 ms)",
-        campfire_ms["p50_ms"]
+        "baseline latency ratios: p99 pg_campfire / naive {p99_ratio:.2}x (target <= 0.33x), pg_campfire p50 {:.2} ms (target <= 1 ms; the floor's commit alone: p50 {:.2} ms)",
+        campfire_ms["p50_ms"], floor_ms["p50_ms"]
     );
 
     Ok(json!({
@@ -646,6 +678,7 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
             "rate": args.rate, "writers": LATENCY_WRITERS, "conversations": org.conversations.len(),
             "from_insert_start": { "pg_campfire": campfire_ms, "naive": naive_ms },
             "from_commit": { "pg_campfire": figures(Path::Campfire, "from_commit"), "naive": figures(Path::Naive, "from_commit") },
+            "to_commit": { "plain_insert": plain_ms, "contract_floor": floor_ms },
             "p99_campfire_to_naive": p99_ratio,
             "runs": delay,
         },
@@ -916,7 +949,7 @@ async fn main() -> Result<()> {
     for vsn in ["2.0.0", "1.0.0"].into_iter().filter(|_| wanted("latency")) {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
-            runs.push(latency(&args, &cluster, Path::Campfire, &relay, vsn, &org).await?);
+            runs.push(latency(&args, &cluster, Path::Campfire, Some(&relay), vsn, &org).await?);
         }
         let m = |k: &str| median_at(&runs, &format!("/from_commit/{k}"));
         println!(
