@@ -39,7 +39,7 @@ pub struct Authorization {
     pub topic: String,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     #[error("invalid channel name: {0}")]
     InvalidChannel(String),
@@ -94,6 +94,13 @@ struct QueryConnection {
     _driver: AbortOnDropHandle<()>,
 }
 
+/// The shared query connection, if up, and how the last attempt to connect it failed.
+#[derive(Default)]
+struct QuerySlot {
+    connection: Option<QueryConnection>,
+    failed: Option<(Instant, DbError)>,
+}
+
 /// One shard's shared query connection (tokio-postgres pipelines concurrent queries), probed
 /// and reconnected on demand, and the settings every connection to it is made with.
 pub struct Db {
@@ -104,7 +111,7 @@ pub struct Db {
     timeout: Duration,
     probe_interval: Duration,
     metrics: Arc<Metrics>,
-    query: Mutex<Option<QueryConnection>>,
+    query: Mutex<QuerySlot>,
     /// The notify key, read whenever the LISTEN connection comes up.
     pub sealing: crate::notify::Sealing,
 }
@@ -136,7 +143,7 @@ impl Db {
             timeout: config.db_timeout(),
             probe_interval: config.db_probe_interval(),
             metrics,
-            query: Mutex::new(None),
+            query: Mutex::default(),
             sealing: Default::default(),
         })
     }
@@ -173,25 +180,40 @@ impl Db {
         self.metrics.db_link_up.with_label_values(&[Link::Query.label(), &self.shard]).get() == 1
     }
 
-    /// The shared query connection, (re)connected if needed.
+    /// The shared query connection, (re)connected if needed. An attempt that failed while this
+    /// caller waited for its turn is its answer too: callers queued behind a dead link would
+    /// otherwise each wait out a timeout of their own, one after another.
     pub async fn client(&self) -> Result<Arc<Client>, DbError> {
+        let asked = Instant::now();
         let mut slot = self.query.lock().await;
-        match slot.as_ref() {
+        match slot.connection.as_ref() {
             Some(query) if !query.client.is_closed() => return Ok(query.client.clone()),
             Some(_) => {
-                *slot = None;
+                slot.connection = None;
                 self.link_lost(Link::Query, &DbError::Unavailable("the connection ended".into()));
             }
             None => {}
         }
-        let (client, connection) = self.connect().await.inspect_err(|err| self.link_lost(Link::Query, err))?;
+        if let Some((at, err)) = &slot.failed
+            && *at >= asked
+        {
+            return Err(err.clone());
+        }
+        let (client, connection) = match self.connect().await {
+            Ok(connected) => connected,
+            Err(err) => {
+                self.link_lost(Link::Query, &err);
+                slot.failed = Some((Instant::now(), err.clone()));
+                return Err(err);
+            }
+        };
         let driver = AbortOnDropHandle::new(tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::warn!(%err, "query connection ended");
             }
         }));
         let client = Arc::new(client);
-        *slot = Some(QueryConnection { client: client.clone(), _driver: driver });
+        slot.connection = Some(QueryConnection { client: client.clone(), _driver: driver });
         self.link_up(Link::Query);
         Ok(client)
     }
@@ -210,8 +232,8 @@ impl Db {
             let Ok(client) = self.client().await else { continue };
             if let Err(err) = self.probe(&client).await {
                 let mut slot = self.query.lock().await;
-                if slot.as_ref().is_some_and(|query| Arc::ptr_eq(&query.client, &client)) {
-                    *slot = None;
+                if slot.connection.as_ref().is_some_and(|query| Arc::ptr_eq(&query.client, &client)) {
+                    slot.connection = None;
                     self.link_lost(Link::Query, &err);
                 }
             }

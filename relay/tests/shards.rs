@@ -1,17 +1,19 @@
 //! Relays that follow several databases ("shards"): organizations on two clusters served by one
-//! relay and by two, a resume answered from its own shard's log, one shard stopped while the
-//! other keeps delivering and caught up when it is back, and a topic authorized only against its
-//! organization's shard.
+//! relay and by two, a resume answered from its own shard's log, one shard stopped (or its link
+//! black-holed) while the other keeps delivering and caught up when it is back, and a topic
+//! authorized only against its organization's shard.
 
 mod common;
 
 use campfire_relay::{Config, Options, ShardSpec};
 use campfire_testkit::OwnCluster;
 use campfire_testkit::ws::{Client, Received};
+use common::proxy::Proxy;
 use common::{Fixture, Relay, http, metric, token, wait_until};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// Two shards: `a`, the default, on the shared cluster; `b` on a cluster of this test's own,
@@ -34,8 +36,13 @@ impl TwoShards {
     }
 
     fn config(&self) -> Config {
+        self.config_via(self.b.cluster_addr())
+    }
+
+    /// The relay's configuration with shard b reached at `b_at` (a proxy in front of its cluster).
+    fn config_via(&self, b_at: SocketAddr) -> Config {
         let mut config = self.a.config();
-        config.shards = vec![ShardSpec::parse(&format!("b={}", self.b.relay_url())).unwrap()];
+        config.shards = vec![ShardSpec::parse(&format!("b={}", self.b.relay_url_via(b_at))).unwrap()];
         config.placement = Some(self.placement.clone());
         config
     }
@@ -91,6 +98,26 @@ async fn send_messages(f: &Fixture, prefix: &str, count: usize) -> Vec<String> {
 async fn quiet_messages(client: &mut Client) -> Vec<String> {
     let frames = client.drain(Duration::from_millis(500)).await;
     frames.iter().filter(|m| m.payload["event"] == "message:created").map(|m| content(m).to_owned()).collect()
+}
+
+/// What /healthz says (with 200) when every shard is up, and when some are down but one serves.
+const OK: &str = r#"{"status":"ok"}"#;
+const DEGRADED: &str = r#"{"status":"degraded"}"#;
+
+async fn healthz(addr: SocketAddr) -> (u16, String) {
+    http(addr, "GET", "/healthz", &[], "").await
+}
+
+async fn health_details(addr: SocketAddr) -> Value {
+    serde_json::from_str(&http(addr, "GET", "/healthz/details", &[], "").await.1).unwrap()
+}
+
+/// A join of `f`'s conversation, refused with the clear "database unavailable" of a shard down.
+async fn join_refused_as_unavailable(client: &mut Client, f: &Fixture) {
+    let (_, reply) = client.join(&f.topic(), join_payload(f, None)).await;
+    assert_eq!(reply.payload["status"], "error", "{:?}", reply.payload);
+    let reason = reply.payload["response"]["reason"].as_str().unwrap();
+    assert!(reason.contains("database is unavailable"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -228,13 +255,11 @@ async fn one_shard_down_the_other_keeps_delivering_and_it_catches_up_when_back()
     tokio::task::block_in_place(|| shards.cluster_b.stop());
     let addr = relay.addr;
     wait_until("the relay sees shard b down", || async move {
-        let (_, body) = http(addr, "GET", "/healthz/details", &[], "").await;
-        serde_json::from_str::<Value>(&body).unwrap()["shards"]["b"]["status"] == "down"
+        health_details(addr).await["shards"]["b"]["status"] == "down"
     })
     .await;
     // Still serving: the relay stays in the load balancer for the organizations of shard a.
-    let (status, body) = http(addr, "GET", "/healthz", &[], "").await;
-    assert_eq!((status, body.as_str()), (200, r#"{"status":"degraded"}"#));
+    assert_eq!(healthz(addr).await, (200, DEGRADED.to_owned()));
     assert_eq!(relay.metric(r#"campfire_db_link_up{connection="listen",shard="b"}"#).await, 0.0);
 
     send_messages(a, "while b is down", 2).await;
@@ -243,10 +268,7 @@ async fn one_shard_down_the_other_keeps_delivering_and_it_catches_up_when_back()
     }
     // Joins and calls for b's organization get the clear "database unavailable"; a's work.
     let mut late = Client::connect(relay.addr, "2.0.0", "sb_publishable_key").await;
-    let (_, reply) = late.join(&b.topic(), join_payload(b, None)).await;
-    assert_eq!(reply.payload["status"], "error", "{:?}", reply.payload);
-    let reason = reply.payload["response"]["reason"].as_str().unwrap();
-    assert!(reason.contains("database is unavailable"), "{reason}");
+    join_refused_as_unavailable(&mut late, b).await;
     late.join_ok(&a.topic(), join_payload(a, None)).await;
     let org_b = b.org.to_string();
     let (status, _) = http(addr, "GET", "/api/widget/config", &[("x-organization-id", &org_b)], "").await;
@@ -263,13 +285,126 @@ async fn one_shard_down_the_other_keeps_delivering_and_it_catches_up_when_back()
     }
     assert_eq!(got, after);
     assert_eq!(quiet_messages(&mut on_b).await, Vec::<String>::new(), "none twice");
-    wait_until("the relay reports shard b up again", || async move {
-        http(addr, "GET", "/healthz", &[], "").await == (200, r#"{"status":"ok"}"#.to_owned())
-    })
-    .await;
+    wait_until("the relay reports shard b up again", || async move { healthz(addr).await == (200, OK.to_owned()) })
+        .await;
     assert!(relay.metric(r#"campfire_listen_reconnects_total{shard="b"}"#).await >= 1.0);
     assert_eq!(relay.metric(r#"campfire_listen_reconnects_total{shard="default"}"#).await, 0.0);
     late.join_ok(&b.topic(), join_payload(b, None)).await;
+    relay.stop().await;
+}
+
+/// Sends one message as `f`'s agent and waits for `client` to receive it; returns how long that
+/// took after its commit.
+async fn delivery_time(client: &mut Client, f: &Fixture, text: &str) -> Duration {
+    let sent = send_messages(f, text, 1).await;
+    let committed = Instant::now();
+    assert_eq!(content(&next_message(client, f).await), sent[0]);
+    committed.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_link_to_one_shard_is_given_up_and_replaced_while_the_other_keeps_delivering() {
+    // Probes every 200 ms, answers due within 500 ms: a silent link is given up within 0.7 s.
+    const PROBE_MS: u64 = 200;
+    const TIMEOUT_MS: u64 = 500;
+    // Generous for a busy machine, and far below the 10 s the default settings would take.
+    const NOTICED_WITHIN: Duration = Duration::from_secs(3);
+    // A delivery on a that waited on b's dead link would wait at least one timeout.
+    const UNHINDERED: Duration = Duration::from_millis(TIMEOUT_MS);
+    // Joins for b while it is down: each waits for at most one attempt to connect (one may be
+    // under way when it comes), not for those of the joins before it.
+    const CONCURRENT_JOINS: usize = 8;
+    const REFUSED_WITHIN: Duration = Duration::from_millis(3 * TIMEOUT_MS);
+
+    let shards = TwoShards::new().await;
+    let (a, b) = (&shards.a, &shards.b);
+    // Only the relay's connections to b go through the proxy: the writers reach b directly.
+    let proxy = Proxy::start(b.cluster_addr()).await;
+    let mut config = shards.config_via(proxy.addr);
+    config.db_probe_interval_ms = PROBE_MS;
+    config.db_timeout_ms = TIMEOUT_MS;
+    let relay = Relay::start_with(config, Options::default()).await;
+    let addr = relay.addr;
+    let mut on_a = Client::connect(addr, "2.0.0", &a.agent_token()).await;
+    on_a.join_ok(&a.topic(), join_payload(a, None)).await;
+    let mut on_b = Client::connect(addr, "2.0.0", &b.agent_token()).await;
+    on_b.join_ok(&b.topic(), join_payload(b, None)).await;
+    let mut a_deliveries = vec![delivery_time(&mut on_a, a, "to a before").await];
+    delivery_time(&mut on_b, b, "to b before").await;
+
+    // b's LISTEN and query connections go silent, and so does every new one: no FIN, no RST.
+    proxy.black_hole();
+    let silenced = Instant::now();
+    a_deliveries.push(delivery_time(&mut on_a, a, "to a, b just silenced").await);
+    let given_up = |connection: &str| {
+        let up = format!(r#"campfire_db_link_up{{connection="{connection}",shard="b"}}"#);
+        let timeouts =
+            format!(r#"campfire_db_link_failures_total{{connection="{connection}",reason="timeout",shard="b"}}"#);
+        async move { metric(addr, &up).await == 0.0 && metric(addr, &timeouts).await >= 1.0 }
+    };
+    wait_until("both links to b given up for not answering", || async {
+        given_up("listen").await && given_up("query").await
+    })
+    .await;
+    let noticed = silenced.elapsed();
+    assert!(noticed < NOTICED_WITHIN, "b's silent links given up after {noticed:?}");
+    let details = health_details(addr).await;
+    let (default, shard_b) = (&details["shards"]["default"], &details["shards"]["b"]);
+    assert_eq!(details["status"], "degraded", "{details}");
+    assert_eq!((&default["status"], &default["listen_connected"]), (&json!("ok"), &json!(true)), "{details}");
+    let b_links = (&shard_b["status"], &shard_b["listen_connected"], &shard_b["query_connected"]);
+    assert_eq!(b_links, (&json!("down"), &json!(false), &json!(false)), "{details}");
+    assert_eq!(healthz(addr).await, (200, DEGRADED.to_owned()));
+
+    // While b is down: what is written on it is for later, and a delivers as ever.
+    let missed = send_messages(b, "to b while silent", 5).await;
+    a_deliveries.push(delivery_time(&mut on_a, a, "to a while b is down").await);
+    // Joins for b get the clear "database unavailable", all of them within about one timeout,
+    // not one timeout after another; a's work.
+    let mut late = Vec::new();
+    for _ in 0..CONCURRENT_JOINS {
+        late.push(Client::connect(addr, "2.0.0", "sb_publishable_key").await);
+    }
+    let asked = Instant::now();
+    let refused_after = futures_util::future::join_all(late.iter_mut().map(|client| async move {
+        join_refused_as_unavailable(client, b).await;
+        asked.elapsed()
+    }))
+    .await;
+    let slowest_refusal = *refused_after.iter().max().unwrap();
+    assert!(slowest_refusal < REFUSED_WITHIN, "b's joins refused after {refused_after:?}");
+    late[0].join_ok(&a.topic(), join_payload(a, None)).await;
+    a_deliveries.push(delivery_time(&mut on_a, a, "to a after b's refusals").await);
+
+    // The path comes back for new connections (the silent ones stay dead, as after a lost NAT
+    // entry): the relay connects to b anew and replays what its subscriber missed.
+    proxy.restore();
+    let restored = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < missed.len() {
+        got.push(content(&next_message(&mut on_b, b).await).to_owned());
+    }
+    let caught_up = restored.elapsed();
+    assert_eq!(got, missed, "what b wrote while silent, in order");
+    assert_eq!(quiet_messages(&mut on_b).await, Vec::<String>::new(), "none twice");
+    wait_until("the relay reports b up again", || async move { healthz(addr).await == (200, OK.to_owned()) }).await;
+    delivery_time(&mut on_b, b, "to b after").await;
+    a_deliveries.push(delivery_time(&mut on_a, a, "to a after").await);
+    late[0].join_ok(&b.topic(), join_payload(b, None)).await;
+
+    let slowest = *a_deliveries.iter().max().unwrap();
+    assert!(slowest < UNHINDERED, "a's deliveries took {a_deliveries:?}");
+    assert!(relay.metric(r#"campfire_listen_reconnects_total{shard="b"}"#).await >= 1.0);
+    assert_eq!(relay.metric(r#"campfire_listen_reconnects_total{shard="default"}"#).await, 0.0);
+    assert_eq!(
+        relay.metric(r#"campfire_db_link_failures_total{connection="listen",reason="timeout",shard="default"}"#).await,
+        0.0
+    );
+    eprintln!(
+        "b black-holed -> both links given up: {noticed:?}; {CONCURRENT_JOINS} joins of b refused within \
+         {slowest_refusal:?}; restored -> {} missed delivered: {caught_up:?}; a's deliveries: {a_deliveries:?}",
+        missed.len()
+    );
     relay.stop().await;
 }
 
