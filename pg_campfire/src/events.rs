@@ -293,7 +293,7 @@ pub fn flush() -> i64 {
     } else {
         run_kept(LOG_PLAIN_EVENTS_SQL, &LOG_EVENTS_TYPES[..6], &args[..6], |_| Ok(()));
     }
-    if !crate::notifier::will_announce(first) {
+    if !crate::notifier::will_announce(first, first + count - 1) {
         let mut logged = Vec::with_capacity(count as usize);
         for (((e, payload), update), id) in events.into_iter().zip(payloads).zip(updates).zip(ids) {
             push_deliveries(

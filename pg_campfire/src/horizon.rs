@@ -233,6 +233,13 @@ pub fn kept_horizon(sequence: pg_sys::Oid) -> Option<i64> {
     })
 }
 
+/// Whether this database's log has handed out ids after `id` (for a writer that announced its own
+/// events through `id`: later writers may have woken the notifier while it held them back).
+pub fn handed_out_beyond(id: i64) -> bool {
+    let database = this_database();
+    BLOCKS.share().handed_out.iter().any(|h| h.database == database && h.id > id)
+}
+
 /// The newest id the log's sequence has handed out, for the notifier's last pass; `None` when
 /// the extension is not installed.
 pub fn handed_out_if_installed() -> Option<i64> {

@@ -136,6 +136,11 @@ pub fn notify_key(client: &mut Client) -> campfire_core::sealed::Key {
 /// The `campfire_events` notifications that reach `listener` (a superuser connection) within
 /// `wait`, opened and parsed.
 pub fn notifications(listener: &mut Client, wait: std::time::Duration) -> Vec<serde_json::Value> {
+    notifications_by_sender(listener, wait).into_iter().map(|(_, note)| note).collect()
+}
+
+/// The same, each with the process id of the backend that sent it.
+pub fn notifications_by_sender(listener: &mut Client, wait: std::time::Duration) -> Vec<(i32, serde_json::Value)> {
     use postgres::fallible_iterator::FallibleIterator;
     let key = notify_key(listener);
     let mut received = Vec::new();
@@ -144,7 +149,7 @@ pub fn notifications(listener: &mut Client, wait: std::time::Duration) -> Vec<se
     while let Some(n) = iter.next().expect("reading notifications") {
         assert_eq!(n.channel(), campfire_core::channels::EVENTS);
         let opened = campfire_core::sealed::open(&key, n.channel(), n.payload()).expect("a sealed notification");
-        received.push(serde_json::from_slice(&opened.payload).expect("the sealed payload is JSON"));
+        received.push((n.process_id(), serde_json::from_slice(&opened.payload).expect("the sealed payload is JSON")));
     }
     received
 }

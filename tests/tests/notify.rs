@@ -1,6 +1,6 @@
 //! The event log and NOTIFY seen from a second, real connection.
 
-use campfire_tests::{TestDb, agent, notifications, postgres::Client, service};
+use campfire_tests::{TestDb, agent, notifications, notifications_by_sender, postgres::Client, service};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -189,6 +189,30 @@ fn a_late_committer_is_not_skipped_by_a_reader_resuming_from_its_cursor() {
     assert_eq!(all, unique, "no duplicates across the resume");
 }
 
+/// While the notifier runs, a writer whose ids come next (everything before them announced)
+/// announces its own commit, one process hop sooner; the notifier stays for the writers that
+/// come while one is in flight.
+#[test]
+fn a_writer_with_nothing_unannounced_before_it_announces_its_own_commit() {
+    let db = TestDb::new();
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    db.wait_for_notifier();
+    let mut listener = listen(&db);
+    notifications(&mut listener, Duration::from_millis(300)); // the set-up's, drained
+    let mut writer = db.connect_as(&agent(agent_id));
+    let writer_pid: i32 = writer.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    for text in ["one", "two"] {
+        writer.query_one("SELECT campfire.send_message($1, $2)", &[&conversation, &text]).unwrap();
+        let notes = notifications_by_sender(&mut listener, Duration::from_millis(500));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].0, writer_pid, "sent by the writer's own backend: {notes:?}");
+        assert_eq!(notes[0].1["events"].as_array().map(Vec::len), Some(3));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    db.wait_for_notifier(); // still there (it polls once a second and sees the writers' progress)
+}
+
 /// A commit that is slow to become visible (here: waiting for a synchronous standby that never
 /// answers, after its events are logged and its ids taken) holds up no other writer, and holds
 /// back the log's horizon: readers see nothing after its ids until it is visible, then all of it,
@@ -213,6 +237,7 @@ fn a_held_commit_is_released_by(release: &str) {
     let mut reader = db.connect_as(&agent(agent_id));
     let start: i64 = read_since(&mut reader, 0).last().map(|(id, _)| *id).unwrap_or(0);
     let _standby = WaitingForAStandby::begin(&db);
+    let mut listener = listen(&db);
 
     let slow_db = db.connect_as(&agent(agent_id));
     let slow = std::thread::spawn(move || {
@@ -253,6 +278,17 @@ fn a_held_commit_is_released_by(release: &str) {
     assert_eq!(seen.len(), 6, "both messages' events: {seen:?}");
     assert!(seen.windows(2).all(|w| w[0].0 + 1 == w[1].0), "consecutive ids, none skipped: {seen:?}");
     assert_eq!(contents, ["slow to commit", "slow to commit", "fast", "fast"], "the slow commit's ids come first");
+    // Neither announced its own events: the slow commit would have held NOTIFY's lock, which is
+    // the whole cluster's, while it waited for the standby; the fast one's came after its ids.
+    let senders: Vec<i32> = notifications_by_sender(&mut listener, Duration::from_millis(500))
+        .into_iter()
+        .filter(|(_, note)| note["last"].as_i64().unwrap() > start)
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(
+        !senders.is_empty() && !senders.contains(&slow_pid),
+        "announced by the notifier: {senders:?} (slow: {slow_pid})"
+    );
 }
 
 /// Makes commits that ask for synchronous replication wait for a standby that does not exist,
