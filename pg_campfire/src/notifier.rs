@@ -16,7 +16,9 @@
 //!
 //! A database's notifier is started on demand by the first commit that needs it and exits after a
 //! few idle seconds (so `DROP DATABASE` and `CREATE DATABASE ... TEMPLATE` are not kept waiting).
-//! While none runs, and on servers without the preload, each writer announces its own events.
+//! While none runs, and on servers without the preload, each writer announces its own events;
+//! with the preload, a writer whose commit waits for a synchronous standby starts one before its
+//! commit instead and leaves its events to it.
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::lwlock::PgLwLock;
@@ -137,7 +139,7 @@ pub fn will_announce(first: i64, last: i64) -> bool {
     // a notifier starting is told the lowest id a writer left to it (it begins after that).
     let slot = NOTIFIERS.share().find(database).copied();
     let announces = match slot {
-        Some(slot) if slot.procno >= 0 && !slot.may_claim(first) => true,
+        Some(slot) if slot.procno >= 0 && !slot.may_claim(first) => Some(true),
         Some(_) => match NOTIFIERS.exclusive().find_mut(database) {
             Some(slot) if slot.may_claim(first) => {
                 (slot.announced, slot.claim) = (last, last);
@@ -148,12 +150,16 @@ pub fn will_announce(first: i64, last: i64) -> bool {
                 if slot.procno < 0 {
                     slot.owed_after = slot.owed_after.min(first - 1);
                 }
-                true
+                Some(true)
             }
-            None => false,
+            None => None,
         },
-        None => false,
+        None => None,
     };
+    // No notifier: the writer announces its own events and starts one for next time, unless its
+    // commit waits for a standby (NOTIFY's lock, held across the commit, is the whole cluster's:
+    // it would hold every database's notifications). Then it starts one now and leaves them to it.
+    let announces = announces.unwrap_or_else(|| commit_waits_for_standby() && start(database, first - 1));
     if announces {
         AFTER_COMMIT.set(AfterCommit::Wake);
     } else if AFTER_COMMIT.get() != AfterCommit::Wake {
@@ -190,20 +196,25 @@ pub fn on_transaction_end(committed: bool) {
         // SAFETY: procno is a live worker's PGPROC number, published by that worker in its slot.
         Some(procno) if procno >= 0 => unsafe { pg_sys::ProcSendSignal(procno) },
         Some(_) => {} // starting: it announces everything owed to it once it runs
-        None => start(database),
+        None => {
+            start(database, i64::MAX);
+        }
     }
 }
 
-/// Claims a slot for `database` and registers its worker. Never raises: this runs after commit.
-fn start(database: u32) {
+/// Claims a slot for `database` and registers its worker, which will announce every id after
+/// `owed_after` (and whatever settled after the horizon it reads at its start); returns whether
+/// a notifier runs or starts for `database`. Never raises: this runs after commit too.
+fn start(database: u32, owed_after: i64) -> bool {
     {
         let mut notifiers = NOTIFIERS.exclusive();
-        if notifiers.find_mut(database).is_some() {
-            return;
+        if let Some(slot) = notifiers.find_mut(database) {
+            slot.owed_after = slot.owed_after.min(owed_after);
+            return true;
         }
         match notifiers.find_mut(0) {
-            Some(slot) => *slot = Slot { database, ..Slot::default() },
-            None => return, // every slot busy: this database keeps announcing its own events
+            Some(slot) => *slot = Slot { database, owed_after, ..Slot::default() },
+            None => return false, // every slot busy: this database keeps announcing its own events
         }
     }
     let registered = BackgroundWorkerBuilder::new("pg_campfire notifier")
@@ -218,7 +229,9 @@ fn start(database: u32) {
         // Whatever a writer left to it is found by the relays at the next announcement's gap.
         let _ = release(database, -1);
         warning!("pg_campfire: could not start the event notifier (max_worker_processes reached?)");
+        return false;
     }
+    true
 }
 
 /// Frees `database`'s slot if it is held by the worker `procno` (-1: one still starting), and

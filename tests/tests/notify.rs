@@ -219,25 +219,53 @@ fn a_writer_with_nothing_unannounced_before_it_announces_its_own_commit() {
 /// in id order, none skipped.
 #[test]
 fn a_slow_commit_holds_back_the_horizon_but_no_writer() {
-    a_held_commit_is_released_by("pg_cancel_backend");
+    a_held_commit_is_released_by("pg_cancel_backend", Notifier::Running);
 }
 
 /// The same when the held writer's session is killed instead: its commit was already made
 /// locally, becomes visible as the session ends, and its ids leave the horizon with it.
 #[test]
 fn a_held_commit_whose_session_is_killed_still_settles() {
-    a_held_commit_is_released_by("pg_terminate_backend");
+    a_held_commit_is_released_by("pg_terminate_backend", Notifier::Running);
 }
 
-fn a_held_commit_is_released_by(release: &str) {
+/// The same when no notifier runs as the held commit begins: its writer starts one before it
+/// commits and leaves its events to it, rather than announce them itself and hold NOTIFY's lock,
+/// the whole cluster's, while it waits.
+#[test]
+fn a_held_commit_with_no_notifier_running_leaves_its_events_to_one_it_starts() {
+    a_held_commit_is_released_by("pg_cancel_backend", Notifier::Stopped);
+}
+
+/// Whether the database's notifier runs when the held commit begins.
+enum Notifier {
+    Running,
+    Stopped,
+}
+
+fn a_held_commit_is_released_by(release: &str, notifier: Notifier) {
     let db = TestDb::new();
     let (org, agent_id) = db.organization_with_agent("acme");
     let (first_conversation, _) = db.widget_session(org, "visitor-1");
     let (second_conversation, _) = db.widget_session(org, "visitor-2");
+    // Another database of the cluster, whose writers the held commit must not hold up either.
+    let other = TestDb::new();
+    let (other_org, other_agent) = other.organization_with_agent("other");
+    let (other_conversation, _) = other.widget_session(other_org, "visitor-1");
     let mut reader = db.connect_as(&agent(agent_id));
-    let start: i64 = read_since(&mut reader, 0).last().map(|(id, _)| *id).unwrap_or(0);
     let _standby = WaitingForAStandby::begin(&db);
+    match notifier {
+        Notifier::Running => {
+            // A write, which starts one if the set-up's has left already.
+            reader.query_one("SELECT campfire.send_message($1, 'before')", &[&second_conversation]).unwrap();
+            db.wait_for_notifier();
+        }
+        Notifier::Stopped => db.stop_notifier(),
+    }
+    let start: i64 = read_since(&mut reader, 0).last().map(|(id, _)| *id).unwrap_or(0);
     let mut listener = listen(&db);
+    let mut other_listener = listen(&other);
+    notifications(&mut other_listener, Duration::from_millis(300)); // the set-up's, drained
 
     let slow_db = db.connect_as(&agent(agent_id));
     let slow = std::thread::spawn(move || {
@@ -262,6 +290,16 @@ fn a_held_commit_is_released_by(release: &str) {
             })
         })
         .expect("the slow commit waits for the standby");
+    db.wait_for_notifier(); // started by the slow commit, if none ran
+
+    let mut other_writer = other.connect_as(&agent(other_agent));
+    // (A commit waiting for NOTIFY's lock would fail after lock_timeout.)
+    other_writer.batch_execute("SET lock_timeout = '5s'").unwrap();
+    other_writer
+        .query_one("SELECT campfire.send_message($1, 'elsewhere')", &[&other_conversation])
+        .expect("another database's writer does not wait for the slow commit");
+    let announced = notifications(&mut other_listener, Duration::from_millis(1000));
+    assert_eq!(covered(&announced).len(), 3, "another database's events are announced at once: {announced:?}");
 
     let mut fast = db.connect_as(&agent(agent_id));
     fast.batch_execute("SET statement_timeout = '5s'").unwrap();
@@ -319,7 +357,34 @@ impl<'a> WaitingForAStandby<'a> {
         for (name, value) in Self::SETTINGS {
             guard.set(name, Some(value), value);
         }
+        guard.await_commits_waiting();
         guard
+    }
+
+    /// Returns once a commit that asks for synchronous replication does wait: sessions read the
+    /// new standby list at once, but whether one is required is published by the checkpointer,
+    /// whenever it reads the settings. A probe commit (one that writes WAL) is released by a cancel.
+    fn await_commits_waiting(&mut self) {
+        for _ in 0..100 {
+            let mut probe = self.db.connect();
+            let pid: i32 = probe.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+            probe.batch_execute("SET synchronous_commit = on").unwrap();
+            let committing =
+                std::thread::spawn(move || probe.batch_execute("CREATE TEMPORARY TABLE probe () ON COMMIT DROP"));
+            let mut waited = false;
+            while !waited && !committing.is_finished() {
+                std::thread::sleep(Duration::from_millis(10));
+                let cancel =
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'";
+                waited = self.admin.query_opt(cancel, &[&pid]).unwrap().is_some();
+            }
+            let _ = committing.join().unwrap();
+            if waited {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("after 100 tries, a commit does not wait for the standby");
     }
 
     /// Sets (or resets) one server setting, and returns once a new session sees `expected`.
