@@ -204,8 +204,13 @@ impl Hub {
         self.peer_state().known()
     }
 
-    /// A peer found dead: its presence leaves, its clients' typing stops.
-    pub fn peer_gone(&self, origin: &str) {
+    /// A peer that a probe sent at `probed` found dead: its presence leaves, its clients' typing
+    /// stops. Unless it was heard from since: the probe raced its return to the bus (after a NATS
+    /// restart, say), and what it sent meanwhile, its presence included, stands.
+    pub fn peer_gone(&self, origin: &str, probed: std::time::Instant) {
+        if self.peer_state().heard_since(origin, probed) {
+            return;
+        }
         tracing::warn!(peer = %origin, "peer relay gone; dropping its presence");
         self.forget_peers(vec![origin.to_owned()]);
     }
@@ -580,6 +585,24 @@ mod tests {
         track(&a, 8, "bob");
         a.deliver_to(&b);
         assert!(b.hub.rooms().is_empty());
+    }
+
+    #[test]
+    fn a_failed_probe_drops_a_peer_unless_it_was_heard_from_since() {
+        let (mut a, b, mut watcher) = watching_ann();
+        // The probe went out while a was off the bus; a came back and resent its presence before
+        // the failure was judged: a stays.
+        let probed = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        track(&a, 8, "bob");
+        a.deliver_to(&b);
+        b.hub.peer_gone("a", probed);
+        assert_eq!(diffs(&received(&mut watcher)), [joins("bob")]);
+        assert_eq!(b.hub.join_state_keys(), ["ann", "bob"]);
+        // A probe sent after a was last heard from does drop it.
+        b.hub.peer_gone("a", std::time::Instant::now());
+        assert_eq!(b.hub.join_state_keys(), Vec::<String>::new());
+        assert!(b.hub.known_peers().is_empty());
     }
 
     impl Hub {

@@ -272,6 +272,11 @@ impl PeerState {
         }
     }
 
+    /// Whether `origin` was heard from after `since`.
+    pub fn heard_since(&self, origin: &str, since: Instant) -> bool {
+        self.last_seen.get(origin).is_some_and(|seen| *seen > since)
+    }
+
     /// Every peer heard from and not forgotten since.
     pub fn known(&self) -> Vec<String> {
         self.last_seen.keys().cloned().collect()
@@ -435,6 +440,18 @@ mod tests {
         assert_eq!(state.finish_sync("b", "s1"), HashSet::new(), "an older sync's end");
         state.heard("b", Some(&room("s3", "four")));
         assert_eq!(state.finish_sync("b", "s3"), HashSet::from(["four".to_owned()]));
+    }
+
+    #[test]
+    fn heard_since_tells_a_peer_heard_after_an_instant() {
+        let mut state = PeerState::default();
+        state.heard("b", None);
+        let probed = Instant::now();
+        assert!(!state.heard_since("b", probed));
+        std::thread::sleep(Duration::from_millis(2));
+        state.heard("b", None);
+        assert!(state.heard_since("b", probed));
+        assert!(!state.heard_since("c", probed), "never heard");
     }
 
     #[test]

@@ -255,6 +255,7 @@ async fn probe_peers(relay: Arc<Relay>, client: Client, subjects: Subjects) {
         if client.connection_state() != State::Connected {
             continue;
         }
+        let probed = std::time::Instant::now();
         let probes = relay.hub.known_peers().into_iter().map(|peer| {
             let (client, subject) = (&client, subjects.probe(&peer));
             async move { (peer, client.request(subject, "".into()).await) }
@@ -265,7 +266,7 @@ async fn probe_peers(relay: Arc<Relay>, client: Client, subjects: Subjects) {
                 Err(err) => matches!(err.kind(), RequestErrorKind::NoResponders | RequestErrorKind::TimedOut),
             };
             if gone && client.connection_state() == State::Connected {
-                relay.hub.peer_gone(&peer);
+                relay.hub.peer_gone(&peer, probed);
             }
         }
     }
