@@ -40,6 +40,8 @@ describe('widget and dashboard in Chromium', () => {
     await page.press('#input', 'Enter')
   }
   const message = (page, text) => page.locator('#messages li', { hasText: text })
+  /** The message once the server has stored it: the widget shows a send at once, as a draft. */
+  const stored = (page, text) => message(page, text).and(page.locator('[data-id]'))
 
   /** Opens, on the dashboard, the conversation whose preview shows `text`; returns its id. */
   const openConversation = async (agent, text) => {
@@ -96,7 +98,7 @@ describe('widget and dashboard in Chromium', () => {
     const visitor = await widget()
     const agent = await dashboard()
     await send(visitor, 'Hello, is anyone there?')
-    await message(visitor, 'Hello, is anyone there?').and(visitor.locator('[data-id]')).waitFor({ timeout: UI_WAIT })
+    await stored(visitor, 'Hello, is anyone there?').waitFor({ timeout: UI_WAIT })
     const row = agent.locator('#conversations li', { hasText: 'Hello, is anyone there?' })
     await row.waitFor({ timeout: UI_WAIT })
     await row.click()
@@ -131,9 +133,9 @@ describe('widget and dashboard in Chromium', () => {
     const first = await widget()
     const second = await widget()
     await send(first, 'secret of the first visitor')
-    await message(first, 'secret of the first visitor').waitFor({ timeout: UI_WAIT })
+    await stored(first, 'secret of the first visitor').waitFor({ timeout: UI_WAIT })
     await send(second, 'the second visitor speaks')
-    await message(second, 'the second visitor speaks').waitFor({ timeout: UI_WAIT })
+    await stored(second, 'the second visitor speaks').waitFor({ timeout: UI_WAIT })
     await second.waitForTimeout(500)
     assert.equal(await message(second, 'secret of the first visitor').count(), 0)
     assert.equal(await message(first, 'the second visitor speaks').count(), 0)
@@ -157,7 +159,7 @@ describe('widget and dashboard in Chromium', () => {
   test('a dashboard that has received no event yet catches up after a relay restart', withScreenshots('restart-fresh', async () => {
     const visitor = await widget()
     await send(visitor, 'before the dashboard opened')
-    await message(visitor, 'before the dashboard opened').and(visitor.locator('[data-id]')).waitFor({ timeout: UI_WAIT })
+    await stored(visitor, 'before the dashboard opened').waitFor({ timeout: UI_WAIT })
     const agent = await dashboard()
     const conversation = await openConversation(agent, 'before the dashboard opened')
     await sendWhileRelayDown(conversation, 'sent while the relay was down, again')
@@ -170,7 +172,7 @@ describe('widget and dashboard in Chromium', () => {
     const visitor = await widget({ blockWebSocket: true })
     await visitor.locator('#connection[data-state="fallback"]').waitFor({ timeout: UI_WAIT })
     await send(visitor, 'sent without a socket')
-    await message(visitor, 'sent without a socket').and(visitor.locator('[data-id]')).waitFor({ timeout: UI_WAIT })
+    await stored(visitor, 'sent without a socket').waitFor({ timeout: UI_WAIT })
     const agent = await dashboard()
     const row = agent.locator('#conversations li', { hasText: 'sent without a socket' })
     await row.waitFor({ timeout: UI_WAIT })
@@ -184,7 +186,7 @@ describe('widget and dashboard in Chromium', () => {
     for (const text of texts) {
       const visitor = await widget()
       await send(visitor, text)
-      await message(visitor, text).waitFor({ timeout: UI_WAIT })
+      await stored(visitor, text).waitFor({ timeout: UI_WAIT })
       await visitor.context().close()
     }
     const agent = await dashboard()
