@@ -386,12 +386,10 @@ impl Path {
 
 const LATENCY_WRITERS: usize = 4;
 
-/// Scenario 1: latency at a fixed rate over many conversations, from the writer's commit
-/// acknowledgement to the frame, and from insert start (just before the writer sends the
-/// statement) to the frame.
-/// How long after its insert started each message's frame arrives, at `args.rate` messages a
-/// second. A path without a relay (the plain insert, the floor) delivers nothing: it gives how long
-/// after its insert started each commit was acknowledged, what any delivery of it adds to.
+/// Scenario 1: latency at `args.rate` messages a second over many conversations, from insert
+/// start (just before the writer sends the statement) and from the writer's commit
+/// acknowledgement to the frame. A path without a relay (the plain insert, the floor) delivers
+/// nothing: it gives insert start to commit acknowledged instead, what any delivery adds to.
 async fn latency(
     args: &Args,
     cluster: &Cluster,
