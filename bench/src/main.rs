@@ -492,14 +492,19 @@ async fn write_rate(
         Some(relay) => Some(path.subscribe(relay, org, "2.0.0").await?),
         None => None,
     };
-    let committed = Arc::new(AtomicU64::new(0));
-    let stop = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (db, committed, conversations) =
-            (connect(cluster.port, "postgres").await?, committed.clone(), org.conversations.clone());
+    let mut sessions = Vec::new();
+    for _ in 0..writers {
+        let db = connect(cluster.port, "postgres").await?;
         db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
         let statement = db.prepare(&path.sql()).await?;
+        sessions.push((db, statement));
+    }
+    let committed = Arc::new(AtomicU64::new(0));
+    let cpu_before = CpuUse::now(cluster, relay);
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (w, (db, statement)) in sessions.into_iter().enumerate() {
+        let (committed, conversations) = (committed.clone(), org.conversations.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = w;
             let no_id: Option<&str> = None;
@@ -517,7 +522,8 @@ async fn write_rate(
                 }
                 committed.fetch_add(per_tx as u64, Ordering::Relaxed);
             }
-            anyhow::Ok(())
+            // Kept open until the CPU is read: a backend that exits is counted late.
+            anyhow::Ok(db)
         }));
     }
     let started = Instant::now();
@@ -541,9 +547,12 @@ async fn write_rate(
             }
         }
     }
+    let mut writers_done = Vec::new();
     for task in tasks {
-        task.await??;
+        writers_done.push(task.await??);
     }
+    let cpu = cpu_before.per_message(&CpuUse::now(cluster, relay), wanted(&committed));
+    drop(writers_done);
     let committed = wanted(&committed);
     let elapsed = if listener.is_some() { last_delivery.duration_since(started) } else { started.elapsed() };
     Ok(json!({
@@ -551,6 +560,7 @@ async fn write_rate(
         "delivered": if listener.is_some() { json!(delivered) } else { Value::Null },
         "lost": if listener.is_some() { json!(committed.saturating_sub(delivered)) } else { Value::Null },
         "per_second": committed as f64 / elapsed.as_secs_f64(),
+        "cpu_us_per_message": cpu,
     }))
 }
 
@@ -635,6 +645,27 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
         campfire / floor
     );
 
+    // Medians over runs of each path's CPU per message, by where it is spent.
+    let cpu = |path: Path| -> std::collections::BTreeMap<&str, f64> {
+        ["postgres", "notifier", "relay", "load_generator", "total"]
+            .into_iter()
+            .map(|k| (k, median_at(&write[path.name()], &format!("/cpu_us_per_message/{k}"))))
+            .collect()
+    };
+    let paths = [Path::Campfire, Path::Naive, Path::Plain, Path::Floor];
+    for path in paths {
+        let us = cpu(path);
+        println!(
+            "baseline CPU per message, {}: PostgreSQL {:.0} us (its notifier {:.0}), relay {:.0}, load generator {:.0}; all {:.0} us",
+            path.name(),
+            us["postgres"],
+            us["notifier"],
+            us["relay"],
+            us["load_generator"],
+            us["total"]
+        );
+    }
+
     // Medians over runs of each percentile, from insert start or from commit.
     let figures = |path: Path, from: &str| -> std::collections::BTreeMap<&str, f64> {
         ["p50_ms", "p95_ms", "p99_ms", "max_ms"]
@@ -670,6 +701,7 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
             "lost": { "pg_campfire": lost(Path::Campfire), "naive": lost(Path::Naive) },
             "campfire_to_naive": campfire / naive, "campfire_to_plain": campfire / plain,
             "floor_to_naive": floor / naive, "floor_to_plain": floor / plain, "campfire_to_floor": campfire / floor,
+            "cpu_us_per_message": paths.map(|path| (path.name(), cpu(path))).into_iter().collect::<HashMap<_, _>>(),
             "runs": write,
         },
         "latency": {
@@ -763,16 +795,78 @@ async fn fanout(cluster: &Cluster, relay: &Relay, org: &Org, subscribers: usize,
     }))
 }
 
+/// The fields of /proc/<pid>/stat after the command name (the field numbered 3 by proc(5) first).
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The sum of the `/proc/<pid>/stat` fields at `indexes` (of `stat_fields`), in CPU seconds.
+fn ticks_in_seconds(fields: &[String], indexes: &[usize]) -> Option<f64> {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    indexes.iter().map(|&i| fields.get(i)?.parse::<f64>().ok()).sum::<Option<f64>>().map(|t| t / ticks)
+}
+
 /// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
 fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks)
+    stat_fields(&pid.to_string()).and_then(|f| ticks_in_seconds(&f, &[11, 12])).unwrap_or(f64::NAN)
+}
+
+/// CPU seconds used so far by a cluster (the postmaster, its live children, and the children it
+/// has reaped, so that a backend that exits within a measurement still counts), of them by its
+/// pg_campfire notifiers, and by a relay and by this process (the load generator and the
+/// subscriber).
+struct CpuUse {
+    postgres: f64,
+    /// By process id: a notifier leaves after a few idle seconds, and a new one may start.
+    notifiers: HashMap<String, f64>,
+    relay: f64,
+    load_generator: f64,
+}
+
+impl CpuUse {
+    fn now(cluster: &Cluster, relay: Option<&Relay>) -> CpuUse {
+        let postmaster = std::fs::read_to_string(format!("{}/postmaster.pid", cluster.dir))
+            .ok()
+            .and_then(|pid| pid.lines().next().map(str::to_owned))
+            .unwrap_or_default();
+        let (mut postgres, mut notifiers) = (0.0, HashMap::new());
+        if let Some(fields) = stat_fields(&postmaster) {
+            // utime, stime, and the reaped children's cutime, cstime.
+            postgres += ticks_in_seconds(&fields, &[11, 12, 13, 14]).unwrap_or(0.0);
+        }
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let Some(fields) = stat_fields(&pid).filter(|f| f.get(1) == Some(&postmaster)) else { continue };
+            let used = ticks_in_seconds(&fields, &[11, 12]).unwrap_or(0.0);
+            postgres += used;
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&title).contains("pg_campfire notifier") {
+                notifiers.insert(pid, used);
+            }
+        }
+        CpuUse {
+            postgres,
+            notifiers,
+            relay: relay.map_or(0.0, |r| cpu_seconds(r.child.id())),
+            load_generator: cpu_seconds(std::process::id()),
+        }
+    }
+
+    /// Microseconds of CPU per message between `self` and `later`. (A notifier that left within
+    /// the measurement counts in `postgres` only.)
+    fn per_message(&self, later: &CpuUse, messages: u64) -> Value {
+        let us = |before: f64, after: f64| (after - before) * 1e6 / messages.max(1) as f64;
+        let postgres = us(self.postgres, later.postgres);
+        let notifier = (later.notifiers.iter())
+            .map(|(pid, &used)| us(self.notifiers.get(pid).copied().unwrap_or(0.0), used))
+            .fold(0.0, |sum, us| sum + us);
+        let (relay, load_generator) = (us(self.relay, later.relay), us(self.load_generator, later.load_generator));
+        json!({
+                "postgres": postgres, "notifier": notifier, "relay": relay,
+            "load_generator": load_generator, "total": postgres + relay + load_generator,
         })
-        .unwrap_or(f64::NAN)
+    }
 }
 
 fn rss_kb(pid: u32) -> u64 {
