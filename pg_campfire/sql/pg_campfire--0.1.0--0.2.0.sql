@@ -104,11 +104,17 @@ $$;
 
 CREATE OR REPLACE FUNCTION may_insert_message(organization_id uuid, conversation_id uuid, sender_type text,
                                    message_type text, sender_user_id uuid) RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN coalesce((SELECT campfire.is_service())
-                    OR ($1 = ANY ((SELECT campfire.member_organizations('agent'))::uuid[]) AND $3 <> 'customer')
-                    OR ($2 = ANY ((SELECT campfire.visitor_conversations())::uuid[])
-                        AND $3 = 'customer' AND $4 = 'text' AND $5 IS NULL), false);
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    AS $$
+BEGIN
+    RETURN coalesce(campfire.is_service()
+                    OR ($1 OPERATOR(pg_catalog.=) ANY (campfire.member_organizations('agent'))
+                        AND $3 OPERATOR(pg_catalog.<>) 'customer')
+                    OR ($2 OPERATOR(pg_catalog.=) ANY (campfire.visitor_conversations())
+                        AND $3 OPERATOR(pg_catalog.=) 'customer' AND $4 OPERATOR(pg_catalog.=) 'text'
+                        AND $5 IS NULL), false);
+END
+$$;
 
 CREATE OR REPLACE FUNCTION authorize_channel(topic text, claims jsonb) RETURNS jsonb
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
