@@ -74,6 +74,10 @@ const JWT_SECRET: &str = "bench-secret";
 /// Connections made from 127.0.0.x source addresses so far (see join_from).
 static SOURCES_USED: AtomicU64 = AtomicU64::new(0);
 const WAIT: Duration = Duration::from_secs(60);
+/// The login every write path of the bench writes as: an application's, a member of
+/// campfire_service and no superuser, so row-level security applies as in a deployment (a
+/// superuser bypasses it, and hid what it costs).
+const WRITER: &str = "campfire_app_bench";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -145,18 +149,23 @@ fn start_cluster() -> Result<Cluster> {
     psql("CREATE DATABASE campfire", "postgres")?;
     psql("CREATE EXTENSION pg_campfire", "campfire")?;
     psql(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'campfire_relay_bench') THEN \
-         CREATE ROLE campfire_relay_bench LOGIN IN ROLE campfire_relay; END IF; END $$",
+        &format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'campfire_relay_bench') THEN \
+             CREATE ROLE campfire_relay_bench LOGIN IN ROLE campfire_relay; END IF; \
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WRITER}') THEN \
+             CREATE ROLE {WRITER} LOGIN IN ROLE campfire_service; END IF; END $$"
+        ),
         "campfire",
     )?;
     // Identical tables (columns, constraints, indexes): the plain one has no trigger (the cost
     // baseline), the naive one NOTIFYs each row to the naive relay (the delivery baseline).
     psql(
-        "CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_messages_seq; \
+        &format!("CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_messages_seq; \
          CREATE TABLE naive_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE naive_messages_seq; \
          CREATE FUNCTION naive_notify() RETURNS trigger LANGUAGE plpgsql AS \
          $$ BEGIN PERFORM pg_notify('naive_messages', row_to_json(NEW)::text); RETURN NULL; END $$; \
-         CREATE TRIGGER naive_notify AFTER INSERT ON naive_messages FOR EACH ROW EXECUTE FUNCTION naive_notify()",
+         CREATE TRIGGER naive_notify AFTER INSERT ON naive_messages FOR EACH ROW EXECUTE FUNCTION naive_notify(); \
+         GRANT ALL ON plain_messages, plain_messages_seq, naive_messages, naive_messages_seq TO {WRITER}"),
         "campfire",
     )?;
     Ok(cluster)
@@ -412,7 +421,7 @@ async fn latency(
     let mut tasks = Vec::new();
     for w in 0..writers {
         let (db, sent, conversations, run) =
-            (connect(cluster.port, "postgres").await?, sent.clone(), org.conversations.clone(), run.clone());
+            (connect(cluster.port, WRITER).await?, sent.clone(), org.conversations.clone(), run.clone());
         db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
         let statement = db.prepare(&path.sql()).await?;
         tasks.push(tokio::spawn(async move {
@@ -494,7 +503,7 @@ async fn write_rate(
     };
     let mut sessions = Vec::new();
     for _ in 0..writers {
-        let db = connect(cluster.port, "postgres").await?;
+        let db = connect(cluster.port, WRITER).await?;
         db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
         let statement = db.prepare(&path.sql()).await?;
         sessions.push((db, statement));
@@ -606,7 +615,13 @@ const CONTRACT_FLOOR_SQL: &str = "
 /// (`Path::Floor`), driven in the same run by the same load generator and the same client. Each run measures every path in turn; the
 /// ratios, of medians, are those the targets are set in.
 async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, org: &Org) -> Result<Value> {
-    connect(cluster.port, "postgres").await?.batch_execute(CONTRACT_FLOOR_SQL).await?;
+    let admin = connect(cluster.port, "postgres").await?;
+    admin.batch_execute(CONTRACT_FLOOR_SQL).await?;
+    admin
+        .batch_execute(&format!(
+            "GRANT ALL ON floor_messages, floor_conversations, floor_mirror, floor_events, floor_events_seq TO {WRITER}"
+        ))
+        .await?;
     let writers = 8;
     let mut write: HashMap<&str, Vec<Value>> = HashMap::new();
     let mut delay: HashMap<&str, Vec<Value>> = HashMap::new();
@@ -761,7 +776,7 @@ async fn fanout(cluster: &Cluster, relay: &Relay, org: &Org, subscribers: usize,
             anyhow::Ok(Instant::now())
         }
     };
-    let db = connect(cluster.port, "postgres").await?;
+    let db = connect(cluster.port, WRITER).await?;
     db.batch_execute("SELECT set_config('request.jwt.claims', '{\"role\":\"service_role\"}', false)").await?;
     let send = db.prepare("SELECT campfire.send_message($1, 'fan-out', 'agent')").await?;
     let conversation = |i: usize| org.conversations[i % org.conversations.len()];
