@@ -369,7 +369,7 @@ BEGIN
         END IF;
         sender := 'customer';
         SELECT coalesce(name, s.customer_name), coalesce(email, s.customer_email) INTO name, email
-        FROM campfire.widget_sessions s WHERE s.id = campfire.current_widget_session_id();
+        FROM campfire.widget_sessions s WHERE s.id = (SELECT campfire.current_widget_session_id());
     ELSIF role = 'authenticated' THEN
         IF coalesce(campfire.member_role(org), 'viewer') = 'viewer' THEN
             PERFORM campfire.raise_error('42501', 'only admins and agents of the organization may send messages');
