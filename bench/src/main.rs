@@ -160,12 +160,14 @@ fn start_cluster() -> Result<Cluster> {
     // Identical tables (columns, constraints, indexes): the plain one has no trigger (the cost
     // baseline), the naive one NOTIFYs each row to the naive relay (the delivery baseline).
     psql(
-        &format!("CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_messages_seq; \
+        &format!(
+            "CREATE TABLE plain_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE plain_messages_seq; \
          CREATE TABLE naive_messages (LIKE campfire.messages INCLUDING ALL); CREATE SEQUENCE naive_messages_seq; \
          CREATE FUNCTION naive_notify() RETURNS trigger LANGUAGE plpgsql AS \
          $$ BEGIN PERFORM pg_notify('naive_messages', row_to_json(NEW)::text); RETURN NULL; END $$; \
          CREATE TRIGGER naive_notify AFTER INSERT ON naive_messages FOR EACH ROW EXECUTE FUNCTION naive_notify(); \
-         GRANT ALL ON plain_messages, plain_messages_seq, naive_messages, naive_messages_seq TO {WRITER}"),
+         GRANT ALL ON plain_messages, plain_messages_seq, naive_messages, naive_messages_seq TO {WRITER}"
+        ),
         "campfire",
     )?;
     Ok(cluster)
