@@ -61,14 +61,19 @@ END
 $$;
 
 -- Organizations where the caller is an active member with at least `min_role`
--- (viewer < agent < admin). Policies call it once per query: `= ANY ((SELECT ...))`.
+-- (viewer < agent < admin). Policies call it once per query: `= ANY ((SELECT ...))`. Here and
+-- in member_role the caller's id is read from the claims once, as in current_widget_session_id:
+-- compared in the query, a scan of the members (the plan below ~100 rows) parsed the claims for
+-- every row (member_role 347 µs a call with 51 members, 25 µs now).
 CREATE FUNCTION member_organizations(min_role text DEFAULT 'viewer') RETURNS uuid[]
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
+DECLARE
+    me pg_catalog.uuid := campfire.current_user_id();
 BEGIN
     RETURN (SELECT coalesce(array_agg(m.organization_id), '{}')
             FROM campfire.organization_members m
-            WHERE m.user_id = campfire.current_user_id() AND m.status = 'active'
+            WHERE m.user_id = me AND m.status = 'active'
               AND CASE min_role WHEN 'viewer' THEN true
                                 WHEN 'agent' THEN m.role IN ('agent', 'admin')
                                 WHEN 'admin' THEN m.role = 'admin'
@@ -79,9 +84,11 @@ $$;
 CREATE FUNCTION member_role(organization_id uuid) RETURNS text
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
+DECLARE
+    me pg_catalog.uuid := campfire.current_user_id();
 BEGIN
     RETURN (SELECT m.role FROM campfire.organization_members m
-            WHERE m.organization_id = $1 AND m.user_id = campfire.current_user_id() AND m.status = 'active');
+            WHERE m.organization_id = $1 AND m.user_id = me AND m.status = 'active');
 END
 $$;
 

@@ -77,10 +77,12 @@ $$;
 CREATE OR REPLACE FUNCTION member_organizations(min_role text DEFAULT 'viewer') RETURNS uuid[]
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
+DECLARE
+    me pg_catalog.uuid := campfire.current_user_id();
 BEGIN
     RETURN (SELECT coalesce(array_agg(m.organization_id), '{}')
             FROM campfire.organization_members m
-            WHERE m.user_id = campfire.current_user_id() AND m.status = 'active'
+            WHERE m.user_id = me AND m.status = 'active'
               AND CASE min_role WHEN 'viewer' THEN true
                                 WHEN 'agent' THEN m.role IN ('agent', 'admin')
                                 WHEN 'admin' THEN m.role = 'admin'
@@ -91,9 +93,11 @@ $$;
 CREATE OR REPLACE FUNCTION member_role(organization_id uuid) RETURNS text
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
+DECLARE
+    me pg_catalog.uuid := campfire.current_user_id();
 BEGIN
     RETURN (SELECT m.role FROM campfire.organization_members m
-            WHERE m.organization_id = $1 AND m.user_id = campfire.current_user_id() AND m.status = 'active');
+            WHERE m.organization_id = $1 AND m.user_id = me AND m.status = 'active');
 END
 $$;
 
