@@ -5,6 +5,7 @@
 
 use crate::errors::SqlError;
 use crate::metrics::Metrics;
+use crate::prepared::QueryClient;
 use crate::shards::Shard;
 use crate::{AccessChange, Config, Relay};
 use futures_util::StreamExt;
@@ -90,7 +91,7 @@ impl Link {
 /// The shared query connection and the task driving it. Dropping it aborts the task, which
 /// fails every query still waiting on the connection at once.
 struct QueryConnection {
-    client: Arc<Client>,
+    client: Arc<QueryClient>,
     _driver: AbortOnDropHandle<()>,
 }
 
@@ -183,11 +184,11 @@ impl Db {
     /// The shared query connection, (re)connected if needed. An attempt that failed while this
     /// caller waited for its turn is its answer too: callers queued behind a dead link would
     /// otherwise each wait out a timeout of their own, one after another.
-    pub async fn client(&self) -> Result<Arc<Client>, DbError> {
+    pub async fn client(&self) -> Result<Arc<QueryClient>, DbError> {
         let asked = Instant::now();
         let mut slot = self.query.lock().await;
         match slot.connection.as_ref() {
-            Some(query) if !query.client.is_closed() => return Ok(query.client.clone()),
+            Some(query) if !query.client.client().is_closed() => return Ok(query.client.clone()),
             Some(_) => {
                 slot.connection = None;
                 self.link_lost(Link::Query, &DbError::Unavailable("the connection ended".into()));
@@ -212,7 +213,7 @@ impl Db {
                 tracing::warn!(%err, "query connection ended");
             }
         }));
-        let client = Arc::new(client);
+        let client = Arc::new(QueryClient::new(client));
         slot.connection = Some(QueryConnection { client: client.clone(), _driver: driver });
         self.link_up(Link::Query);
         Ok(client)
@@ -230,7 +231,7 @@ impl Db {
                 _ = tick.tick() => {}
             }
             let Ok(client) = self.client().await else { continue };
-            if let Err(err) = self.probe(&client).await {
+            if let Err(err) = self.probe(client.client()).await {
                 let mut slot = self.query.lock().await;
                 if slot.connection.as_ref().is_some_and(|query| Arc::ptr_eq(&query.client, &client)) {
                     slot.connection = None;

@@ -20,6 +20,7 @@ mod metrics;
 mod notify;
 mod outbox;
 mod peers;
+mod prepared;
 mod presence;
 pub mod protocol;
 mod rooms;
