@@ -490,10 +490,12 @@ CREATE OR REPLACE FUNCTION visible_conversation_org(conversation_id uuid) RETURN
 DECLARE
     org pg_catalog.uuid;
 BEGIN
-    SELECT r.organization_id INTO org FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
-    IF NOT FOUND THEN
-        -- A visitor sees its own conversations through their visitor-safe view only.
+    -- A visitor sees its own conversations through their visitor-safe view only, and nobody
+    -- else sees any there: one lookup, not a refused one first.
+    IF campfire.claim_role() = 'visitor' THEN
         SELECT w.organization_id INTO org FROM campfire.widget_conversations w WHERE w.id = conversation_id;
+    ELSE
+        SELECT r.organization_id INTO org FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
     END IF;
     IF org IS NULL THEN
         PERFORM campfire.raise_error('P0002', format('conversation %s not found', conversation_id));
