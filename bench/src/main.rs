@@ -880,7 +880,7 @@ impl CpuUse {
             .fold(0.0, |sum, us| sum + us);
         let (relay, load_generator) = (us(self.relay, later.relay), us(self.load_generator, later.load_generator));
         json!({
-                "postgres": postgres, "notifier": notifier, "relay": relay,
+            "postgres": postgres, "notifier": notifier, "relay": relay,
             "load_generator": load_generator, "total": postgres + relay + load_generator,
         })
     }

@@ -20,7 +20,7 @@ mod metrics;
 mod notify;
 mod outbox;
 mod peers;
-mod prepared;
+pub mod prepared;
 mod presence;
 pub mod protocol;
 mod rooms;
