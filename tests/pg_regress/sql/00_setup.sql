@@ -45,7 +45,7 @@ END
 $$;
 -- The newest event id, whoever asks.
 CREATE FUNCTION t.head() RETURNS bigint LANGUAGE sql SECURITY DEFINER
-    AS 'SELECT coalesce(max(id), 0) FROM campfire.events';
+    AS 'SELECT campfire.log_head()';
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA t TO PUBLIC;
 
 INSERT INTO campfire.organizations (id, name, slug) VALUES

@@ -63,6 +63,20 @@ SET ROLE campfire_test_client;
 SELECT count(*) AS bulk_events FROM logged e, mark m WHERE e.id > m.id AND e.payload -> 'message' ->> 'content' LIKE 'bulk %';
 UPDATE mark SET id = t.head();
 
+-- Two messages in one transaction write four log rows, the most one VALUES insert takes; three
+-- write six, through the parameter arrays: both give every event once, in order, with its seq.
+CALL t.act_as('service');
+BEGIN;
+SELECT m.seq FROM generate_series(1, 2) i, campfire.send_message(:conv_a, 'pair ' || i, 'system') m;
+COMMIT;
+BEGIN;
+SELECT m.seq FROM generate_series(1, 3) i, campfire.send_message(:conv_a, 'triple ' || i, 'system') m;
+COMMIT;
+SELECT e.id - m.id AS n, t.redact(e.topic) AS topic, e.event,
+       coalesce(e.payload -> 'message' ->> 'content', e.payload -> 'conversation' ->> 'last_message_preview') AS content
+FROM logged e, mark m WHERE e.id > m.id ORDER BY e.id;
+UPDATE mark SET id = t.head();
+
 -- Payloads are scalar-only: no JSONB, arrays, inet or enum columns of conversations.
 SELECT e.event, json_object_keys(e.payload -> 'conversation') AS key
 FROM logged e WHERE e.event = 'conversation:created' AND e.organization_id = 'bbbbbbbb-0000-4000-8000-00000000000b'
