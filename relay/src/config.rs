@@ -12,6 +12,7 @@ const DEFAULT_SEND_QUEUE: usize = 1024;
 const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_DB_PROBE_INTERVAL_MS: u64 = 5_000;
 const DEFAULT_DB_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_API_CONNECTIONS: u64 = 4;
 const DEFAULT_MAX_CHANNELS: usize = 100;
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 const DEFAULT_TYPING_TTL_SECS: u64 = 10;
@@ -106,6 +107,12 @@ pub struct Config {
     /// connection is presumed dead (a black-holed link sends no FIN or RST) and replaced.
     #[arg(long, env = "CAMPFIRE_DB_TIMEOUT_MS", default_value_t = DEFAULT_DB_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub db_timeout_ms: u64,
+
+    /// Connections per shard for the HTTP API's calls, each running one call at a time (the
+    /// relay's joins and log reads share one more). A call waiting on a row lock holds only its
+    /// own, for at most the database timeout (its lock timeout).
+    #[arg(long, env = "CAMPFIRE_API_CONNECTIONS", default_value_t = DEFAULT_API_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub api_connections: u64,
 
     /// Channels one connection may join.
     #[arg(long, env = "CAMPFIRE_MAX_CHANNELS", default_value_t = DEFAULT_MAX_CHANNELS)]
@@ -361,6 +368,7 @@ impl Config {
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             db_probe_interval_ms: DEFAULT_DB_PROBE_INTERVAL_MS,
             db_timeout_ms: DEFAULT_DB_TIMEOUT_MS,
+            api_connections: DEFAULT_API_CONNECTIONS,
             max_channels: DEFAULT_MAX_CHANNELS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             typing_ttl_secs: DEFAULT_TYPING_TTL_SECS,

@@ -3,6 +3,7 @@
 //! (shards.rs). Both connections are probed: one that stops answering (a black-holed link sends
 //! no FIN or RST) is given up and replaced.
 
+use crate::api_pool::{ApiConnections, ApiPool, api_pool};
 use crate::errors::SqlError;
 use crate::metrics::Metrics;
 use crate::prepared::QueryClient;
@@ -113,6 +114,8 @@ pub struct Db {
     probe_interval: Duration,
     metrics: Arc<Metrics>,
     query: Mutex<QuerySlot>,
+    /// The HTTP API's own connections (api_pool.rs).
+    api: ApiPool,
     /// The notify key, read whenever the LISTEN connection comes up.
     pub sealing: crate::notify::Sealing,
 }
@@ -140,6 +143,7 @@ impl Db {
         metrics.events_in.with_label_values(&[shard]);
         Ok(Db {
             shard: shard.to_owned(),
+            api: api_pool(pg.clone(), config.api_connections as usize, config.db_timeout()),
             config: pg,
             timeout: config.db_timeout(),
             probe_interval: config.db_probe_interval(),
@@ -174,6 +178,11 @@ impl Db {
         tracing::warn!(shard = self.shard, connection = link.label(), %err, "database connection lost");
         self.metrics.db_link_up.with_label_values(&[link.label(), &self.shard]).set(0);
         self.metrics.db_link_failures.with_label_values(&[link.label(), err.reason(), &self.shard]).inc();
+    }
+
+    /// A connection of the HTTP API's own for one call.
+    pub async fn api_connection(&self) -> Result<deadpool::managed::Object<ApiConnections>, DbError> {
+        crate::api_pool::take(&self.api).await
     }
 
     /// Whether the query connection is up, as the metrics say.

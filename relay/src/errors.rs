@@ -235,10 +235,12 @@ pub enum SqlError {
     WrongState,
     /// 23505: a duplicate.
     Duplicate,
+    /// 55P03: a row the call needs stayed locked by another transaction past the lock timeout.
+    LockNotAvailable,
 }
 
 impl SqlError {
-    const SQLSTATES: [(SqlError, &'static str); 10] = [
+    const SQLSTATES: [(SqlError, &'static str); 11] = [
         (SqlError::InvalidParameter, "22023"),
         (SqlError::StringTooLong, "22001"),
         (SqlError::InvalidText, "22P02"),
@@ -249,6 +251,7 @@ impl SqlError {
         (SqlError::NotFound, "P0002"),
         (SqlError::WrongState, "55000"),
         (SqlError::Duplicate, "23505"),
+        (SqlError::LockNotAvailable, "55P03"),
     ];
 
     pub fn from_sqlstate(code: &str) -> Option<SqlError> {
@@ -272,6 +275,7 @@ impl SqlError {
             SqlError::Forbidden => StatusCode::FORBIDDEN,
             SqlError::NotFound => StatusCode::NOT_FOUND,
             SqlError::WrongState | SqlError::Duplicate => StatusCode::CONFLICT,
+            SqlError::LockNotAvailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

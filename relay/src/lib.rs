@@ -6,6 +6,7 @@
 
 mod access;
 mod api;
+mod api_pool;
 pub mod auth;
 mod client_addr;
 mod client_broadcast;
