@@ -185,6 +185,19 @@ impl Db {
         crate::api_pool::take(&self.api).await
     }
 
+    /// Sets the API connections' gauges, for a scrape of the metrics.
+    pub fn report_api_connections(&self) {
+        let status = self.api.status();
+        let states = [
+            ("busy", status.size.saturating_sub(status.available)),
+            ("idle", status.available),
+            ("waiting", status.waiting),
+        ];
+        for (state, count) in states {
+            self.metrics.db_api_connections.with_label_values(&[self.shard.as_str(), state]).set(count as i64);
+        }
+    }
+
     /// Whether the query connection is up, as the metrics say.
     pub fn query_connected(&self) -> bool {
         self.metrics.db_link_up.with_label_values(&[Link::Query.label(), &self.shard]).get() == 1

@@ -230,6 +230,9 @@ async fn metrics(State(relay): State<Arc<Relay>>) -> String {
     let (total, max) = relay.hub.queued_frames();
     relay.metrics.queue_depth.set(total as i64);
     relay.metrics.queue_depth_max.set(max as i64);
+    for shard in relay.shards.all() {
+        shard.db.report_api_connections();
+    }
     relay.metrics.render()
 }
 

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub queue_depth_max: IntGauge,
     pub last_event_id: IntGaugeVec,
     pub db_link_up: IntGaugeVec,
+    pub db_api_connections: IntGaugeVec,
     pub db_link_failures: IntCounterVec,
     pub frames_written: IntCounter,
     pub resumes: IntCounter,
@@ -83,6 +84,12 @@ impl Metrics {
                 "campfire_db_link_up",
                 "1 while a shard's database connection (listen, query) answers",
                 &["connection", "shard"],
+            ),
+            db_api_connections: gauge_vec(
+                "campfire_db_api_connections",
+                "A shard's database connections for HTTP API calls, by state (busy: running a call; idle), \
+                 and the calls waiting for one (waiting)",
+                &["shard", "state"],
             ),
             db_link_failures: counter_vec(
                 "campfire_db_link_failures_total",

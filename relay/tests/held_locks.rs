@@ -59,10 +59,12 @@ async fn a_call_waiting_on_a_held_row_lock_holds_up_no_other() {
     let joined = tokio::time::timeout(Duration::from_secs(5), client.join_ok(&topic, json!({}))).await;
     joined.expect("a join waited behind the held send");
     assert!(!held.is_finished(), "the send to the locked conversation did not wait for the lock");
+    assert_eq!(relay.metric(r#"campfire_db_api_connections{shard="default",state="busy"}"#).await, 1.0);
 
     application.batch_execute("COMMIT").await.unwrap();
     let (status, body) = tokio::time::timeout(Duration::from_secs(15), held).await.unwrap().unwrap();
     assert_eq!(status, 201, "{body}");
+    assert_eq!(relay.metric(r#"campfire_db_api_connections{shard="default",state="busy"}"#).await, 0.0);
 }
 
 /// A lock held past the database timeout: the call waiting for it is answered 503 with the
