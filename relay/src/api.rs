@@ -157,7 +157,7 @@ async fn call_as(shard: &Shard, claims: &Value, call: &str, params: &[&(dyn ToSq
     all.extend_from_slice(params);
     let connection = shard.db.api_connection().await.map_err(|err| {
         tracing::warn!(shard = shard.name, %err, "no database connection for an API call");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the database is unavailable: {err}"))
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
     })?;
     let row = connection.client.query_one(&sql, &all).await?;
     serde_json::from_str(row.get::<_, &str>(0))

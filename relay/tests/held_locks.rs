@@ -93,3 +93,34 @@ async fn a_call_waiting_past_the_lock_timeout_is_answered_503() {
     let (status, body) = http(relay.addr, "POST", &path, &headers, r#"{"content": "now"}"#).await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// The only API connection busy waiting on a held lock: a further call waits for it until the
+/// lock timeout frees it, and is answered; the waiting call is answered 503 (55P03); joins are
+/// answered meanwhile.
+#[tokio::test]
+async fn a_call_beyond_the_api_connections_waits_at_most_the_lock_timeout() {
+    let fixture = Fixture::new().await;
+    let config = Config { db_timeout_ms: 1_000, api_connections: 1, ..fixture.config() };
+    let relay = Relay::start_with(config, Options::default()).await;
+    let application = fixture.db().await;
+    let lock = format!("BEGIN; SELECT FROM campfire.conversations WHERE id = '{}' FOR UPDATE", fixture.conversation);
+    application.batch_execute(&lock).await.unwrap();
+
+    let bearer = format!("Bearer {}", fixture.agent_token());
+    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    let path = format!("/api/dashboard/conversations/{}/messages", fixture.conversation);
+    let started = std::time::Instant::now();
+    let (held, (status, body)) =
+        tokio::join!(http(relay.addr, "POST", &path, &headers, r#"{"content": "holds the only connection"}"#), async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            http(relay.addr, "GET", &path, &headers, "").await
+        });
+    assert_eq!(held.0, 503, "{}", held.1);
+    assert!(held.1.contains("55P03"), "{}", held.1);
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    let mut client = Client::connect(relay.addr, "2.0.0", &fixture.agent_token()).await;
+    let joined = tokio::time::timeout(Duration::from_secs(5), client.join_ok(&fixture.topic(), json!({}))).await;
+    joined.expect("a join waited behind the API's calls");
+    application.batch_execute("COMMIT").await.unwrap();
+}
