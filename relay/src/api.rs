@@ -155,11 +155,10 @@ async fn call_as(shard: &Shard, claims: &Value, call: &str, params: &[&(dyn ToSq
     let claims = claims.to_string();
     let mut all: Vec<&(dyn ToSql + Sync)> = vec![&claims];
     all.extend_from_slice(params);
-    let connection = shard.db.api_connection().await.map_err(|err| {
-        tracing::warn!(shard = shard.name, %err, "no database connection for an API call");
+    let row = shard.db.api_query_one(&sql, &all).await.map_err(|err| {
+        tracing::warn!(shard = shard.name, %err, "no database answer for an API call");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
-    })?;
-    let row = connection.client.query_one(&sql, &all).await?;
+    })??;
     serde_json::from_str(row.get::<_, &str>(0))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }

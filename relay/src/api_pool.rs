@@ -9,7 +9,8 @@ use crate::prepared::QueryClient;
 use deadpool::Runtime;
 use deadpool::managed::{Manager, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 use tokio_util::task::AbortOnDropHandle;
 
 /// One API connection and the task driving it (dropping it ends the connection).
@@ -61,8 +62,29 @@ pub fn api_pool(config: tokio_postgres::Config, size: usize, timeout: Duration) 
         .expect("a pool with timeouts and a runtime builds")
 }
 
+/// Runs one API call's statement on a connection of the pool: the outer error when no
+/// connection answered, the inner one the statement's own. A connection that gives no answer
+/// within the lock timeout and the database timeout more is dropped from the pool, not handed to
+/// the next call: its link went silent while something (a proxy, a NAT box that lost its entry)
+/// still acknowledges, so the kernel never ends it.
+pub async fn query_one(
+    pool: &ApiPool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Result<Row, tokio_postgres::Error>, DbError> {
+    let connection = take(pool).await?;
+    let deadline = 2 * pool.manager().timeout;
+    match tokio::time::timeout(deadline, connection.client.query_one(sql, params)).await {
+        Ok(answer) => Ok(answer),
+        Err(_) => {
+            drop(Object::take(connection));
+            Err(DbError::TimedOut(deadline))
+        }
+    }
+}
+
 /// A connection for one API call.
-pub async fn take(pool: &ApiPool) -> Result<Object<ApiConnections>, DbError> {
+async fn take(pool: &ApiPool) -> Result<Object<ApiConnections>, DbError> {
     pool.get().await.map_err(|err| match err {
         PoolError::Backend(err) => err,
         PoolError::Timeout(_) => DbError::Unavailable(format!(

@@ -3,7 +3,7 @@
 //! (shards.rs). Both connections are probed: one that stops answering (a black-holed link sends
 //! no FIN or RST) is given up and replaced.
 
-use crate::api_pool::{ApiConnections, ApiPool, api_pool};
+use crate::api_pool::{ApiPool, api_pool};
 use crate::errors::SqlError;
 use crate::metrics::Metrics;
 use crate::prepared::QueryClient;
@@ -180,9 +180,13 @@ impl Db {
         self.metrics.db_link_failures.with_label_values(&[link.label(), err.reason(), &self.shard]).inc();
     }
 
-    /// A connection of the HTTP API's own for one call.
-    pub async fn api_connection(&self) -> Result<deadpool::managed::Object<ApiConnections>, DbError> {
-        crate::api_pool::take(&self.api).await
+    /// Runs one HTTP API call's statement on a connection of the API's own (api_pool.rs).
+    pub async fn api_query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Result<tokio_postgres::Row, tokio_postgres::Error>, DbError> {
+        crate::api_pool::query_one(&self.api, sql, params).await
     }
 
     /// Sets the API connections' gauges, for a scrape of the metrics.

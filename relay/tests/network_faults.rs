@@ -190,3 +190,35 @@ async fn a_client_that_never_reads_is_gone_within_the_write_timeout() {
     assert_eq!(sender.recv_where(|m| m.r#ref == json!(hb)).await.payload["status"], "ok");
     relay.stop().await;
 }
+
+/// An API connection whose link goes silent (the proxy keeps acknowledging, as a NAT box that
+/// lost its entry does, so the kernel's user timeout never fires): the call on it is answered
+/// 503 in bounded time, and once the path is back the next call opens a new connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_api_connection_fails_its_call_in_time_and_is_replaced() {
+    let f = Fixture::new().await;
+    let proxy = Proxy::start(f.cluster_addr()).await;
+    let mut config = f.config();
+    config.database_url = f.relay_url_via(proxy.addr);
+    config.db_timeout_ms = 500;
+    config.api_connections = 1;
+    let relay = Relay::start_with(config, Options::default()).await;
+    let bearer = format!("Bearer {}", f.agent_token());
+    let history = format!("/api/dashboard/conversations/{}/messages", f.conversation);
+    let headers = [("authorization", bearer.as_str())];
+    let call = || common::http(relay.addr, "GET", &history, &headers, "");
+    assert_eq!(call().await.0, 200, "the API connection is open");
+
+    proxy.black_hole();
+    let started = Instant::now();
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(20), call())
+        .await
+        .expect("the call on the silent connection was never answered");
+    assert_eq!(status, 503, "{body}");
+    let answered = started.elapsed();
+    assert!(answered < std::time::Duration::from_secs(5), "answered after {answered:?}");
+
+    proxy.restore();
+    wait_until("the API answers again", || async { call().await.0 == 200 }).await;
+    eprintln!("silent API connection -> 503 after {answered:?}");
+}
