@@ -191,12 +191,12 @@ fn json_text(value: &Value) -> Box<RawValue> {
 
 thread_local! {
     /// Statements planned once per backend (SQL text → kept plan).
-    static PLANS: RefCell<Vec<(String, OwnedPreparedStatement)>> = const { RefCell::new(Vec::new()) };
+    static PLANS: RefCell<Vec<(&'static str, OwnedPreparedStatement)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `sql` through this backend's kept plan for it, preparing it on first use.
 fn run_kept<T>(
-    sql: &str,
+    sql: &'static str,
     types: &[pg_sys::Oid],
     args: &[DatumWithOid],
     mut row: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
@@ -208,7 +208,7 @@ fn run_kept<T>(
                 Some(index) => index,
                 None => {
                     let types: Vec<PgOid> = types.iter().copied().map(PgOid::from).collect();
-                    plans.push((sql.to_owned(), client.prepare_mut(sql, &types)?.keep()));
+                    plans.push((sql, client.prepare_mut(sql, &types)?.keep()));
                     plans.len() - 1
                 }
             };
@@ -253,8 +253,25 @@ const LOG_COLUMNS: [(&str, pg_sys::Oid); 7] = [
     ("conversation_update", pg_sys::JSONOID),
 ];
 
+thread_local! {
+    /// `log_values_sql`'s texts, made once per backend: at most `VALUES_MAX_ROWS` × 2 of them.
+    static LOG_VALUES_TEXTS: RefCell<Vec<((usize, usize), &'static str)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// `INSERT INTO campfire.events (the first `columns`) VALUES ($1, ...), ...` for `rows` rows.
-fn log_values_sql(rows: usize, columns: usize) -> String {
+fn log_values_sql(rows: usize, columns: usize) -> &'static str {
+    LOG_VALUES_TEXTS.with(|texts| {
+        let mut texts = texts.borrow_mut();
+        if let Some(&(_, text)) = texts.iter().find(|(key, _)| *key == (rows, columns)) {
+            return text;
+        }
+        let text: &'static str = Box::leak(build_log_values_sql(rows, columns).into_boxed_str());
+        texts.push(((rows, columns), text));
+        text
+    })
+}
+
+fn build_log_values_sql(rows: usize, columns: usize) -> String {
     let names: Vec<&str> = LOG_COLUMNS[..columns].iter().map(|(name, _)| *name).collect();
     let row = |r: usize| {
         let parameters: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
@@ -324,7 +341,7 @@ pub fn flush() -> i64 {
             })
             .collect();
         let types: Vec<pg_sys::Oid> = LOG_COLUMNS[..columns].iter().map(|&(_, oid)| oid).collect();
-        run_kept(&log_values_sql(events.len(), columns), &types.repeat(events.len()), &args, |_| Ok(()));
+        run_kept(log_values_sql(events.len(), columns), &types.repeat(events.len()), &args, |_| Ok(()));
     } else {
         log_unnested(&events, &ids, &payloads, &updates, columns);
     }
