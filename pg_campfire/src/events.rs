@@ -19,7 +19,6 @@ use pgrx::datum::{DatumWithOid, JsonString};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use std::cell::{Cell, RefCell};
 
@@ -33,9 +32,9 @@ struct PendingEvent {
     conversation_id: Option<uuid::Uuid>,
     topic: String,
     event: String,
-    payload: Value,
+    payload: Box<RawValue>,
     /// A `conversation:updated` payload announced just before this event (see `take_conversation_update`).
-    conversation_update: Option<Value>,
+    conversation_update: Option<Box<RawValue>>,
 }
 
 impl PendingEvent {
@@ -78,7 +77,7 @@ pub fn queue(
     conversation_id: Option<uuid::Uuid>,
     topic: String,
     event: impl Into<String>,
-    payload: Value,
+    payload: Box<RawValue>,
 ) {
     queue_after(organization_id, conversation_id, topic, event, payload, None);
 }
@@ -90,8 +89,8 @@ pub fn queue_after(
     conversation_id: Option<uuid::Uuid>,
     topic: String,
     event: impl Into<String>,
-    payload: Value,
-    conversation_update: Option<Value>,
+    payload: Box<RawValue>,
+    conversation_update: Option<Box<RawValue>>,
 ) {
     let subtransaction = current_subtransaction();
     PENDING.with(|pending| {
@@ -112,7 +111,7 @@ pub fn queue_after(
 /// log row instead of two, read back as the same two events. Only when nothing but the message's
 /// event on its conversation channel came in between, in the same subtransaction, so that no
 /// event of the organization channel moves past it.
-pub fn take_conversation_update(conversation: uuid::Uuid) -> Option<Value> {
+pub fn take_conversation_update(conversation: uuid::Uuid) -> Option<Box<RawValue>> {
     if !log_carries_updates() {
         return None;
     }
@@ -184,9 +183,9 @@ unsafe extern "C-unwind" fn on_subtransaction_end(
 /// An event as written to the log and announced, its payload already JSON text.
 pub type Logged = LoggedEvent<Box<RawValue>>;
 
-/// A JSON value's text, serialized once and never parsed again.
-fn json_text(value: &Value) -> Box<RawValue> {
-    serde_json::value::to_raw_value(value).expect("a JSON value serializes")
+/// A payload's JSON text, serialized once when its event is queued and never parsed again.
+pub fn json_text(value: &impl serde::Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|err| pgrx::error!("an event payload: {err}"))
 }
 
 thread_local! {
@@ -318,24 +317,21 @@ pub fn flush() -> i64 {
     let count: i64 = events.iter().map(PendingEvent::span).sum();
     let first = crate::horizon::reserve(count as usize);
     let ids: Vec<i64> = events.iter().scan(first, |next, e| Some(std::mem::replace(next, *next + e.span()))).collect();
-    let payloads: Vec<Box<RawValue>> = events.iter().map(|e| json_text(&e.payload)).collect();
-    let updates: Vec<Option<Box<RawValue>>> =
-        events.iter().map(|e| e.conversation_update.as_ref().map(json_text)).collect();
     // Without a conversation update, the six columns every schema has.
-    let columns = if updates.iter().any(Option::is_some) { 7 } else { 6 };
-    let json = |text: &RawValue| JsonString(text.get().to_owned());
+    let columns = if events.iter().any(|e| e.conversation_update.is_some()) { 7 } else { 6 };
     if events.len() <= VALUES_MAX_ROWS {
-        let rows = events.iter().zip(&ids).zip(payloads.iter().zip(&updates));
-        let args: Vec<DatumWithOid> = rows
-            .flat_map(|((e, &id), (payload, update))| {
+        let args: Vec<DatumWithOid> = events
+            .iter()
+            .zip(&ids)
+            .flat_map(|(e, &id)| {
                 let row: [DatumWithOid; 7] = [
                     id.into(),
                     to_pg(e.organization_id).into(),
                     e.conversation_id.map(to_pg).into(),
                     e.topic.as_str().into(),
                     e.event.as_str().into(),
-                    json(payload).into(),
-                    update.as_deref().map(json).into(),
+                    json(&e.payload).into(),
+                    e.conversation_update.as_deref().map(json).into(),
                 ];
                 row.into_iter().take(columns)
             })
@@ -343,11 +339,12 @@ pub fn flush() -> i64 {
         let types: Vec<pg_sys::Oid> = LOG_COLUMNS[..columns].iter().map(|&(_, oid)| oid).collect();
         run_kept(log_values_sql(events.len(), columns), &types.repeat(events.len()), &args, |_| Ok(()));
     } else {
-        log_unnested(&events, &ids, &payloads, &updates, columns);
+        log_unnested(&events, &ids, columns);
     }
     if !crate::notifier::will_announce(first, first + count - 1) {
         let mut logged = Vec::with_capacity(count as usize);
-        for (((e, payload), update), id) in events.into_iter().zip(payloads).zip(updates).zip(ids) {
+        for (e, id) in events.into_iter().zip(ids) {
+            let (payload, update) = (e.payload, e.conversation_update);
             push_deliveries(
                 &mut logged,
                 LogRow { id, organization: e.organization_id, topic: e.topic, event: e.event, payload, update },
@@ -359,24 +356,23 @@ pub fn flush() -> i64 {
 }
 
 /// The log rows of a transaction with more than `VALUES_MAX_ROWS`, as parameter arrays.
-fn log_unnested(
-    events: &[PendingEvent],
-    ids: &[i64],
-    payloads: &[Box<RawValue>],
-    updates: &[Option<Box<RawValue>>],
-    columns: usize,
-) {
+fn log_unnested(events: &[PendingEvent], ids: &[i64], columns: usize) {
     let args: [DatumWithOid; 7] = [
         ids.to_vec().into(),
         events.iter().map(|e| to_pg(e.organization_id)).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.conversation_id.map(to_pg)).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>().into(),
         events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>().into(),
-        payloads.iter().map(|p| JsonString(p.get().to_owned())).collect::<Vec<_>>().into(),
-        updates.iter().map(|u| u.as_ref().map(|u| JsonString(u.get().to_owned()))).collect::<Vec<_>>().into(),
+        events.iter().map(|e| json(&e.payload)).collect::<Vec<_>>().into(),
+        events.iter().map(|e| e.conversation_update.as_deref().map(json)).collect::<Vec<_>>().into(),
     ];
     let sql = if columns == 7 { LOG_EVENTS_SQL } else { LOG_PLAIN_EVENTS_SQL };
     run_kept(sql, &LOG_EVENTS_TYPES[..columns], &args[..columns], |_| Ok(()));
+}
+
+/// A payload as a `json` parameter.
+fn json(text: &RawValue) -> JsonString {
+    JsonString(text.get().to_owned())
 }
 
 fn to_pg(id: uuid::Uuid) -> pgrx::Uuid {
@@ -608,6 +604,7 @@ fn broadcast(organization_id: pgrx::Uuid, topic: &str, event: &str, payload: pgr
         ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "event name must be 1-255 bytes");
     }
     let conversation = channel.conversation().map(|c| uuid::Uuid::from_bytes(*c.as_bytes()));
-    queue(uuid::Uuid::from_bytes(*organization_id.as_bytes()), conversation, channel.canonical(), event, payload.0);
+    let payload = json_text(&payload.0);
+    queue(uuid::Uuid::from_bytes(*organization_id.as_bytes()), conversation, channel.canonical(), event, payload);
     1
 }

@@ -50,6 +50,7 @@ pub extern "C-unwind" fn _PG_init() {
     events::init();
     horizon::init();
     notifier::init();
+    scalar::init();
 }
 
 /// Required by `cargo pgrx test`.

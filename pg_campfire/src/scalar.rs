@@ -4,7 +4,9 @@
 
 use pgrx::datum::{Date, Time, TimeWithTimeZone, Timestamp, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use serde_json::{Map, Value};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+use serde_json::Value;
+use std::cell::RefCell;
 use std::ffi::CStr;
 
 /// What to do with enum columns: the generic function leaves them out; the mirror keeps their
@@ -47,6 +49,17 @@ impl Row {
         (!is_null).then_some(datum)
     }
 
+    /// Every column's value (`None` when NULL), read in one pass over the tuple: `datum` walks
+    /// the tuple from its start for each column after the first variable-width one.
+    fn datums(&self) -> Vec<Option<pg_sys::Datum>> {
+        let natts = self.natts();
+        let (mut values, mut nulls) = (vec![pg_sys::Datum::from(0); natts], vec![false; natts]);
+        // SAFETY: tuple and descriptor are valid (Row::new), and both arrays hold natts entries;
+        // columns the tuple predates are filled in as PostgreSQL's heap_getattr does.
+        unsafe { pg_sys::heap_deform_tuple(self.tuple, self.tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr()) };
+        values.into_iter().zip(nulls).map(|(value, null)| (!null).then_some(value)).collect()
+    }
+
     fn index_of(&self, column: &str) -> Option<usize> {
         (0..self.natts()).find(|&i| {
             let att = self.attribute(i);
@@ -71,8 +84,9 @@ impl Row {
     pub fn scalar(&self, column: &str) -> Option<Value> {
         let index = self.index_of(column)?;
         let datum = self.datum(index)?;
-        // SAFETY: a non-null datum of this column, whose type is the attribute's.
-        unsafe { scalar_value(datum, self.attribute(index).atttypid, Enums::AsText) }
+        let typid = self.attribute(index).atttypid;
+        let base = scalar_base_type(typid, Enums::AsText)?;
+        serde_json::to_value(Scalar { datum, typid, base }).ok().filter(|value| !value.is_null())
     }
 
     /// A uuid column's value, `None` when it is NULL, missing or of another type.
@@ -93,22 +107,33 @@ impl Row {
         }
     }
 
-    /// Every scalar column as a JSON object (NULLs included as `null`).
-    pub fn to_scalar_json(&self, enums: Enums) -> Map<String, Value> {
-        let mut object = Map::with_capacity(self.natts());
-        for index in 0..self.natts() {
-            let att = self.attribute(index);
-            let Some(base) = (!att.attisdropped).then(|| scalar_base_type(att.atttypid, enums)).flatten() else {
+    /// Every scalar column as a JSON object (NULLs included as `null`), in column order. It
+    /// serializes straight from the datums: a payload's JSON text is written in one pass, with no
+    /// `serde_json::Value` tree built, cloned and taken apart again in between.
+    pub fn scalar_object(&self, enums: Enums) -> ScalarObject<'_> {
+        ScalarObject { row: self, enums }
+    }
+}
+
+/// A row's scalar columns as a JSON object (`Row::scalar_object`).
+pub struct ScalarObject<'a> {
+    row: &'a Row,
+    enums: Enums,
+}
+
+impl Serialize for ScalarObject<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let row = self.row;
+        let mut object = serializer.serialize_map(None)?;
+        for (index, datum) in row.datums().into_iter().enumerate() {
+            let att = row.attribute(index);
+            let Some(base) = (!att.attisdropped).then(|| scalar_base_type(att.atttypid, self.enums)).flatten() else {
                 continue;
             };
-            let value = match self.datum(index) {
-                None => Value::Null,
-                // SAFETY: a non-null datum of this column, scalar with base type `base`.
-                Some(datum) => unsafe { base_value(datum, att.atttypid, base) }.unwrap_or(Value::Null),
-            };
-            object.insert(att.name().to_owned(), value);
+            let value = datum.map(|datum| Scalar { datum, typid: att.atttypid, base });
+            object.serialize_entry(att.name(), &value)?;
         }
-        object
+        object.end()
     }
 }
 
@@ -116,8 +141,39 @@ fn is_scalar_type(typid: pg_sys::Oid, enums: Enums) -> bool {
     scalar_base_type(typid, enums).is_some()
 }
 
+/// A type and enum rule, and `scalar_base_type`'s answer for them.
+type KnownBaseType = ((pg_sys::Oid, Enums), Option<pg_sys::Oid>);
+
+thread_local! {
+    /// `scalar_base_type`'s answers, by type and enum rule: every payload asks for each of its
+    /// columns, two catalog cache lookups each. Emptied whenever a type changes (`init`).
+    static BASE_TYPES: RefCell<Vec<KnownBaseType>> = const { RefCell::new(Vec::new()) };
+}
+
+pub fn init() {
+    // SAFETY: registered once per backend, from _PG_init; the callback is pg_guard'ed.
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::TYPEOID as i32, Some(types_changed), 0.into())
+    };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn types_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    BASE_TYPES.with(|types| types.borrow_mut().clear());
+}
+
 /// The base type (domains resolved) of a scalar type, `None` for any other type.
 fn scalar_base_type(typid: pg_sys::Oid, enums: Enums) -> Option<pg_sys::Oid> {
+    let known =
+        BASE_TYPES.with(|types| types.borrow().iter().find(|(key, _)| *key == (typid, enums)).map(|&(_, base)| base));
+    known.unwrap_or_else(|| {
+        let base = look_up_scalar_base_type(typid, enums);
+        BASE_TYPES.with(|types| types.borrow_mut().push(((typid, enums), base)));
+        base
+    })
+}
+
+fn look_up_scalar_base_type(typid: pg_sys::Oid, enums: Enums) -> Option<pg_sys::Oid> {
     // SAFETY: a syscache lookup by type oid; an unknown oid raises an ERROR, not UB.
     let base = unsafe { pg_sys::getBaseType(typid) };
     let scalar = match base {
@@ -163,58 +219,64 @@ unsafe fn output_text(datum: pg_sys::Datum, typid: pg_sys::Oid) -> String {
     }
 }
 
-fn number(value: f64) -> Value {
-    serde_json::Number::from_f64(value).map_or_else(|| Value::String(value.to_string()), Value::Number)
+/// A non-null datum of a scalar column, of type `typid` whose base type is `base`, as the JSON
+/// value it stands for. Only built from a row's own columns, whose types these are.
+struct Scalar {
+    datum: pg_sys::Datum,
+    typid: pg_sys::Oid,
+    base: pg_sys::Oid,
 }
 
-/// # Safety
-/// `datum` must be a non-null value of type `typid`.
-unsafe fn scalar_value(datum: pg_sys::Datum, typid: pg_sys::Oid, enums: Enums) -> Option<Value> {
-    let base = scalar_base_type(typid, enums)?;
-    // SAFETY: the caller's contract, and `base` is the base type of `typid`.
-    unsafe { base_value(datum, typid, base) }
-}
-
-/// # Safety
-/// `datum` must be a non-null value of type `typid`, a scalar type whose base type is `base`.
-unsafe fn base_value(datum: pg_sys::Datum, typid: pg_sys::Oid, base: pg_sys::Oid) -> Option<Value> {
-    // SAFETY: each arm reads the datum as its base type, which the caller guarantees it is.
-    let value = unsafe {
-        match base {
-            pg_sys::BOOLOID => Value::Bool(datum.value() != 0),
-            pg_sys::INT2OID => Value::from(datum.value() as i16),
-            pg_sys::INT4OID => Value::from(datum.value() as i32),
-            pg_sys::INT8OID => Value::from(i64::from_polymorphic_datum(datum, false, base)?),
-            pg_sys::FLOAT4OID => number(f32::from_polymorphic_datum(datum, false, base)? as f64),
-            pg_sys::FLOAT8OID => number(f64::from_polymorphic_datum(datum, false, base)?),
-            pg_sys::NUMERICOID => {
-                let text = output_text(datum, base);
-                serde_json::from_str::<serde_json::Number>(&text).map_or(Value::String(text), Value::Number)
+impl Serialize for Scalar {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (datum, base) = (self.datum, self.base);
+        // SAFETY: each arm reads the datum as its base type, which it is (the struct's contract).
+        unsafe {
+            match base {
+                pg_sys::BOOLOID => serializer.serialize_bool(datum.value() != 0),
+                pg_sys::INT2OID => serializer.serialize_i16(datum.value() as i16),
+                pg_sys::INT4OID => serializer.serialize_i32(datum.value() as i32),
+                pg_sys::INT8OID => i64::from_polymorphic_datum(datum, false, base).serialize(serializer),
+                pg_sys::FLOAT4OID => {
+                    float(serializer, f32::from_polymorphic_datum(datum, false, base).unwrap_or_default() as f64)
+                }
+                pg_sys::FLOAT8OID => {
+                    float(serializer, f64::from_polymorphic_datum(datum, false, base).unwrap_or_default())
+                }
+                pg_sys::NUMERICOID => {
+                    let text = output_text(datum, base);
+                    match serde_json::from_str::<serde_json::Number>(&text) {
+                        Ok(number) => number.serialize(serializer),
+                        Err(_) => serializer.serialize_str(&text),
+                    }
+                }
+                pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => {
+                    <&str>::from_polymorphic_datum(datum, false, pg_sys::TEXTOID).serialize(serializer)
+                }
+                // Formatted by the uuid crate, several times faster than pgrx::Uuid's Display.
+                pg_sys::UUIDOID => pgrx::Uuid::from_polymorphic_datum(datum, false, base)
+                    .map(|id| uuid::Uuid::from_bytes(*id.as_bytes()))
+                    .serialize(serializer),
+                pg_sys::TIMESTAMPTZOID => {
+                    TimestampWithTimeZone::from_polymorphic_datum(datum, false, base).serialize(serializer)
+                }
+                pg_sys::TIMESTAMPOID => Timestamp::from_polymorphic_datum(datum, false, base).serialize(serializer),
+                pg_sys::DATEOID => Date::from_polymorphic_datum(datum, false, base).serialize(serializer),
+                pg_sys::TIMEOID => Time::from_polymorphic_datum(datum, false, base).serialize(serializer),
+                pg_sys::TIMETZOID => TimeWithTimeZone::from_polymorphic_datum(datum, false, base).serialize(serializer),
+                // name, "char" and enum labels.
+                _ => serializer.serialize_str(&output_text(datum, self.typid)),
             }
-            pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => {
-                Value::String(String::from_polymorphic_datum(datum, false, pg_sys::TEXTOID)?)
-            }
-            // Formatted by the uuid crate, several times faster than pgrx::Uuid's Display.
-            pg_sys::UUIDOID => {
-                let id = pgrx::Uuid::from_polymorphic_datum(datum, false, base)?;
-                Value::String(uuid::Uuid::from_bytes(*id.as_bytes()).to_string())
-            }
-            pg_sys::TIMESTAMPTZOID => {
-                serde_json::to_value(TimestampWithTimeZone::from_polymorphic_datum(datum, false, base)?).ok()?
-            }
-            pg_sys::TIMESTAMPOID => {
-                serde_json::to_value(Timestamp::from_polymorphic_datum(datum, false, base)?).ok()?
-            }
-            pg_sys::DATEOID => serde_json::to_value(Date::from_polymorphic_datum(datum, false, base)?).ok()?,
-            pg_sys::TIMEOID => serde_json::to_value(Time::from_polymorphic_datum(datum, false, base)?).ok()?,
-            pg_sys::TIMETZOID => {
-                serde_json::to_value(TimeWithTimeZone::from_polymorphic_datum(datum, false, base)?).ok()?
-            }
-            // name, "char" and enum labels.
-            _ => Value::String(output_text(datum, typid)),
         }
-    };
-    Some(value)
+    }
+}
+
+/// A float JSON cannot hold (NaN, ±Infinity) goes as its text.
+fn float<S: Serializer>(serializer: S, value: f64) -> Result<S::Ok, S::Error> {
+    match value.is_finite() {
+        true => serializer.serialize_f64(value),
+        false => serializer.serialize_str(&value.to_string()),
+    }
 }
 
 /// `campfire.scalar_json(row)`: any row as a JSON object of its scalar columns only.
@@ -245,8 +307,8 @@ fn scalar_json(row: pgrx::AnyElement) -> pgrx::JsonB {
             t_tableOid: pg_sys::Oid::INVALID,
             t_data: header,
         };
-        let object = Row::new(&mut tuple, tupdesc).to_scalar_json(Enums::Omit);
+        let object = serde_json::to_value(Row::new(&mut tuple, tupdesc).scalar_object(Enums::Omit));
         pg_sys::DecrTupleDescRefCount(tupdesc);
-        pgrx::JsonB(Value::Object(object))
+        pgrx::JsonB(object.unwrap_or_else(|err| pgrx::error!("scalar_json: {err}")))
     }
 }

@@ -2,13 +2,15 @@
 //! messages, conversations, read receipts and agent availability produce in their transaction.
 
 use crate::events;
-use crate::scalar::{Enums, Row};
+use crate::scalar::{Enums, Row, ScalarObject};
 use pgrx::PgOid;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{PgTrigger, PgTriggerOperation};
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::json;
+use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -54,8 +56,27 @@ fn uuid_column(row: &Row, column: &str) -> uuid::Uuid {
     row.uuid(column).unwrap_or_else(|| pgrx::error!("uuid column {column} is NULL or missing"))
 }
 
-fn envelope(key: &str, object: Map<String, Value>, org: uuid::Uuid, conversation: uuid::Uuid) -> Value {
-    json!({ key: object, "conversationId": conversation.to_string(), "organizationId": org.to_string() })
+/// `{key: row's scalar columns, "conversationId", "organizationId"}`, a row event's payload.
+struct Envelope<'a> {
+    key: &'static str,
+    object: ScalarObject<'a>,
+    organization: uuid::Uuid,
+    conversation: uuid::Uuid,
+}
+
+impl Serialize for Envelope<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut envelope = serializer.serialize_map(Some(3))?;
+        envelope.serialize_entry(self.key, &self.object)?;
+        envelope.serialize_entry("conversationId", &self.conversation)?;
+        envelope.serialize_entry("organizationId", &self.organization)?;
+        envelope.end()
+    }
+}
+
+/// A row event's payload as JSON text, written straight from the row.
+fn envelope(key: &'static str, row: &Row, organization: uuid::Uuid, conversation: uuid::Uuid) -> Box<RawValue> {
+    events::json_text(&Envelope { key, object: row.scalar_object(Enums::AsText), organization, conversation })
 }
 
 /// `message:created` / `message:updated` on the conversation channel (not for agent-only notes)
@@ -70,7 +91,7 @@ fn message_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
         PgTriggerOperation::Insert => "message:created",
         _ => "message:updated",
     };
-    let payload = envelope("message", row.to_scalar_json(Enums::AsText), org, conversation);
+    let payload = envelope("message", row, org, conversation);
     if row.text("message_type").as_deref() != Some("note") {
         events::queue(org, Some(conversation), format!("org:{org}:conv:{conversation}"), event, payload.clone());
     }
@@ -91,14 +112,15 @@ fn conversation_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let row = change.current();
     let org = uuid_column(row, "organization_id");
     let conversation = uuid_column(row, "id");
-    let mirror = row.to_scalar_json(Enums::AsText);
     let (event, payload) = match change.op {
-        PgTriggerOperation::Insert => ("conversation:created", envelope("conversation", mirror, org, conversation)),
-        PgTriggerOperation::Update => ("conversation:updated", envelope("conversation", mirror, org, conversation)),
+        PgTriggerOperation::Insert => ("conversation:created", envelope("conversation", row, org, conversation)),
+        PgTriggerOperation::Update => ("conversation:updated", envelope("conversation", row, org, conversation)),
         // Ids only: a deletion (such as a GDPR erasure) must not copy personal data into the log.
         _ => (
             "conversation:deleted",
-            json!({ "conversationId": conversation.to_string(), "organizationId": org.to_string() }),
+            events::json_text(
+                &json!({ "conversationId": conversation.to_string(), "organizationId": org.to_string() }),
+            ),
         ),
     };
     events::queue(org, Some(conversation), format!("org:{org}"), event, payload);
@@ -125,6 +147,7 @@ fn read_receipt_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
         "lastReadSeq": seq(row),
         "readAt": row.scalar("updated_at"),
     });
+    let payload = events::json_text(&payload);
     events::queue(org, Some(conversation), format!("org:{org}:conv:{conversation}"), "read:receipt", payload);
     Ok(None)
 }
@@ -156,7 +179,7 @@ fn agent_status_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
         "availability": availability,
         "changedAt": row.scalar("availability_changed_at"),
     });
-    events::queue(org, None, format!("org:{org}:agents:presence"), event, payload);
+    events::queue(org, None, format!("org:{org}:agents:presence"), event, events::json_text(&payload));
     Ok(None)
 }
 
