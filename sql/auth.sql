@@ -17,9 +17,12 @@ CREATE FUNCTION current_claims() RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN coalesce(nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb, '{}'::jsonb);
 
+-- Policies and the API read claims through campfire.claim(key) (Rust, claims.rs), the same as
+-- current_claims() ->> key for the string claims they read, which keeps the parsed claims while
+-- the setting's text stays the same: a message asks for the role several times.
 CREATE FUNCTION claim_role() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN campfire.current_claims() ->> 'role';
+    RETURN campfire.claim('role');
 
 -- A uuid from text, or NULL when the text is not one (claims come from outside).
 CREATE FUNCTION try_uuid(value text) RETURNS uuid
@@ -27,16 +30,13 @@ CREATE FUNCTION try_uuid(value text) RETURNS uuid
     RETURN CASE WHEN value ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
                 THEN value::uuid END;
 
--- session_user, not current_user: inside SECURITY DEFINER functions current_user is the owner.
-CREATE FUNCTION is_service() RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN coalesce(campfire.claim_role() = 'service_role'
-                    AND pg_catalog.pg_has_role(session_user, 'campfire_service', 'MEMBER'), false);
+-- is_service() (Rust, claims.rs): the claims' role is service_role and session_user is a member
+-- of campfire_service.
 
 CREATE FUNCTION current_user_id() RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN CASE WHEN campfire.claim_role() = 'authenticated'
-                THEN campfire.try_uuid(campfire.current_claims() ->> 'sub') END;
+                THEN campfire.try_uuid(campfire.claim('sub')) END;
 
 -- The helpers below run for nearly every statement (row-level security asks them), so they are
 -- PL/pgSQL: its plans are kept for the session, where a SQL function's body would be parsed and
@@ -54,7 +54,7 @@ BEGIN
     END IF;
     -- Read from the claims once: in the query, a scan of the sessions (the plan for a small
     -- table) parsed the claims again for every row it visited.
-    claimed := campfire.try_uuid(campfire.current_claims() ->> 'widget_session_id');
+    claimed := campfire.try_uuid(campfire.claim('widget_session_id'));
     RETURN (SELECT s.id FROM campfire.widget_sessions s
             WHERE s.id = claimed AND s.revoked_at IS NULL AND s.expires_at > now());
 END

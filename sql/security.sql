@@ -137,7 +137,7 @@ GRANT EXECUTE ON FUNCTION scalar_json(anyelement), parse_channel(text), is_valid
 
 -- What policies and the API call, and the API itself.
 GRANT EXECUTE ON FUNCTION
-    current_claims(), claim_role(), try_uuid(text), is_service(), current_user_id(),
+    current_claims(), claim(text), claim_role(), try_uuid(text), is_service(), current_user_id(),
     current_widget_session_id(), member_organizations(text), member_role(uuid), is_org_member(uuid),
     has_org_role(uuid, text),
     visitor_conversations(), may_insert_message(uuid, uuid, text, text, uuid), raise_error(text, text, text), require_role(), validate_content(text),

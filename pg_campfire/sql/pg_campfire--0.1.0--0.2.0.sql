@@ -57,6 +57,27 @@ ALTER FUNCTION flush_events() SET search_path = pg_catalog, campfire, pg_temp;
 ALTER FUNCTION sync_realtime_conversations() SET search_path = pg_catalog, campfire, pg_temp;
 ALTER FUNCTION broadcast(uuid, text, text, jsonb) SET search_path = pg_catalog, campfire, pg_temp;
 
+-- Claims are read through campfire.claim(key), which keeps the parsed claims while the
+-- setting's text stays the same (a message asked for them several times, parsing each time),
+-- and is_service() is Rust too.
+CREATE FUNCTION claim("key" text) RETURNS text
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'claim_wrapper';
+REVOKE EXECUTE ON FUNCTION claim(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION claim(text) TO campfire_client;
+CREATE OR REPLACE FUNCTION is_service() RETURNS boolean
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'is_service_wrapper';
+CREATE OR REPLACE FUNCTION claim_role() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN campfire.claim('role');
+CREATE OR REPLACE FUNCTION current_user_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN CASE WHEN campfire.claim_role() = 'authenticated'
+                THEN campfire.try_uuid(campfire.claim('sub')) END;
+
 CREATE OR REPLACE FUNCTION current_widget_session_id() RETURNS uuid
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS $$
@@ -68,7 +89,7 @@ BEGIN
     END IF;
     -- Read from the claims once: in the query, a scan of the sessions (the plan for a small
     -- table) parsed the claims again for every row it visited.
-    claimed := campfire.try_uuid(campfire.current_claims() ->> 'widget_session_id');
+    claimed := campfire.try_uuid(campfire.claim('widget_session_id'));
     RETURN (SELECT s.id FROM campfire.widget_sessions s
             WHERE s.id = claimed AND s.revoked_at IS NULL AND s.expires_at > now());
 END

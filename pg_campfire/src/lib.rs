@@ -7,6 +7,7 @@
 use pgrx::prelude::*;
 
 mod channel;
+mod claims;
 mod events;
 mod horizon;
 mod message_rules;
@@ -22,7 +23,14 @@ extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../../sql/auth.sql",
     name = "auth",
-    requires = ["schema", channel::parse_channel, secret::widget_secret_matches, secret::widget_secret_session]
+    requires = [
+        "schema",
+        claims::claim,
+        claims::is_service,
+        channel::parse_channel,
+        secret::widget_secret_matches,
+        secret::widget_secret_session
+    ]
 );
 extension_sql_file!(
     "../../sql/triggers.sql",

@@ -102,3 +102,31 @@ SELECT campfire.is_service() AS service_without_membership, t.matrix('service');
 CALL t.act_as('service');
 SELECT campfire.is_service() AS service_as_member;
 CALL t.act_as('nobody');
+
+-- Claims are read as jsonb reads them (campfire.claim keeps the parsed claims while the setting's
+-- text stays the same): the last of a repeated key, any non-string as its JSON, nothing from
+-- claims that are no object. A changed setting is read at once, even within one statement, and
+-- claims that are not JSON are refused.
+CREATE FUNCTION t.claim_under(claims text, key text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('request.jwt.claims', claims, true);
+    RETURN campfire.claim(key);
+END
+$$;
+CREATE FUNCTION t.is_service_under(claims text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('request.jwt.claims', claims, true);
+    RETURN campfire.is_service();
+END
+$$;
+SELECT c.claims, c.key, t.claim_under(c.claims, c.key) AS claim,
+       t.claim_under(c.claims, c.key) IS NOT DISTINCT FROM (coalesce(nullif(c.claims, '')::jsonb, '{}') ->> c.key) AS as_jsonb
+FROM (VALUES ('{"role":"visitor","sub":"x"}', 'role'), ('{"role":"visitor"}', 'sub'), ('{"role":null}', 'role'),
+             ('{"role":"anon","role":"service_role"}', 'role'), ('{"n":12}', 'n'), ('["role"]', 'role'),
+             ('"role"', 'role'), ('', 'role')) c(claims, key);
+SELECT c.claims, t.is_service_under(c.claims) AS is_service
+FROM (VALUES ('{"role":"visitor"}'), ('{"role":"service_role"}'), ('{"role":"authenticated"}'),
+             ('{"role":"service_role","role":"anon"}'), ('{"role":["service_role"]}'), ('')) c(claims);
+SELECT t.try($$SELECT t.claim_under('{"role":', 'role')$$) AS claims_not_json;
+SELECT t.try($$SELECT t.is_service_under('service_role')$$) AS claims_not_json;
+CALL t.act_as('nobody');
