@@ -140,7 +140,7 @@ GRANT EXECUTE ON FUNCTION
     current_claims(), claim(text), claim_role(), try_uuid(text), is_service(), current_user_id(),
     current_widget_session_id(), member_organizations(text), member_role(uuid), is_org_member(uuid),
     has_org_role(uuid, text),
-    visitor_conversations(), may_insert_message(uuid, uuid, text, text, uuid), raise_error(text, text, text), require_role(), validate_content(text),
+    visitor_conversations(), may_insert_message(uuid, uuid, text, text, uuid), raise_error(text, text, text), require_role(),
     validate_email(text, text), visible_conversation_org(uuid), writable_conversation_org(uuid),
     conversation_view(uuid),
     create_organization(text, text, text[]), add_member(uuid, uuid, text, text, text, text),
