@@ -136,12 +136,18 @@ CREATE OR REPLACE FUNCTION may_insert_message(organization_id uuid, conversation
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     AS $$
 BEGIN
-    RETURN coalesce(campfire.is_service()
-                    OR ($1 OPERATOR(pg_catalog.=) ANY (campfire.member_organizations('agent'))
-                        AND $3 OPERATOR(pg_catalog.<>) 'customer')
-                    OR ($2 OPERATOR(pg_catalog.=) ANY (campfire.visitor_conversations())
-                        AND $3 OPERATOR(pg_catalog.=) 'customer' AND $4 OPERATOR(pg_catalog.=) 'text'
-                        AND $5 IS NULL), false);
+    -- One question per kind of sender, each asking only the helper it needs: PL/pgSQL builds an
+    -- expression's state again in every transaction, at a cost that grows with the expression,
+    -- and a customer's message had called member_organizations (owner's rights) for nothing.
+    IF campfire.is_service() THEN
+        RETURN true;
+    ELSIF $3 IS NULL THEN
+        RETURN false;
+    ELSIF $3 OPERATOR(pg_catalog.<>) 'customer' THEN
+        RETURN coalesce($1 OPERATOR(pg_catalog.=) ANY (campfire.member_organizations('agent')), false);
+    END IF;
+    RETURN coalesce($4 OPERATOR(pg_catalog.=) 'text' AND $5 IS NULL
+                    AND $2 OPERATOR(pg_catalog.=) ANY (campfire.visitor_conversations()), false);
 END
 $$;
 

@@ -130,3 +130,25 @@ FROM (VALUES ('{"role":"visitor"}'), ('{"role":"service_role"}'), ('{"role":"aut
 SELECT t.try($$SELECT t.claim_under('{"role":', 'role')$$) AS claims_not_json;
 SELECT t.try($$SELECT t.is_service_under('service_role')$$) AS claims_not_json;
 CALL t.act_as('nobody');
+
+-- may_insert_message asks one question per kind of sender; it answers as the single expression
+-- it replaced, for every principal and every kind of message, in both organizations.
+CREATE FUNCTION t.insert_rule(principal text) RETURNS TABLE (allowed bigint, differing bigint) LANGUAGE plpgsql AS $$
+BEGIN
+    CALL t.act_as(principal);
+    RETURN QUERY
+    SELECT count(*) FILTER (WHERE now_answer), count(*) FILTER (WHERE now_answer IS DISTINCT FROM before)
+    FROM (SELECT campfire.may_insert_message(o.id, s.conversation_id, k.sender, m.kind, u.id) AS now_answer,
+                 coalesce(campfire.is_service()
+                          OR (o.id = ANY (campfire.member_organizations('agent')) AND k.sender <> 'customer')
+                          OR (s.conversation_id = ANY (campfire.visitor_conversations())
+                              AND k.sender = 'customer' AND m.kind = 'text' AND u.id IS NULL), false) AS before
+          FROM (VALUES ('aaaaaaaa-0000-4000-8000-00000000000a'::uuid), ('bbbbbbbb-0000-4000-8000-00000000000b')) o(id),
+               t.sessions s,
+               (VALUES ('customer'), ('agent'), ('bot'), (NULL)) k(sender),
+               (VALUES ('text'), ('note'), (NULL)) m(kind),
+               (VALUES (NULL::uuid), ('a0000000-0000-4000-8000-0000000000a2')) u(id)) answers;
+END
+$$;
+SELECT p.name, r.allowed, r.differing FROM t.principals p, t.insert_rule(p.name) r ORDER BY p.name;
+CALL t.act_as('nobody');
