@@ -15,20 +15,7 @@ BEGIN
 END
 $$;
 
--- Raises 28000 unless the claims carry a role at all.
-CREATE FUNCTION require_role() RETURNS text
-    LANGUAGE plpgsql STABLE
-    AS $$
-DECLARE
-    role pg_catalog.text := campfire.claim_role();
-BEGIN
-    IF role IS NULL THEN
-        PERFORM campfire.raise_error('28000', 'not authenticated: request.jwt.claims carries no role',
-            'set request.jwt.claims for the transaction');
-    END IF;
-    RETURN role;
-END
-$$;
+-- require_role() (Rust, claims.rs): the claims' role, or 28000 when they carry none.
 
 CREATE FUNCTION validate_email(email text, field text) RETURNS void
     LANGUAGE plpgsql IMMUTABLE

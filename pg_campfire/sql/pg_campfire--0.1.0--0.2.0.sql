@@ -59,7 +59,7 @@ ALTER FUNCTION broadcast(uuid, text, text, jsonb) SET search_path = pg_catalog, 
 
 -- Claims are read through campfire.claim(key), which keeps the parsed claims while the
 -- setting's text stays the same (a message asked for them several times, parsing each time),
--- and is_service() is Rust too.
+-- and is_service() and require_role() are Rust too.
 CREATE FUNCTION claim("key" text) RETURNS text
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c
@@ -70,6 +70,10 @@ CREATE OR REPLACE FUNCTION is_service() RETURNS boolean
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'is_service_wrapper';
+CREATE OR REPLACE FUNCTION require_role() RETURNS text
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'require_role_wrapper';
 CREATE OR REPLACE FUNCTION claim_role() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN campfire.claim('role');
@@ -309,20 +313,6 @@ CREATE VIEW widget_conversations WITH (security_barrier) AS
         WHERE m.conversation_id = c.id AND m.message_type <> 'note'
         ORDER BY m.seq DESC LIMIT 1) last ON true
     WHERE c.id = ANY ((SELECT campfire.visitor_conversations())::uuid[]);
-
-CREATE OR REPLACE FUNCTION require_role() RETURNS text
-    LANGUAGE plpgsql STABLE
-    AS $$
-DECLARE
-    role pg_catalog.text := campfire.claim_role();
-BEGIN
-    IF role IS NULL THEN
-        PERFORM campfire.raise_error('28000', 'not authenticated: request.jwt.claims carries no role',
-            'set request.jwt.claims for the transaction');
-    END IF;
-    RETURN role;
-END
-$$;
 
 CREATE OR REPLACE FUNCTION create_organization(name text, slug text, allowed_origins text[] DEFAULT '{}')
     RETURNS uuid

@@ -6,6 +6,7 @@
 //! text of the setting: a new text, and only a new text, is parsed again, so nothing can be
 //! answered from claims that are no longer set.
 
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use serde_json::{Map, Value};
 use std::cell::RefCell;
@@ -57,6 +58,21 @@ fn claim(key: &str) -> Option<String> {
         Value::Null => None,
         Value::String(value) => Some(value.clone()),
         value => Some(value.to_string()),
+    })
+}
+
+/// The claims' role, or 28000 when the claims carry none: what every API function asks first.
+#[pg_extern(stable, parallel_safe)]
+fn require_role() -> String {
+    claim("role").unwrap_or_else(|| {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "not authenticated: request.jwt.claims carries no role",
+            "require_role",
+        )
+        .set_hint("set request.jwt.claims for the transaction")
+        .report(PgLogLevel::ERROR);
+        unreachable!("an ERROR report does not return")
     })
 }
 

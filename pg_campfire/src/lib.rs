@@ -49,7 +49,14 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/api.sql",
     name = "api",
-    requires = ["triggers", secret::widget_secret, secret::random_bytes, events::broadcast, horizon::log_horizon]
+    requires = [
+        "triggers",
+        claims::require_role,
+        secret::widget_secret,
+        secret::random_bytes,
+        events::broadcast,
+        horizon::log_horizon
+    ]
 );
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 
