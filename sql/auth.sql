@@ -24,11 +24,7 @@ CREATE FUNCTION claim_role() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN campfire.claim('role');
 
--- A uuid from text, or NULL when the text is not one (claims come from outside).
-CREATE FUNCTION try_uuid(value text) RETURNS uuid
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN value ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                THEN value::uuid END;
+-- try_uuid(text) (Rust, claims.rs): a uuid from text, or NULL when the text is not one.
 
 -- is_service() (Rust, claims.rs): the claims' role is service_role and session_user is a member
 -- of campfire_service.

@@ -59,7 +59,8 @@ ALTER FUNCTION broadcast(uuid, text, text, jsonb) SET search_path = pg_catalog, 
 
 -- Claims are read through campfire.claim(key), which keeps the parsed claims while the
 -- setting's text stays the same (a message asked for them several times, parsing each time),
--- and is_service() and require_role() are Rust too.
+-- and is_service(), require_role() and try_uuid() are Rust too (try_uuid's regex with bounded
+-- repetitions rebuilt its automaton at every match).
 CREATE FUNCTION claim("key" text) RETURNS text
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c
@@ -70,6 +71,10 @@ CREATE OR REPLACE FUNCTION is_service() RETURNS boolean
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'is_service_wrapper';
+CREATE OR REPLACE FUNCTION try_uuid("value" text) RETURNS uuid
+STRICT IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_uuid_wrapper';
 CREATE OR REPLACE FUNCTION require_role() RETURNS text
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c

@@ -152,3 +152,14 @@ END
 $$;
 SELECT p.name, r.allowed, r.differing FROM t.principals p, t.insert_rule(p.name) r ORDER BY p.name;
 CALL t.act_as('nobody');
+
+-- try_uuid takes the canonical form only, as the regex it replaced did.
+SELECT v.value, campfire.try_uuid(v.value) AS uuid,
+       campfire.try_uuid(v.value) IS NOT DISTINCT FROM
+       (CASE WHEN v.value ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN v.value::uuid END) AS as_the_regex
+FROM (VALUES ('a0000000-0000-4000-8000-0000000000a1'), ('A0000000-0000-4000-8000-0000000000AB'),
+             ('{a0000000-0000-4000-8000-0000000000a1}'), ('a00000000000400080000000000000a1'),
+             ('urn:uuid:a0000000-0000-4000-8000-0000000000a1'), (E'a0000000-0000-4000-8000-0000000000a1\n'),
+             ('a0000000-0000-4000-8000-0000000000a'), ('a0000000-0000-4000-8000-0000000000a12'),
+             ('a000000-00000-4000-8000-0000000000a1'), ('g0000000-0000-4000-8000-0000000000a1'),
+             ('a0000000-0000-4000-8000-0000000000aé'), (''), (NULL)) v(value);
