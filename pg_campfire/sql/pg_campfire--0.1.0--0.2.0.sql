@@ -87,8 +87,13 @@ CREATE OR REPLACE FUNCTION current_user_id() RETURNS uuid
     RETURN CASE WHEN campfire.claim_role() = 'authenticated'
                 THEN campfire.try_uuid(campfire.claim('sub')) END;
 
-CREATE OR REPLACE FUNCTION current_widget_session_id() RETURNS uuid
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+-- The widget session the claims name, if it is neither revoked nor expired, read with the rights
+-- of whoever calls it: only the owner's-rights functions current_widget_session_id and
+-- visitor_conversations do (granted to no one else). visitor_conversations, already the owner,
+-- calls it directly: through current_widget_session_id each call switched rights and
+-- search_path a second time (~20k instructions, about five times per visitor message).
+CREATE FUNCTION claimed_widget_session() RETURNS uuid
+    LANGUAGE plpgsql STABLE
     AS $$
 DECLARE
     claimed pg_catalog.uuid;
@@ -101,6 +106,16 @@ BEGIN
     claimed := campfire.try_uuid(campfire.claim('widget_session_id'));
     RETURN (SELECT s.id FROM campfire.widget_sessions s
             WHERE s.id = claimed AND s.revoked_at IS NULL AND s.expires_at > now());
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION claimed_widget_session() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION current_widget_session_id() RETURNS uuid
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS $$
+BEGIN
+    RETURN campfire.claimed_widget_session();
 END
 $$;
 
@@ -136,7 +151,7 @@ CREATE OR REPLACE FUNCTION visitor_conversations() RETURNS uuid[]
     AS $$
 BEGIN
     RETURN (SELECT coalesce(array_agg(c.id), '{}') FROM campfire.conversations c
-            WHERE c.widget_session_id = (SELECT campfire.current_widget_session_id()));
+            WHERE c.widget_session_id = (SELECT campfire.claimed_widget_session()));
 END
 $$;
 
