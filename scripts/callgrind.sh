@@ -36,7 +36,7 @@ done
 sql=${1:?usage: callgrind.sh [--library FILE]... [--setup SQL] [--top K] [--no-install] 'SQL'}
 
 source scripts/setup.sh
-command -v valgrind >/dev/null || { say "installing valgrind"; as_root apt-get install -y -q valgrind; }
+command -v valgrind >/dev/null || { say "installing valgrind"; as_root apt-get update -q; as_root apt-get install -y -q valgrind; }
 if [ "$install" = 1 ]; then
     say "building and installing the extension (release)"
     install_extension --release

@@ -27,6 +27,7 @@ extension_sql_file!(
         "schema",
         claims::claim,
         claims::is_service,
+        claims::try_uuid,
         channel::parse_channel,
         secret::widget_secret_matches,
         secret::widget_secret_session
