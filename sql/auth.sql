@@ -17,9 +17,9 @@ CREATE FUNCTION current_claims() RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN coalesce(nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb, '{}'::jsonb);
 
--- Policies and the API read claims through campfire.claim(key) (Rust, claims.rs), the same as
--- current_claims() ->> key for the string claims they read, which keeps the parsed claims while
--- the setting's text stays the same: a message asks for the role several times.
+-- Policies and the API read claims through campfire.claim(key) (Rust, claims.rs): jsonb's own
+-- current_claims() ->> key, with the parsed jsonb kept while the setting's text stays the same
+-- (a message asks for the role several times).
 CREATE FUNCTION claim_role() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN campfire.claim('role');

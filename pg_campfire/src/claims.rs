@@ -2,63 +2,76 @@
 //!
 //! Row-level security and the API ask for the caller's role several times for every message; as
 //! `current_claims() ->> 'role'` each ask parsed the claims' JSON again, ~11k instructions
-//! (callgrind). Here the parsed claims are kept, keyed by the exact
-//! text of the setting: a new text, and only a new text, is parsed again, so nothing can be
-//! answered from claims that are no longer set.
+//! (callgrind). Here the claims are parsed once by PostgreSQL's own jsonb input and kept, keyed by
+//! the exact text of the setting: a new text, and only a new text, is parsed again, so nothing
+//! can be answered from claims that are no longer set, and every answer, and every refusal
+//! (`\u0000`, malformed JSON), is jsonb's own.
 
+use pgrx::PgMemoryContexts;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use serde_json::{Map, Value};
 use std::cell::RefCell;
 use std::ffi::CStr;
 
-/// The claims text last read, and what it parsed to (`None`: not a JSON object).
+/// The claims text last parsed, and its jsonb, allocated in `memory` (reset before each parse).
 struct Parsed {
-    text: Vec<u8>,
-    claims: Option<Map<String, Value>>,
+    text: Option<Vec<u8>>,
+    jsonb: pg_sys::Datum,
+    memory: pg_sys::MemoryContext,
 }
 
 thread_local! {
-    static PARSED: RefCell<Parsed> = const { RefCell::new(Parsed { text: Vec::new(), claims: None }) };
+    static PARSED: RefCell<Parsed> = const {
+        RefCell::new(Parsed { text: None, jsonb: pg_sys::Datum::null(), memory: std::ptr::null_mut() })
+    };
 }
 
-/// Runs `f` on the claims as they are now set (`None`: unset, or no JSON object). Claims that
-/// are not JSON at all raise 22P02, as the cast to jsonb does.
-fn with_claims<R>(f: impl FnOnce(Option<&Map<String, Value>>) -> R) -> R {
+/// `current_claims() ->> key`: the claim as text (a non-string as its JSON), NULL when absent,
+/// JSON null, or when the claims are no JSON object. Claims that are not JSON raise jsonb's error.
+fn claim_text(key: &str) -> Option<String> {
     // SAFETY: reads a setting's current value by name (NULL when no such setting exists). The
     // string belongs to the GUC machinery and is read here, before anything can change it.
     let setting = unsafe { pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false) };
-    let text = if setting.is_null() { &[][..] } else { unsafe { CStr::from_ptr(setting) }.to_bytes() };
+    let setting =
+        if setting.is_null() || unsafe { *setting } == 0 { c"{}" } else { unsafe { CStr::from_ptr(setting) } };
     PARSED.with(|parsed| {
         let mut parsed = parsed.borrow_mut();
-        if parsed.text != text {
-            let claims = match serde_json::from_slice::<Value>(if text.is_empty() { b"{}" } else { text }) {
-                Ok(Value::Object(claims)) => Some(claims),
-                Ok(_) => None,
-                Err(err) => {
-                    ereport!(
-                        ERROR,
-                        PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-                        "invalid input syntax for type json",
-                        format!("request.jwt.claims: {err}")
+        if parsed.text.as_deref() != Some(setting.to_bytes()) {
+            // SAFETY: the context lives as long as the backend; the jsonb parsed into it is kept
+            // only once parsing succeeded (an error leaves `text` None, so nothing stale is read).
+            unsafe {
+                if parsed.memory.is_null() {
+                    parsed.memory = pg_sys::AllocSetContextCreateExtended(
+                        pg_sys::TopMemoryContext,
+                        c"campfire claims".as_ptr(),
+                        0,
+                        1024,
+                        8192,
                     );
                 }
-            };
-            *parsed = Parsed { text: text.to_vec(), claims };
+                parsed.text = None;
+                pg_sys::MemoryContextReset(parsed.memory);
+                let input = pg_sys::Datum::from(setting.as_ptr());
+                parsed.jsonb = PgMemoryContexts::For(parsed.memory)
+                    .switch_to(|_| pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(input)]))
+                    .expect("jsonb_in returns a value for a value");
+            }
+            parsed.text = Some(setting.to_bytes().to_vec());
         }
-        f(parsed.claims.as_ref())
+        // SAFETY: `->>` on a jsonb datum that lives in `memory` until the next parse.
+        unsafe {
+            pgrx::direct_function_call::<String>(
+                pg_sys::jsonb_object_field_text,
+                &[Some(parsed.jsonb), key.into_datum()],
+            )
+        }
     })
 }
 
-/// `campfire.current_claims() ->> key` for a string claim: the claim as text; any other value as
-/// its JSON text; NULL when absent or JSON null, or when the claims are no JSON object.
+/// `campfire.current_claims() ->> key`, read from the kept claims.
 #[pg_extern(stable, strict, parallel_safe)]
 fn claim(key: &str) -> Option<String> {
-    with_claims(|claims| match claims?.get(key)? {
-        Value::Null => None,
-        Value::String(value) => Some(value.clone()),
-        value => Some(value.to_string()),
-    })
+    claim_text(key)
 }
 
 /// `campfire.try_uuid(text)`: a uuid from text in the canonical form (8-4-4-4-12 hex digits,
@@ -96,9 +109,7 @@ fn require_role() -> String {
 /// current_user: inside SECURITY DEFINER functions current_user is the owner.
 #[pg_extern(stable, parallel_safe)]
 fn is_service() -> bool {
-    let claimed = with_claims(
-        |claims| matches!(claims.and_then(|claims| claims.get("role")), Some(Value::String(role)) if role == "service_role"),
-    );
+    let claimed = claim_text("role").as_deref() == Some("service_role");
     // SAFETY: a catalog cache lookup by name (InvalidOid when missing) and PostgreSQL's own cached
     // membership test, as pg_has_role(session_user, 'campfire_service', 'MEMBER') runs it.
     claimed

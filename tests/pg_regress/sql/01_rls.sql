@@ -105,8 +105,8 @@ CALL t.act_as('nobody');
 
 -- Claims are read as jsonb reads them (campfire.claim keeps the parsed claims while the setting's
 -- text stays the same): the last of a repeated key, any non-string as its JSON, nothing from
--- claims that are no object. A changed setting is read at once, even within one statement, and
--- claims that are not JSON are refused.
+-- claims that are no object, numbers beyond a double as they are. A changed setting is read at
+-- once, even within one statement, and claims that are not JSON, or hold \u0000, are refused.
 CREATE FUNCTION t.claim_under(claims text, key text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM set_config('request.jwt.claims', claims, true);
@@ -119,16 +119,18 @@ BEGIN
     RETURN campfire.is_service();
 END
 $$;
-SELECT c.claims, c.key, t.claim_under(c.claims, c.key) AS claim,
+SELECT c.claims, c.key, left(t.claim_under(c.claims, c.key), 30) AS claim,
        t.claim_under(c.claims, c.key) IS NOT DISTINCT FROM (coalesce(nullif(c.claims, '')::jsonb, '{}') ->> c.key) AS as_jsonb
 FROM (VALUES ('{"role":"visitor","sub":"x"}', 'role'), ('{"role":"visitor"}', 'sub'), ('{"role":null}', 'role'),
              ('{"role":"anon","role":"service_role"}', 'role'), ('{"n":12}', 'n'), ('["role"]', 'role'),
-             ('"role"', 'role'), ('', 'role')) c(claims, key);
+             ('"role"', 'role'), ('', 'role'), ('{"n":1e400}', 'n'), ('{"n":1.50}', 'n'),
+             ('{"o":{"b":1,"a":[true,null]}}', 'o'), ('{"role":"a\u0041"}', 'role')) c(claims, key);
 SELECT c.claims, t.is_service_under(c.claims) AS is_service
 FROM (VALUES ('{"role":"visitor"}'), ('{"role":"service_role"}'), ('{"role":"authenticated"}'),
              ('{"role":"service_role","role":"anon"}'), ('{"role":["service_role"]}'), ('')) c(claims);
 SELECT t.try($$SELECT t.claim_under('{"role":', 'role')$$) AS claims_not_json;
 SELECT t.try($$SELECT t.is_service_under('service_role')$$) AS claims_not_json;
+SELECT t.try($$SELECT t.claim_under('{"role":"visitor\u0000"}', 'role')$$) AS claims_with_nul;
 CALL t.act_as('nobody');
 
 -- may_insert_message asks one question per kind of sender; it answers as the single expression
