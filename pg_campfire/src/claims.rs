@@ -26,9 +26,11 @@ thread_local! {
     };
 }
 
-/// `current_claims() ->> key`: the claim as text (a non-string as its JSON), NULL when absent,
-/// JSON null, or when the claims are no JSON object. Claims that are not JSON raise jsonb's error.
-fn claim_text(key: &str) -> Option<String> {
+/// `campfire.current_claims() ->> key`, read from the kept claims: the claim as text (a
+/// non-string as its JSON), NULL when absent, JSON null, or when the claims are no JSON object.
+/// Claims that are not JSON raise jsonb's error.
+#[pg_extern(stable, strict, parallel_safe)]
+fn claim(key: &str) -> Option<String> {
     // SAFETY: reads a setting's current value by name (NULL when no such setting exists). The
     // string belongs to the GUC machinery and is read here, before anything can change it.
     let setting = unsafe { pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false) };
@@ -68,12 +70,6 @@ fn claim_text(key: &str) -> Option<String> {
     })
 }
 
-/// `campfire.current_claims() ->> key`, read from the kept claims.
-#[pg_extern(stable, strict, parallel_safe)]
-fn claim(key: &str) -> Option<String> {
-    claim_text(key)
-}
-
 /// `campfire.try_uuid(text)`: a uuid from text in the canonical form (8-4-4-4-12 hex digits,
 /// either case), or NULL when the text is not one (claims come from outside). As a regex with
 /// bounded repetitions PostgreSQL rebuilt its automaton at every match: ~40k instructions a
@@ -109,7 +105,7 @@ fn require_role() -> String {
 /// current_user: inside SECURITY DEFINER functions current_user is the owner.
 #[pg_extern(stable, parallel_safe)]
 fn is_service() -> bool {
-    let claimed = claim_text("role").as_deref() == Some("service_role");
+    let claimed = claim("role").as_deref() == Some("service_role");
     // SAFETY: a catalog cache lookup by name (InvalidOid when missing) and PostgreSQL's own cached
     // membership test, as pg_has_role(session_user, 'campfire_service', 'MEMBER') runs it.
     claimed
