@@ -38,42 +38,9 @@ END
 $$;
 
 -- Gives each new message the next gap-free sequence number of its conversation, under the
--- conversation's row lock, and keeps the conversation's summary current. A message whose
--- client_message_id is already stored is a retry: the insert is skipped.
-CREATE FUNCTION assign_message_seq() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-DECLARE
-    conversation_status campfire.conversation_status;
-BEGIN
-    IF NEW.client_message_id IS NOT NULL THEN
-        PERFORM FROM campfire.conversations c WHERE c.id = NEW.conversation_id FOR UPDATE;
-        IF EXISTS (SELECT FROM campfire.messages m
-                   WHERE m.conversation_id = NEW.conversation_id
-                     AND m.client_message_id = NEW.client_message_id) THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-    UPDATE campfire.conversations c
-       SET last_message_seq = c.last_message_seq + 1,
-           last_message_at = now(),
-           last_message_preview = left(NEW.content, 140),
-           last_message_sender_type = NEW.sender_type,
-           updated_at = now()
-     WHERE c.id = NEW.conversation_id AND c.organization_id = NEW.organization_id
-    RETURNING c.last_message_seq, c.status INTO NEW.seq, conversation_status;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'P0002',
-            MESSAGE = format('conversation %s not found in organization %s', NEW.conversation_id, NEW.organization_id);
-    END IF;
-    IF conversation_status = 'resolved' THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('conversation %s is resolved', NEW.conversation_id),
-            HINT = 'start a new conversation';
-    END IF;
-    RETURN NEW;
-END
-$$;
+-- conversation's row lock, and keeps the conversation's summary current; a retry (its
+-- client_message_id already stored) is skipped (assign_message_seq, Rust: message_seq.rs).
+ALTER FUNCTION assign_message_seq() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
 
 CREATE TRIGGER organizations_touch BEFORE UPDATE ON organizations
     FOR EACH ROW EXECUTE FUNCTION touch_updated_at();

@@ -284,40 +284,11 @@ BEGIN
 END
 $$;
 
+-- The same rules in Rust (message_seq.rs), with plans kept for the session, and a retry found
+-- without taking the conversation's lock first.
 CREATE OR REPLACE FUNCTION assign_message_seq() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-DECLARE
-    conversation_status campfire.conversation_status;
-BEGIN
-    IF NEW.client_message_id IS NOT NULL THEN
-        PERFORM FROM campfire.conversations c WHERE c.id = NEW.conversation_id FOR UPDATE;
-        IF EXISTS (SELECT FROM campfire.messages m
-                   WHERE m.conversation_id = NEW.conversation_id
-                     AND m.client_message_id = NEW.client_message_id) THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-    UPDATE campfire.conversations c
-       SET last_message_seq = c.last_message_seq + 1,
-           last_message_at = now(),
-           last_message_preview = left(NEW.content, 140),
-           last_message_sender_type = NEW.sender_type,
-           updated_at = now()
-     WHERE c.id = NEW.conversation_id AND c.organization_id = NEW.organization_id
-    RETURNING c.last_message_seq, c.status INTO NEW.seq, conversation_status;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'P0002',
-            MESSAGE = format('conversation %s not found in organization %s', NEW.conversation_id, NEW.organization_id);
-    END IF;
-    IF conversation_status = 'resolved' THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('conversation %s is resolved', NEW.conversation_id),
-            HINT = 'start a new conversation';
-    END IF;
-    RETURN NEW;
-END
-$$;
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'assign_message_seq_wrapper';
 
 CREATE TRIGGER messages_admit BEFORE INSERT ON messages
     FOR EACH ROW EXECUTE FUNCTION admit_message();

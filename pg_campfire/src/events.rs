@@ -13,11 +13,10 @@
 //! `notifier.rs`); otherwise the writer does. A rolled-back transaction or savepoint discards its
 //! queued events.
 
+use crate::kept_plans::run_kept;
 use campfire_core::announcement::{Announcement, LoggedEvent};
-use pgrx::PgOid;
 use pgrx::datum::{DatumWithOid, JsonString};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde_json::value::RawValue;
 use std::cell::{Cell, RefCell};
@@ -188,36 +187,6 @@ pub fn json_text(value: &impl serde::Serialize) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).unwrap_or_else(|err| pgrx::error!("an event payload: {err}"))
 }
 
-thread_local! {
-    /// Statements planned once per backend (SQL text → kept plan).
-    static PLANS: RefCell<Vec<(&'static str, OwnedPreparedStatement)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `sql` through this backend's kept plan for it, preparing it on first use.
-fn run_kept<T>(
-    sql: &'static str,
-    types: &[pg_sys::Oid],
-    args: &[DatumWithOid],
-    mut row: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
-) -> Vec<T> {
-    Spi::connect_mut(|client| -> Result<Vec<T>, pgrx::spi::Error> {
-        PLANS.with(|plans| {
-            let mut plans = plans.borrow_mut();
-            let index = match plans.iter().position(|(text, _)| *text == sql) {
-                Some(index) => index,
-                None => {
-                    let types: Vec<PgOid> = types.iter().copied().map(PgOid::from).collect();
-                    plans.push((sql, client.prepare_mut(sql, &types)?.keep()));
-                    plans.len() - 1
-                }
-            };
-            let rows = client.update(&plans[index].1, None, args)?;
-            rows.map(|tuple| row(&tuple)).collect()
-        })
-    })
-    .unwrap_or_else(|err| pgrx::error!("writing realtime events failed: {err}"))
-}
-
 /// Whether the log has the `conversation_update` column, which 0.1.0's has not: the library can
 /// run on 0.1.0's schema, between a restart and ALTER EXTENSION UPDATE, and then logs every event
 /// in a row of its own.
@@ -337,7 +306,13 @@ pub fn flush() -> i64 {
             })
             .collect();
         let types: Vec<pg_sys::Oid> = LOG_COLUMNS[..columns].iter().map(|&(_, oid)| oid).collect();
-        run_kept(log_values_sql(events.len(), columns), &types.repeat(events.len()), &args, |_| Ok(()));
+        run_kept(
+            "writing realtime events",
+            log_values_sql(events.len(), columns),
+            &types.repeat(events.len()),
+            &args,
+            |_| Ok(()),
+        );
     } else {
         log_unnested(&events, &ids, columns);
     }
@@ -367,7 +342,7 @@ fn log_unnested(events: &[PendingEvent], ids: &[i64], columns: usize) {
         events.iter().map(|e| e.conversation_update.as_deref().map(json)).collect::<Vec<_>>().into(),
     ];
     let sql = if columns == 7 { LOG_EVENTS_SQL } else { LOG_PLAIN_EVENTS_SQL };
-    run_kept(sql, &LOG_EVENTS_TYPES[..columns], &args[..columns], |_| Ok(()));
+    run_kept("writing realtime events", sql, &LOG_EVENTS_TYPES[..columns], &args[..columns], |_| Ok(()));
 }
 
 /// A payload as a `json` parameter.
@@ -422,7 +397,7 @@ const READ_PLAIN_LOG_SQL: &str = "\
 pub fn read_log(after: i64, through: i64, limit: i64) -> (Vec<Logged>, bool) {
     let types = [pg_sys::INT8OID, pg_sys::INT8OID, pg_sys::INT8OID];
     let sql = if log_carries_updates() { READ_LOG_SQL } else { READ_PLAIN_LOG_SQL };
-    let rows = run_kept(sql, &types, &[after.into(), through.into(), limit.into()], |row| {
+    let rows = run_kept("reading the log", sql, &types, &[after.into(), through.into(), limit.into()], |row| {
         Ok(LogRow {
             id: row.get::<i64>(1)?.unwrap_or_default(),
             organization: row

@@ -10,7 +10,9 @@ mod channel;
 mod claims;
 mod events;
 mod horizon;
+mod kept_plans;
 mod message_rules;
+mod message_seq;
 mod notifier;
 mod notify;
 mod scalar;
@@ -39,6 +41,7 @@ extension_sql_file!(
     requires = [
         "auth",
         events::flush_events,
+        message_seq::assign_message_seq,
         triggers::message_events,
         triggers::conversation_events,
         triggers::read_receipt_events,

@@ -2,7 +2,7 @@
 //! JSONB, arrays, inet, enums, composites and every other type are left out, so realtime
 //! payloads never carry the complex columns that broke the seeds' realtime bindings.
 
-use pgrx::datum::{Date, Time, TimeWithTimeZone, Timestamp, TimestampWithTimeZone};
+use pgrx::datum::{Date, DatumWithOid, Time, TimeWithTimeZone, Timestamp, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::Value;
@@ -58,6 +58,22 @@ impl Row {
         // columns the tuple predates are filled in as PostgreSQL's heap_getattr does.
         unsafe { pg_sys::heap_deform_tuple(self.tuple, self.tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr()) };
         values.into_iter().zip(nulls).map(|(value, null)| (!null).then_some(value)).collect()
+    }
+
+    /// The column at `index` as a statement parameter of the column's own type (NULL when NULL),
+    /// valid as long as the row.
+    pub fn param(&self, index: usize) -> DatumWithOid<'_> {
+        let typid = self.attribute(index).atttypid;
+        match self.datum(index) {
+            // SAFETY: the column's own datum and type; the datum lives as long as the row.
+            Some(datum) => unsafe { DatumWithOid::new(datum, typid) },
+            None => DatumWithOid::null_oid(typid),
+        }
+    }
+
+    /// The named column as a statement parameter, `None` when the row has no such column.
+    pub fn param_of(&self, column: &str) -> Option<DatumWithOid<'_>> {
+        self.index_of(column).map(|index| self.param(index))
     }
 
     fn index_of(&self, column: &str) -> Option<usize> {

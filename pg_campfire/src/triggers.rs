@@ -307,15 +307,7 @@ fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<
         let statements = mirror_statements(client, trigger, change.current())?;
         match &change.new {
             Some(row) => {
-                let args: Vec<DatumWithOid> = statements
-                    .params
-                    .iter()
-                    .map(|&(index, typid)| match row.datum(index) {
-                        // SAFETY: a datum of type `typid` in the trigger's tuple, which outlives this call.
-                        Some(datum) => unsafe { DatumWithOid::new(datum, typid) },
-                        None => DatumWithOid::null_oid(typid),
-                    })
-                    .collect();
+                let args: Vec<DatumWithOid> = statements.params.iter().map(|&(index, _)| row.param(index)).collect();
                 if matches!(change.op, PgTriggerOperation::Update) {
                     let updated = client.update(&statements.update, None, &args)?;
                     if !updated.is_empty() {

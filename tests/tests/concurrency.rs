@@ -70,6 +70,63 @@ fn retries_with_one_client_message_id_store_one_message() {
     assert_eq!(next, 2, "retries burn no sequence number");
 }
 
+/// A send that finds the conversation held by another, uncommitted send (its number looked up
+/// without the lock, the other's message not yet visible) waits for it, then decides under the
+/// lock: a retry of the message that committed meanwhile returns that message, a retry of one
+/// that rolled back stores its own, another message takes the next number. No number is burned.
+#[test]
+fn a_send_waiting_on_another_decides_under_the_lock() {
+    let db = Arc::new(TestDb::new());
+    let (org, agent_id) = db.organization_with_agent("acme");
+    let (conversation, _) = db.widget_session(org, "visitor-1");
+    let send = "SELECT id, seq FROM campfire.send_message($1, 'hi', client_message_id => $2)";
+    // (the first send's key, the waiting send's key, whether the first commits, the seq it gets)
+    let cases = [("tap-1", "tap-2", true, 2), ("tap-3", "tap-3", true, 3), ("tap-4", "tap-4", false, 4)];
+    for (first_key, second_key, commits, expected_seq) in cases {
+        let mut first = db.connect_as(&agent(agent_id));
+        let mut tx = first.transaction().unwrap();
+        let row = tx.query_one(send, &[&conversation, &first_key]).unwrap();
+        let (first_id, first_seq): (uuid::Uuid, i64) = (row.get(0), row.get(1));
+        let second = thread::spawn({
+            let db = db.clone();
+            move || {
+                let row = db.connect_as(&agent(agent_id)).query_one(send, &[&conversation, &second_key]).unwrap();
+                (row.get::<_, uuid::Uuid>(0), row.get::<_, i64>(1))
+            }
+        });
+        let mut watcher = db.connect();
+        while watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%send_message%'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+        {
+            assert!(!second.is_finished(), "the second send did not wait for the first");
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if commits { tx.commit() } else { tx.rollback() }.unwrap();
+        let (second_id, second_seq) = second.join().unwrap();
+        let case = format!("{first_key} then {second_key}, first commits: {commits}");
+        if first_key == second_key && commits {
+            assert_eq!((second_id, second_seq), (first_id, first_seq), "{case}");
+        } else {
+            assert_ne!(second_id, first_id, "{case}");
+            assert_eq!(second_seq, expected_seq, "{case}");
+        }
+    }
+    let seqs: Vec<i64> = db
+        .connect()
+        .query("SELECT seq FROM campfire.messages WHERE conversation_id = $1 ORDER BY seq", &[&conversation])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4], "one message each, no number burned");
+}
+
 #[test]
 fn concurrent_writers_get_gap_free_sequence_numbers_and_commit_ordered_cursors() {
     let db = Arc::new(TestDb::new());
