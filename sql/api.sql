@@ -280,118 +280,23 @@ $$;
 
 -- Messages ----------------------------------------------------------------------------------------
 
--- The organization of a conversation the caller can see, or P0002.
+-- The organization of a conversation the caller can see, or P0002 (Rust, send_message.rs).
 CREATE FUNCTION visible_conversation_org(conversation_id uuid) RETURNS uuid
-    LANGUAGE plpgsql STABLE
-    AS $$
-#variable_conflict use_variable
-DECLARE
-    org pg_catalog.uuid;
-BEGIN
-    -- A visitor sees its own conversations through their visitor-safe view only, and nobody
-    -- else sees any there: one lookup, not a refused one first.
-    IF campfire.claim_role() = 'visitor' THEN
-        SELECT w.organization_id INTO org FROM campfire.widget_conversations w WHERE w.id = conversation_id;
-    ELSE
-        SELECT r.organization_id INTO org FROM campfire.realtime_conversations r WHERE r.id = conversation_id;
-    END IF;
-    IF org IS NULL THEN
-        PERFORM campfire.raise_error('P0002', format('conversation %s not found', conversation_id));
-    END IF;
-    RETURN org;
-END
-$$;
+    LANGUAGE c STABLE
+    AS 'MODULE_PATHNAME', 'visible_conversation_org_wrapper';
 
 -- Sends a message as the caller: a visitor sends as customer, an agent as agent (or an
 -- agent-only note with message_type 'note'), the service role as whichever sender_type it names.
 -- With a client_message_id, retries return the message already stored instead of a second one.
+-- Rust (send_message.rs): as PL/pgSQL its checks and helpers cost more than the insert's own
+-- statement around it.
 CREATE FUNCTION send_message(conversation_id uuid, content text, sender_type text DEFAULT NULL,
                              client_message_id text DEFAULT NULL, message_type text DEFAULT 'text',
                              sender_name text DEFAULT NULL, sender_email text DEFAULT NULL,
                              metadata jsonb DEFAULT '{}', attachments jsonb DEFAULT '[]')
     RETURNS campfire.messages
-    LANGUAGE plpgsql
-    AS $$
-#variable_conflict use_variable
-DECLARE
-    role pg_catalog.text := campfire.require_role();
-    org pg_catalog.uuid;
-    sender pg_catalog.text := sender_type;
-    sender_user pg_catalog.uuid;
-    name pg_catalog.text := sender_name;
-    email pg_catalog.text := sender_email;
-    kind pg_catalog.text := coalesce(message_type, 'text');
-    message campfire.messages;
-BEGIN
-    -- The content's checks inline: PERFORM of a helper is a query, ~20k instructions a message.
-    IF content IS NULL OR btrim(content) = '' THEN
-        PERFORM campfire.raise_error('22023', 'content must not be empty');
-    ELSIF length(content) > 4000 THEN
-        PERFORM campfire.raise_error('22001', format('content is %s characters long; the limit is 4000', length(content)));
-    END IF;
-    IF sender IS NOT NULL AND sender NOT IN ('customer', 'agent', 'system', 'bot') THEN
-        PERFORM campfire.raise_error('22023', 'sender_type must be one of customer, agent, system, bot');
-    END IF;
-    IF kind NOT IN ('text', 'note', 'event') THEN
-        PERFORM campfire.raise_error('22023', 'message_type must be one of text, note, event');
-    END IF;
-    IF client_message_id IS NOT NULL AND NOT campfire.is_valid_client_message_id(client_message_id) THEN
-        PERFORM campfire.raise_error('22023', 'client_message_id must be 1-128 characters of A-Z a-z 0-9 . _ : -');
-    END IF;
-    -- PERFORM runs a query (~15k instructions): only when there is an address to check.
-    IF email IS NOT NULL THEN
-        PERFORM campfire.validate_email(email, 'sender_email');
-    END IF;
-    IF length(name) > 200 THEN
-        PERFORM campfire.raise_error('22001', 'sender_name is longer than 200 characters');
-    END IF;
-    org := campfire.visible_conversation_org(conversation_id);
-
-    IF role = 'visitor' THEN
-        IF coalesce(sender, 'customer') <> 'customer' OR kind <> 'text' THEN
-            PERFORM campfire.raise_error('42501', 'a visitor can only send text messages as customer');
-        END IF;
-        sender := 'customer';
-        SELECT coalesce(name, s.customer_name), coalesce(email, s.customer_email) INTO name, email
-        FROM campfire.widget_sessions s WHERE s.id = (SELECT campfire.current_widget_session_id());
-    ELSIF role = 'authenticated' THEN
-        IF coalesce(campfire.member_role(org), 'viewer') = 'viewer' THEN
-            PERFORM campfire.raise_error('42501', 'only admins and agents of the organization may send messages');
-        END IF;
-        IF coalesce(sender, 'agent') <> 'agent' THEN
-            PERFORM campfire.raise_error('42501', 'an agent can only send as agent');
-        END IF;
-        sender := 'agent';
-        sender_user := campfire.current_user_id();
-        SELECT coalesce(name, m.display_name) INTO name FROM campfire.organization_members m
-        WHERE m.organization_id = org AND m.user_id = sender_user;
-    ELSIF campfire.is_service() THEN
-        IF sender IS NULL THEN
-            PERFORM campfire.raise_error('22023', 'sender_type is required for the service role');
-        END IF;
-    ELSE
-        PERFORM campfire.raise_error('42501', format('role %s may not send messages', role));
-    END IF;
-    IF kind = 'note' AND sender = 'customer' THEN
-        PERFORM campfire.raise_error('22023', 'notes are agent-only: a customer cannot send one');
-    END IF;
-
-    -- A retry (a client_message_id already stored) is found by the insert trigger, under the
-    -- conversation's lock, which skips the insert: no lookup of its own on the common path.
-    INSERT INTO campfire.messages (conversation_id, organization_id, content, sender_type, sender_user_id,
-                                   sender_name, sender_email, message_type, client_message_id,
-                                   metadata, attachments)
-    VALUES (conversation_id, org, content, sender, sender_user, name, email, kind, client_message_id,
-            coalesce(metadata, '{}'), coalesce(attachments, '[]'))
-    RETURNING * INTO message;
-    IF message.id IS NULL THEN
-        -- A retry: the message stored first.
-        SELECT * INTO message FROM campfire.messages m
-        WHERE m.conversation_id = send_message.conversation_id AND m.client_message_id = send_message.client_message_id;
-    END IF;
-    RETURN message;
-END
-$$;
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'send_message_wrapper';
 
 -- Messages of a conversation the caller can see, oldest first: the newest `max_rows` before
 -- `before_seq` (or the newest overall). Visitors never see agent-only notes.

@@ -7,8 +7,8 @@
 //! can be answered from claims that are no longer set, and every answer, and every refusal
 //! (`\u0000`, malformed JSON), is jsonb's own.
 
+use crate::errors::raise;
 use pgrx::PgMemoryContexts;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::ffi::CStr;
@@ -30,7 +30,7 @@ thread_local! {
 /// non-string as its JSON), NULL when absent, JSON null, or when the claims are no JSON object.
 /// Claims that are not JSON raise jsonb's error.
 #[pg_extern(stable, strict, parallel_safe)]
-fn claim(key: &str) -> Option<String> {
+pub(crate) fn claim(key: &str) -> Option<String> {
     // SAFETY: reads a setting's current value by name (NULL when no such setting exists). The
     // string belongs to the GUC machinery and is read here, before anything can change it.
     let setting = unsafe { pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false) };
@@ -87,16 +87,13 @@ fn try_uuid(value: &str) -> Option<pgrx::Uuid> {
 
 /// The claims' role, or 28000 when the claims carry none: what every API function asks first.
 #[pg_extern(stable, parallel_safe)]
-fn require_role() -> String {
+pub(crate) fn require_role() -> String {
     claim("role").unwrap_or_else(|| {
-        ErrorReport::new(
+        raise(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             "not authenticated: request.jwt.claims carries no role",
-            "require_role",
+            Some("set request.jwt.claims for the transaction"),
         )
-        .set_hint("set request.jwt.claims for the transaction")
-        .report(PgLogLevel::ERROR);
-        unreachable!("an ERROR report does not return")
     })
 }
 
@@ -104,7 +101,7 @@ fn require_role() -> String {
 /// login is a member of campfire_service (a claim alone is not enough). session_user, not
 /// current_user: inside SECURITY DEFINER functions current_user is the owner.
 #[pg_extern(stable, parallel_safe)]
-fn is_service() -> bool {
+pub(crate) fn is_service() -> bool {
     let claimed = claim("role").as_deref() == Some("service_role");
     // SAFETY: a catalog cache lookup by name (InvalidOid when missing) and PostgreSQL's own cached
     // membership test, as pg_has_role(session_user, 'campfire_service', 'MEMBER') runs it.

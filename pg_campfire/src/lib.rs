@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 mod channel;
 mod claims;
+mod errors;
 mod events;
 mod horizon;
 mod kept_plans;
@@ -17,6 +18,7 @@ mod notifier;
 mod notify;
 mod scalar;
 mod secret;
+mod send_message;
 mod triggers;
 
 ::pgrx::pg_module_magic!(name, version);

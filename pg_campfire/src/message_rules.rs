@@ -9,16 +9,16 @@
 
 use pgrx::prelude::*;
 
-const CONTENT_MAX_CHARS: usize = 4000;
-const SENDER_NAME_MAX_CHARS: usize = 200;
+pub(crate) const CONTENT_MAX_CHARS: usize = 4000;
+pub(crate) const SENDER_NAME_MAX_CHARS: usize = 200;
 const SENDER_EMAIL_MAX_CHARS: usize = 320;
 const CLIENT_MESSAGE_ID_MAX_CHARS: usize = 128;
-const SENDER_TYPES: [&str; 4] = ["customer", "agent", "system", "bot"];
-const MESSAGE_TYPES: [&str; 3] = ["text", "note", "event"];
+pub(crate) const SENDER_TYPES: [&str; 4] = ["customer", "agent", "system", "bot"];
+pub(crate) const MESSAGE_TYPES: [&str; 3] = ["text", "note", "event"];
 const STATUSES: [&str; 4] = ["sent", "delivered", "read", "failed"];
 
 /// 1-128 characters of `A-Z a-z 0-9 . _ : -`.
-fn client_message_id_fits(id: &str) -> bool {
+pub(crate) fn client_message_id_fits(id: &str) -> bool {
     (1..=CLIENT_MESSAGE_ID_MAX_CHARS).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
