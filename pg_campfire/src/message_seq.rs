@@ -57,7 +57,9 @@ const UPDATE: &str = summary_update!("");
 /// since the look no longer matches, and the look is repeated under the lock).
 const UPDATE_IF_UNMOVED: &str =
     summary_update!(" AND c.ctid OPERATOR(pg_catalog.=) $5 AND c.last_message_seq OPERATOR(pg_catalog.=) $6");
-const SUMMARY_TYPES: [pg_sys::Oid; 4] = [pg_sys::UUIDOID, pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTOID];
+/// The parameters' types: `UPDATE` takes the first four, `UPDATE_IF_UNMOVED` all six.
+const SUMMARY_TYPES: [pg_sys::Oid; 6] =
+    [pg_sys::UUIDOID, pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TIDOID, pg_sys::INT8OID];
 
 /// The lock-free look: the conversation's row version and last seq, and whether
 /// client_message_id $2 is stored in it.
@@ -95,8 +97,7 @@ fn update_summary(sql: &'static str, message: &Row, seen: Option<Seen>) -> Optio
     if let Some(seen) = seen {
         args.extend([seen.version.into(), seen.last_message_seq.into()]);
     }
-    let types = [&SUMMARY_TYPES[..], &[pg_sys::TIDOID, pg_sys::INT8OID]].concat();
-    let updated = run_kept(WHAT, sql, &types[..args.len()], &args, |row| {
+    let updated = run_kept(WHAT, sql, &SUMMARY_TYPES[..args.len()], &args, |row| {
         Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<bool>(2)?.unwrap_or(false)))
     });
     let (seq, resolved) = updated.into_iter().next()?;

@@ -37,7 +37,7 @@ fn visible_conversation_org(conversation_id: Option<pgrx::Uuid>) -> pgrx::Uuid {
         Some("visitor") => VISITOR_CONVERSATION_ORG,
         _ => MEMBER_CONVERSATION_ORG,
     };
-    let args = [conversation_id.map_or(DatumWithOid::null_oid(pg_sys::UUIDOID), DatumWithOid::from)];
+    let args = [optional(conversation_id)];
     let org = run_kept("finding the conversation", sql, &UUID, &args, |row| row.get::<pgrx::Uuid>(1));
     org.into_iter().next().flatten().unwrap_or_else(|| {
         let id = conversation_id.map(|id| id.to_string()).unwrap_or_default();
@@ -176,9 +176,9 @@ fn message_row(what: &str, sql: &'static str, types: &[pg_sys::Oid], args: &[Dat
     .flatten()
 }
 
-/// Optional text as a statement parameter.
-fn text(value: Option<&str>) -> DatumWithOid<'_> {
-    value.map_or(DatumWithOid::null_oid(pg_sys::TEXTOID), DatumWithOid::from)
+/// An optional value as a statement parameter of its type (NULL when `None`).
+fn optional<'a, T: IntoDatum>(value: Option<T>) -> DatumWithOid<'a> {
+    value.map_or(DatumWithOid::null::<T>(), DatumWithOid::from)
 }
 
 /// Sends a message as the caller: a visitor sends as customer, an agent as agent (or an
@@ -221,17 +221,16 @@ fn send_message(
         Some(value) => unsafe { DatumWithOid::new(value, pg_sys::JSONBOID) },
         None => DatumWithOid::null_oid(pg_sys::JSONBOID),
     };
-    let conversation = || conversation_id.map_or(DatumWithOid::null_oid(pg_sys::UUIDOID), DatumWithOid::from);
     let args = [
-        conversation(),
+        optional(conversation_id),
         org.into(),
-        text(content),
-        text(Some(&from.sender_type)),
-        from.user_id.map_or(DatumWithOid::null_oid(pg_sys::UUIDOID), DatumWithOid::from),
-        text(from.name.as_deref()),
-        text(from.email.as_deref()),
-        text(Some(kind)),
-        text(client_message_id),
+        optional(content),
+        from.sender_type.as_str().into(),
+        optional(from.user_id),
+        optional(from.name.as_deref()),
+        optional(from.email.as_deref()),
+        kind.into(),
+        optional(client_message_id),
         jsonb(metadata),
         jsonb(attachments),
     ];
@@ -242,7 +241,7 @@ fn send_message(
             "reading the message stored first",
             STORED,
             &[pg_sys::UUIDOID, pg_sys::TEXTOID],
-            &[conversation(), text(client_message_id)],
+            &[optional(conversation_id), optional(client_message_id)],
         )
     })
 }

@@ -95,6 +95,7 @@ fn a_send_waiting_on_another_decides_under_the_lock() {
             }
         });
         let mut watcher = db.connect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while watcher
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%send_message%'",
@@ -105,6 +106,7 @@ fn a_send_waiting_on_another_decides_under_the_lock() {
             == 0
         {
             assert!(!second.is_finished(), "the second send did not wait for the first");
+            assert!(std::time::Instant::now() < deadline, "the second send never waited on a lock");
             thread::sleep(std::time::Duration::from_millis(10));
         }
         if commits { tx.commit() } else { tx.rollback() }.unwrap();
