@@ -35,72 +35,26 @@ CREATE FUNCTION current_user_id() RETURNS uuid
                 THEN campfire.try_uuid(campfire.claim('sub')) END;
 
 -- The helpers below run for nearly every statement (row-level security asks them), so they are
--- PL/pgSQL: its plans are kept for the session, where a SQL function's body would be parsed and
--- planned again at every call (8x slower, measured).
-
--- The widget session the claims name, if it is neither revoked nor expired, read with the rights
--- of whoever calls it: only the owner's-rights functions current_widget_session_id and
--- visitor_conversations do (granted to no one else). visitor_conversations, already the owner,
--- calls it directly: through current_widget_session_id each call switched rights and
--- search_path a second time (~13k instructions each; four of the 14 such entries a visitor
--- message made).
-CREATE FUNCTION claimed_widget_session() RETURNS uuid
-    LANGUAGE plpgsql STABLE
-    AS $$
-DECLARE
-    claimed pg_catalog.uuid;
-BEGIN
-    IF campfire.claim_role() IS DISTINCT FROM 'visitor' THEN
-        RETURN NULL;
-    END IF;
-    -- Read from the claims once: in the query, a scan of the sessions (the plan for a small
-    -- table) parsed the claims again for every row it visited.
-    claimed := campfire.try_uuid(campfire.claim('widget_session_id'));
-    RETURN (SELECT s.id FROM campfire.widget_sessions s
-            WHERE s.id = claimed AND s.revoked_at IS NULL AND s.expires_at > now());
-END
-$$;
+-- Rust (row_access.rs), each one kept statement with the owner's rights: as PL/pgSQL each call
+-- built its expressions' state again in every transaction, and as SQL functions their bodies were
+-- parsed and planned at every call. Each reads the caller's ids from the claims once, not in the
+-- query: a scan of a small table parsed the claims for every row it visited.
 
 -- The caller's widget session, if the claims name one that is neither revoked nor expired.
 CREATE FUNCTION current_widget_session_id() RETURNS uuid
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-BEGIN
-    RETURN campfire.claimed_widget_session();
-END
-$$;
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'current_widget_session_id_wrapper';
 
 -- Organizations where the caller is an active member with at least `min_role`
--- (viewer < agent < admin). Policies call it once per query: `= ANY ((SELECT ...))`. Here and
--- in member_role the caller's id is read from the claims once, as in current_widget_session_id:
--- compared in the query, a scan of the members (the plan below ~100 rows) parsed the claims for
--- every row (member_role 347 µs a call with 51 members, 25 µs now).
+-- (viewer < agent < admin). Policies call it once per query: `= ANY ((SELECT ...))`.
 CREATE FUNCTION member_organizations(min_role text DEFAULT 'viewer') RETURNS uuid[]
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-DECLARE
-    me pg_catalog.uuid := campfire.current_user_id();
-BEGIN
-    RETURN (SELECT coalesce(array_agg(m.organization_id), '{}')
-            FROM campfire.organization_members m
-            WHERE m.user_id = me AND m.status = 'active'
-              AND CASE min_role WHEN 'viewer' THEN true
-                                WHEN 'agent' THEN m.role IN ('agent', 'admin')
-                                WHEN 'admin' THEN m.role = 'admin'
-                                ELSE false END);
-END
-$$;
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'member_organizations_wrapper';
 
+-- The caller's role in the organization, if it is an active member.
 CREATE FUNCTION member_role(organization_id uuid) RETURNS text
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-DECLARE
-    me pg_catalog.uuid := campfire.current_user_id();
-BEGIN
-    RETURN (SELECT m.role FROM campfire.organization_members m
-            WHERE m.organization_id = $1 AND m.user_id = me AND m.status = 'active');
-END
-$$;
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'member_role_wrapper';
 
 CREATE FUNCTION is_org_member(organization_id uuid) RETURNS boolean
     LANGUAGE sql STABLE
@@ -114,37 +68,17 @@ CREATE FUNCTION has_org_role(organization_id uuid, min_role text) RETURNS boolea
 
 -- The conversations of the caller's widget session (empty for anyone but a visitor).
 CREATE FUNCTION visitor_conversations() RETURNS uuid[]
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-BEGIN
-    RETURN (SELECT coalesce(array_agg(c.id), '{}') FROM campfire.conversations c
-            WHERE c.widget_session_id = (SELECT campfire.claimed_widget_session()));
-END
-$$;
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'visitor_conversations_wrapper';
 
--- May the caller insert this message? The messages_insert policy, and the check that runs
--- before the owner's seq trigger reads or locks the conversation (triggers.sql): twice per
--- message. PL/pgSQL like the helpers above: as a SQL function its sub-selects kept it from being
--- inlined, and its body was parsed and planned at each call (88 µs, measured; 6.5 µs then).
+-- May the caller insert this message? The messages_insert policy, and the check that runs before
+-- the owner's seq trigger reads or locks the conversation (triggers.sql). It runs with the
+-- owner's rights to read the caller's conversations or organizations without a statement of its
+-- own, and decides from its arguments and the caller's claims and login alone.
 CREATE FUNCTION may_insert_message(organization_id uuid, conversation_id uuid, sender_type text,
                                    message_type text, sender_user_id uuid) RETURNS boolean
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
-    AS $$
-BEGIN
-    -- One question per kind of sender, each asking only the helper it needs: PL/pgSQL builds an
-    -- expression's state again in every transaction, at a cost that grows with the expression,
-    -- and a customer's message had called member_organizations (owner's rights) for nothing.
-    IF campfire.is_service() THEN
-        RETURN true;
-    ELSIF $3 IS NULL THEN
-        RETURN false;
-    ELSIF $3 OPERATOR(pg_catalog.<>) 'customer' THEN
-        RETURN coalesce($1 OPERATOR(pg_catalog.=) ANY (campfire.member_organizations('agent')), false);
-    END IF;
-    RETURN coalesce($4 OPERATOR(pg_catalog.=) 'text' AND $5 IS NULL
-                    AND $2 OPERATOR(pg_catalog.=) ANY (campfire.visitor_conversations()), false);
-END
-$$;
+    LANGUAGE c STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'may_insert_message_wrapper';
 
 -- The key that seals notifications, made on first use: the extension seals with it (as the
 -- owner), the relays open and seal with it (campfire_relay may call this, nobody else).

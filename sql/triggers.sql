@@ -16,26 +16,10 @@ BEGIN
 END
 $$;
 
--- Refuses, before messages_assign_seq (which runs as the owner) reads or locks the conversation,
--- a message the caller's row-level security would refuse anyway: "not yours" and "does not
--- exist" then get the same answer, and no row the caller may not see is ever locked.
-CREATE FUNCTION admit_message() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    IF NEW.organization_id IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '23502', MESSAGE = 'messages.organization_id is required',
-            HINT = 'pass the organization of the conversation';
-    END IF;
-    IF pg_catalog.row_security_active('campfire.messages')
-       AND NOT campfire.may_insert_message(NEW.organization_id, NEW.conversation_id, NEW.sender_type,
-                                           NEW.message_type, NEW.sender_user_id) THEN
-        RAISE EXCEPTION USING ERRCODE = '42501',
-            MESSAGE = 'new row violates row-level security policy for table "messages"';
-    END IF;
-    RETURN NEW;
-END
-$$;
+-- admit_message (Rust, row_access.rs) refuses, before messages_assign_seq (which runs as the
+-- owner) reads or locks the conversation, a message the caller's row-level security would refuse
+-- anyway: "not yours" and "does not exist" then get the same answer, and no row the caller may
+-- not see is ever locked. It runs with the caller's rights.
 
 -- Gives each new message the next gap-free sequence number of its conversation, under the
 -- conversation's row lock, and keeps the conversation's summary current; a retry (its

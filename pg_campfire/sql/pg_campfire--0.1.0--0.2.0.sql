@@ -87,94 +87,32 @@ CREATE OR REPLACE FUNCTION current_user_id() RETURNS uuid
     RETURN CASE WHEN campfire.claim_role() = 'authenticated'
                 THEN campfire.try_uuid(campfire.claim('sub')) END;
 
--- The widget session the claims name, if it is neither revoked nor expired, read with the rights
--- of whoever calls it: only the owner's-rights functions current_widget_session_id and
--- visitor_conversations do (granted to no one else). visitor_conversations, already the owner,
--- calls it directly: through current_widget_session_id each call switched rights and
--- search_path a second time (~13k instructions each; four of the 14 such entries a visitor
--- message made).
-CREATE FUNCTION claimed_widget_session() RETURNS uuid
-    LANGUAGE plpgsql STABLE
-    AS $$
-DECLARE
-    claimed pg_catalog.uuid;
-BEGIN
-    IF campfire.claim_role() IS DISTINCT FROM 'visitor' THEN
-        RETURN NULL;
-    END IF;
-    -- Read from the claims once: in the query, a scan of the sessions (the plan for a small
-    -- table) parsed the claims again for every row it visited.
-    claimed := campfire.try_uuid(campfire.claim('widget_session_id'));
-    RETURN (SELECT s.id FROM campfire.widget_sessions s
-            WHERE s.id = claimed AND s.revoked_at IS NULL AND s.expires_at > now());
-END
-$$;
-
-REVOKE EXECUTE ON FUNCTION claimed_widget_session() FROM PUBLIC;
-
+-- The helpers row-level security asks on nearly every statement in Rust (row_access.rs), one
+-- kept statement each: a message asks five times or more, and as PL/pgSQL (and SQL functions in
+-- 0.1.0) each call built its expressions' state again, or planned its body, and a visitor's
+-- called a second function for its session.
 CREATE OR REPLACE FUNCTION current_widget_session_id() RETURNS uuid
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-BEGIN
-    RETURN campfire.claimed_widget_session();
-END
-$$;
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'current_widget_session_id_wrapper';
 
 CREATE OR REPLACE FUNCTION member_organizations(min_role text DEFAULT 'viewer') RETURNS uuid[]
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-DECLARE
-    me pg_catalog.uuid := campfire.current_user_id();
-BEGIN
-    RETURN (SELECT coalesce(array_agg(m.organization_id), '{}')
-            FROM campfire.organization_members m
-            WHERE m.user_id = me AND m.status = 'active'
-              AND CASE min_role WHEN 'viewer' THEN true
-                                WHEN 'agent' THEN m.role IN ('agent', 'admin')
-                                WHEN 'admin' THEN m.role = 'admin'
-                                ELSE false END);
-END
-$$;
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'member_organizations_wrapper';
 
 CREATE OR REPLACE FUNCTION member_role(organization_id uuid) RETURNS text
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-DECLARE
-    me pg_catalog.uuid := campfire.current_user_id();
-BEGIN
-    RETURN (SELECT m.role FROM campfire.organization_members m
-            WHERE m.organization_id = $1 AND m.user_id = me AND m.status = 'active');
-END
-$$;
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'member_role_wrapper';
 
 CREATE OR REPLACE FUNCTION visitor_conversations() RETURNS uuid[]
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS $$
-BEGIN
-    RETURN (SELECT coalesce(array_agg(c.id), '{}') FROM campfire.conversations c
-            WHERE c.widget_session_id = (SELECT campfire.claimed_widget_session()));
-END
-$$;
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'visitor_conversations_wrapper';
 
+-- With the owner's rights, to read the caller's conversations or organizations without a statement
+-- of its own; it decides from its arguments and the caller's claims and login alone.
 CREATE OR REPLACE FUNCTION may_insert_message(organization_id uuid, conversation_id uuid, sender_type text,
                                    message_type text, sender_user_id uuid) RETURNS boolean
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
-    AS $$
-BEGIN
-    -- One question per kind of sender, each asking only the helper it needs: PL/pgSQL builds an
-    -- expression's state again in every transaction, at a cost that grows with the expression,
-    -- and a customer's message had called member_organizations (owner's rights) for nothing.
-    IF campfire.is_service() THEN
-        RETURN true;
-    ELSIF $3 IS NULL THEN
-        RETURN false;
-    ELSIF $3 OPERATOR(pg_catalog.<>) 'customer' THEN
-        RETURN coalesce($1 OPERATOR(pg_catalog.=) ANY (campfire.member_organizations('agent')), false);
-    END IF;
-    RETURN coalesce($4 OPERATOR(pg_catalog.=) 'text' AND $5 IS NULL
-                    AND $2 OPERATOR(pg_catalog.=) ANY (campfire.visitor_conversations()), false);
-END
-$$;
+    LANGUAGE c STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'may_insert_message_wrapper';
 
 CREATE OR REPLACE FUNCTION authorize_channel(topic text, claims jsonb) RETURNS jsonb
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
@@ -266,29 +204,11 @@ BEGIN
 END
 $$;
 
+-- Refuses, before messages_assign_seq (the owner's) reads or locks the conversation, a message
+-- the caller's row-level security would refuse anyway (Rust, row_access.rs; the caller's rights).
 CREATE OR REPLACE FUNCTION admit_message() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    IF NEW.organization_id IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '23502', MESSAGE = 'messages.organization_id is required',
-            HINT = 'pass the organization of the conversation';
-    END IF;
-    IF pg_catalog.row_security_active('campfire.messages')
-       AND NOT campfire.may_insert_message(NEW.organization_id, NEW.conversation_id, NEW.sender_type,
-                                           NEW.message_type, NEW.sender_user_id) THEN
-        RAISE EXCEPTION USING ERRCODE = '42501',
-            MESSAGE = 'new row violates row-level security policy for table "messages"';
-    END IF;
-    RETURN NEW;
-END
-$$;
-
--- The same rules in Rust (message_seq.rs), with plans kept for the session, and a retry found
--- without taking the conversation's lock first.
-CREATE OR REPLACE FUNCTION assign_message_seq() RETURNS trigger
-    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
-    AS 'MODULE_PATHNAME', 'assign_message_seq_wrapper';
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'admit_message_wrapper';
 
 CREATE TRIGGER messages_admit BEFORE INSERT ON messages
     FOR EACH ROW EXECUTE FUNCTION admit_message();

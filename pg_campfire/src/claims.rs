@@ -75,7 +75,7 @@ pub(crate) fn claim(key: &str) -> Option<String> {
 /// bounded repetitions PostgreSQL rebuilt its automaton at every match: ~40k instructions a
 /// call, six calls per visitor message.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn try_uuid(value: &str) -> Option<pgrx::Uuid> {
+pub(crate) fn try_uuid(value: &str) -> Option<pgrx::Uuid> {
     let canonical = value.len() == 36
         && value.bytes().enumerate().all(|(i, b)| match i {
             8 | 13 | 18 | 23 => b == b'-',

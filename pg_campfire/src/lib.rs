@@ -16,6 +16,7 @@ mod message_rules;
 mod message_seq;
 mod notifier;
 mod notify;
+mod row_access;
 mod scalar;
 mod secret;
 mod send_message;
@@ -44,6 +45,7 @@ extension_sql_file!(
         "auth",
         events::flush_events,
         message_seq::assign_message_seq,
+        row_access::admit_message,
         triggers::message_events,
         triggers::conversation_events,
         triggers::read_receipt_events,

@@ -22,7 +22,6 @@ use crate::errors::raise;
 use crate::kept_plans::run_kept;
 use crate::scalar::Row;
 use pgrx::PgTrigger;
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
 type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, pgrx::AllocatedByRust>>, std::convert::Infallible>;
@@ -73,14 +72,6 @@ const STORED: &str = "SELECT EXISTS (SELECT FROM campfire.messages m \
                             AND m.client_message_id OPERATOR(pg_catalog.=) $2)";
 const KEY_TYPES: [pg_sys::Oid; 2] = [pg_sys::UUIDOID, pg_sys::TEXTOID];
 
-/// The new message's columns as parameters, in the order given.
-fn params<'a>(message: &'a Row, columns: &[&str]) -> Vec<DatumWithOid<'a>> {
-    let param = |column: &&str| {
-        message.param_of(column).unwrap_or_else(|| pgrx::error!("campfire.messages has no column {column}"))
-    };
-    columns.iter().map(param).collect()
-}
-
 const SUMMARY: [&str; 4] = ["conversation_id", "organization_id", "content", "sender_type"];
 const KEY: [&str; 2] = ["conversation_id", "client_message_id"];
 
@@ -93,7 +84,7 @@ struct Seen {
 /// Raises the conversation's seq and writes its summary: the new seq, `None` when no row matched
 /// (`UPDATE_IF_UNMOVED`'s row is the one `seen`).
 fn update_summary(sql: &'static str, message: &Row, seen: Option<Seen>) -> Option<i64> {
-    let mut args = params(message, &SUMMARY);
+    let mut args = message.params_of(&SUMMARY);
     if let Some(seen) = seen {
         args.extend([seen.version.into(), seen.last_message_seq.into()]);
     }
@@ -129,7 +120,7 @@ fn next_seq(message: &Row) -> i64 {
 /// The message's seq, `None` when it is a retry of a message already stored (see the module's
 /// comment for why the lock-free look can stand).
 fn seq_of(message: &Row) -> Option<i64> {
-    let key = params(message, &KEY);
+    let key = message.params_of(&KEY);
     if key[1].datum().is_none() {
         return Some(next_seq(message));
     }

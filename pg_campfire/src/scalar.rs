@@ -76,6 +76,14 @@ impl Row {
         self.index_of(column).map(|index| self.param(index))
     }
 
+    /// The named columns as statement parameters, in the order given; an error names a column
+    /// the row lacks.
+    pub fn params_of(&self, columns: &[&str]) -> Vec<DatumWithOid<'_>> {
+        let param =
+            |column: &&str| self.param_of(column).unwrap_or_else(|| pgrx::error!("the row has no column {column}"));
+        columns.iter().map(param).collect()
+    }
+
     fn index_of(&self, column: &str) -> Option<usize> {
         (0..self.natts()).find(|&i| {
             let att = self.attribute(i);

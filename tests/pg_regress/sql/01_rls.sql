@@ -155,6 +155,58 @@ $$;
 SELECT p.name, r.allowed, r.differing FROM t.principals p, t.insert_rule(p.name) r ORDER BY p.name;
 CALL t.act_as('nobody');
 
+-- The helpers row-level security asks (Rust, row_access.rs) answer as the SQL they replaced, for
+-- every principal, every minimum role (and none, and a wrong one) and both organizations.
+CREATE FUNCTION t.sorted(ids uuid[]) RETURNS uuid[] LANGUAGE sql IMMUTABLE
+    RETURN ARRAY(SELECT i FROM unnest(ids) i ORDER BY i);
+CREATE FUNCTION t.helpers_differing(principal text) RETURNS TABLE (helper text, answer text) LANGUAGE plpgsql AS $$
+DECLARE
+    me uuid;
+    session uuid;
+BEGIN
+    CALL t.act_as(principal);
+    me := CASE WHEN campfire.claim('role') = 'authenticated' THEN campfire.try_uuid(campfire.claim('sub')) END;
+    session := (SELECT s.id FROM campfire.widget_sessions s
+                WHERE campfire.claim('role') = 'visitor' AND s.id = campfire.try_uuid(campfire.claim('widget_session_id'))
+                  AND s.revoked_at IS NULL AND s.expires_at > now());
+    RETURN QUERY
+    SELECT 'member_organizations(' || coalesce(r.min_role, 'NULL') || ')', t.sorted(campfire.member_organizations(r.min_role))::text
+    FROM (VALUES ('viewer'), ('agent'), ('admin'), ('owner'), (NULL)) r(min_role)
+    WHERE t.sorted(campfire.member_organizations(r.min_role)) IS DISTINCT FROM
+          t.sorted(ARRAY(SELECT m.organization_id FROM campfire.organization_members m
+                         WHERE m.user_id = me AND m.status = 'active'
+                           AND CASE r.min_role WHEN 'viewer' THEN true
+                                               WHEN 'agent' THEN m.role IN ('agent', 'admin')
+                                               WHEN 'admin' THEN m.role = 'admin'
+                                               ELSE false END))
+    UNION ALL
+    SELECT 'member_role(' || o.id || ')', campfire.member_role(o.id)
+    FROM (VALUES ('aaaaaaaa-0000-4000-8000-00000000000a'::uuid), ('bbbbbbbb-0000-4000-8000-00000000000b'), (NULL)) o(id)
+    WHERE campfire.member_role(o.id) IS DISTINCT FROM
+          (SELECT m.role FROM campfire.organization_members m
+           WHERE m.organization_id = o.id AND m.user_id = me AND m.status = 'active')
+    UNION ALL
+    SELECT 'visitor_conversations()', t.sorted(campfire.visitor_conversations())::text
+    WHERE t.sorted(campfire.visitor_conversations()) IS DISTINCT FROM
+          t.sorted(ARRAY(SELECT c.id FROM campfire.conversations c WHERE c.widget_session_id = session))
+    UNION ALL
+    SELECT 'current_widget_session_id()', campfire.current_widget_session_id()::text
+    WHERE campfire.current_widget_session_id() IS DISTINCT FROM session;
+END
+$$;
+SELECT p.name, d.helper, d.answer FROM t.principals p, t.helpers_differing(p.name) d ORDER BY 1, 2;
+-- Each principal's own answers, so that a fixture that answers nothing cannot pass the above.
+CREATE FUNCTION t.helper_answers(principal text)
+    RETURNS TABLE (organizations integer, role_in_a text, conversations integer, has_session boolean) LANGUAGE plpgsql AS $$
+BEGIN
+    CALL t.act_as(principal);
+    RETURN QUERY SELECT cardinality(campfire.member_organizations('viewer')), campfire.member_role('aaaaaaaa-0000-4000-8000-00000000000a'),
+                        cardinality(campfire.visitor_conversations()), campfire.current_widget_session_id() IS NOT NULL;
+END
+$$;
+SELECT p.name, a.* FROM t.principals p, t.helper_answers(p.name) a ORDER BY 1;
+CALL t.act_as('nobody');
+
 -- try_uuid takes the canonical form only, as the regex it replaced did.
 SELECT v.value, campfire.try_uuid(v.value) AS uuid,
        campfire.try_uuid(v.value) IS NOT DISTINCT FROM

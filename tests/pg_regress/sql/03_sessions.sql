@@ -49,11 +49,20 @@ SELECT set_config('request.jwt.claims', jsonb_build_object('role', 'visitor', 'w
 FROM first_start \gset
 SET ROLE campfire_test_client;
 SELECT count(*) AS conversations_visible_before_revocation FROM campfire.widget_conversations;
+PREPARE session_answers AS
+SELECT campfire.current_widget_session_id() IS NOT DISTINCT FROM (SELECT widget_session_id FROM first_start) AS own_session,
+       cardinality(campfire.visitor_conversations()) AS conversations,
+       campfire.may_insert_message('aaaaaaaa-0000-4000-8000-00000000000a', (SELECT conversation_id FROM first_start),
+                                   'customer', 'text', NULL) AS may_send;
+EXECUTE session_answers;
 SELECT campfire.revoke_widget_session((SELECT widget_session_id FROM first_start)) AS revoked;
 SET ROLE campfire_test_relay;
 SELECT t.try(format($$SELECT campfire.visitor_claims(%L)$$, (SELECT session_secret FROM first_start))) AS revoked_secret;
 SET ROLE campfire_test_client;
 SELECT count(*) AS conversations_visible_after_revocation FROM campfire.widget_conversations;
+-- Nothing answers from the session as it was a statement ago: not its id, its conversations, nor
+-- the insert rule for a message into its own conversation.
+EXECUTE session_answers;
 CALL t.act_as('visitor_a');
 SELECT t.try(format($$SELECT campfire.revoke_widget_session(%L)$$, (SELECT widget_session_id FROM t.sessions WHERE name = 'visitor_orgb'))) AS revoke_foreign;
 -- An outsider cannot revoke anyone's session.
