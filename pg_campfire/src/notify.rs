@@ -10,6 +10,9 @@ use std::cell::Cell;
 thread_local! {
     /// The key, read once per backend (it is made once per database and never changes).
     static KEY: Cell<Option<sealed::Key>> = const { Cell::new(None) };
+    /// This backend's nonce prefix (drawn at its first notification) and how many it has used.
+    static NONCE_PREFIX: Cell<Option<[u8; sealed::NONCE_BYTES - 8]>> = const { Cell::new(None) };
+    static NONCES_USED: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The database's notify key, made on first use; `None` while the database's SQL is still that
@@ -36,12 +39,23 @@ fn key() -> Option<sealed::Key> {
     Some(key)
 }
 
-fn random_nonce() -> [u8; sealed::NONCE_BYTES] {
+/// A nonce never used before with the key: random bytes drawn once per backend, then a count.
+/// XChaCha20-Poly1305 asks only that a nonce never repeat; its 24 bytes leave room for a
+/// 16-byte random prefix, and a fresh draw for every notification (OpenSSL's, through
+/// pg_strong_random) cost ~17k instructions, a third of the sealing.
+fn fresh_nonce() -> [u8; sealed::NONCE_BYTES] {
+    const PREFIX_BYTES: usize = sealed::NONCE_BYTES - 8;
+    let prefix = NONCE_PREFIX.get().unwrap_or_else(|| {
+        let mut prefix = [0u8; PREFIX_BYTES];
+        crate::secret::fill_random(&mut prefix);
+        NONCE_PREFIX.set(Some(prefix));
+        prefix
+    });
+    let count = NONCES_USED.get();
+    NONCES_USED.set(count + 1);
     let mut nonce = [0u8; sealed::NONCE_BYTES];
-    // SAFETY: the buffer is valid for its whole length.
-    if !unsafe { pg_sys::pg_strong_random(nonce.as_mut_ptr().cast(), nonce.len()) } {
-        pgrx::error!("could not generate random bytes");
-    }
+    nonce[..PREFIX_BYTES].copy_from_slice(&prefix);
+    nonce[PREFIX_BYTES..].copy_from_slice(&count.to_be_bytes());
     nonce
 }
 
@@ -55,7 +69,7 @@ pub fn send(channel: &str, payload: &str) {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            sealed::seal(&key, channel, now_ms, random_nonce(), payload.as_bytes())
+            sealed::seal(&key, channel, now_ms, fresh_nonce(), payload.as_bytes())
                 .unwrap_or_else(|err| pgrx::error!("sealing a notification on {channel}: {err}"))
         }
         None => payload.to_owned(),
@@ -84,4 +98,20 @@ fn announce_access_change<'a>(
     };
     send(campfire_core::channels::ACCESS, &change.to_string());
     Ok(None)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn nonces_share_the_backends_prefix_and_never_repeat() {
+        let nonces: Vec<_> = (0..1000).map(|_| super::fresh_nonce()).collect();
+        let prefix = &nonces[0][..16];
+        assert!(nonces.iter().all(|nonce| &nonce[..16] == prefix));
+        let distinct: std::collections::HashSet<_> = nonces.iter().collect();
+        assert_eq!(distinct.len(), nonces.len());
+        assert_ne!(prefix, &[0u8; 16][..], "the prefix is drawn, not left zero");
+    }
 }

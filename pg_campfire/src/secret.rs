@@ -46,11 +46,16 @@ fn random_bytes(count: i32) -> Vec<u8> {
         ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "random_bytes takes 1-1024");
     }
     let mut bytes = vec![0u8; count as usize];
+    fill_random(&mut bytes);
+    bytes
+}
+
+/// Fills `bytes` from PostgreSQL's strong random source.
+pub(crate) fn fill_random(bytes: &mut [u8]) {
     // SAFETY: the buffer is valid for its whole length.
     if !unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) } {
         pgrx::error!("could not generate random bytes");
     }
-    bytes
 }
 
 #[cfg(test)]
