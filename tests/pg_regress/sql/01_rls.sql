@@ -131,6 +131,32 @@ FROM (VALUES ('{"role":"visitor"}'), ('{"role":"service_role"}'), ('{"role":"aut
 SELECT t.try($$SELECT t.claim_under('{"role":', 'role')$$) AS claims_not_json;
 SELECT t.try($$SELECT t.is_service_under('service_role')$$) AS claims_not_json;
 SELECT t.try($$SELECT t.claim_under('{"role":"visitor\u0000"}', 'role')$$) AS claims_with_nul;
+-- The answers read are kept with the parsed claims: under one setting, twelve keys (more than
+-- are kept) asked three times each, then under another setting, answer as ->> does.
+CREATE FUNCTION t.claims_asked_again(settings text[]) RETURNS TABLE (asked bigint, differing bigint, present bigint)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    setting text;
+    answer text;
+BEGIN
+    asked := 0; differing := 0; present := 0;
+    FOREACH setting IN ARRAY settings LOOP
+        PERFORM set_config('request.jwt.claims', setting, true);
+        FOR round IN 1..3 LOOP
+            FOR k IN 1..12 LOOP
+                answer := campfire.claim('k' || k);
+                asked := asked + 1;
+                differing := differing + (answer IS DISTINCT FROM (setting::jsonb ->> ('k' || k)))::int;
+                present := present + (answer IS NOT NULL)::int;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+    RETURN NEXT;
+END
+$$;
+SELECT * FROM t.claims_asked_again(ARRAY[
+    '{"k1":"a","k2":"b","k3":"c","k4":"d","k5":"e","k6":"f","k7":"g","k8":"h","k9":"i","k10":"j","k11":"k","k12":"l"}',
+    '{"k1":"z","k12":"y"}', '{"k1":"a","k2":"b","k3":"c","k4":"d","k5":"e","k6":"f","k7":"g","k8":"h","k9":"i","k10":"j","k11":"k","k12":"l"}']);
 CALL t.act_as('nobody');
 
 -- may_insert_message asks one question per kind of sender; it answers as the single expression
