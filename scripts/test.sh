@@ -37,6 +37,8 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "extension unit tests and #[pg_test]s"
+# The test cluster runs as postgres, which must be able to create its data directory there.
+as_root install -d -o postgres "$work/pgrx-data"
 (cd pg_campfire && cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-data")
 
 step "installing the extension into the system PostgreSQL"
