@@ -210,6 +210,12 @@ CREATE OR REPLACE FUNCTION admit_message() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'admit_message_wrapper';
 
+-- The same rules in Rust (message_seq.rs), with plans kept for the session, and a retry found
+-- without taking the conversation's lock first.
+CREATE OR REPLACE FUNCTION assign_message_seq() RETURNS trigger
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'assign_message_seq_wrapper';
+
 CREATE TRIGGER messages_admit BEFORE INSERT ON messages
     FOR EACH ROW EXECUTE FUNCTION admit_message();
 
