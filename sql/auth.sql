@@ -71,6 +71,12 @@ CREATE FUNCTION visitor_conversations() RETURNS uuid[]
     LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS 'MODULE_PATHNAME', 'visitor_conversations_wrapper';
 
+-- The organization of a conversation of the caller's widget session, NULL for any other: how a
+-- visitor's API call finds its conversation (visible_conversation_org).
+CREATE FUNCTION visitor_conversation_org(conversation_id uuid) RETURNS uuid
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'visitor_conversation_org_wrapper';
+
 -- May the caller insert this message? The messages_insert policy, and the check that runs before
 -- the owner's seq trigger reads or locks the conversation (triggers.sql). It runs with the
 -- owner's rights to read the caller's conversations or organizations without a statement of its

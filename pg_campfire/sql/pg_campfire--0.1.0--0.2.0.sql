@@ -107,6 +107,12 @@ CREATE OR REPLACE FUNCTION visitor_conversations() RETURNS uuid[]
     LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
     AS 'MODULE_PATHNAME', 'visitor_conversations_wrapper';
 
+-- How a visitor's API call finds its conversation (visible_conversation_org), where the
+-- visitor-safe view also read the conversation's last message.
+CREATE FUNCTION visitor_conversation_org(conversation_id uuid) RETURNS uuid
+    LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp
+    AS 'MODULE_PATHNAME', 'visitor_conversation_org_wrapper';
+
 -- With the owner's rights, to read the caller's conversations or organizations without a statement
 -- of its own; it decides from its arguments and the caller's claims and login alone.
 CREATE OR REPLACE FUNCTION may_insert_message(organization_id uuid, conversation_id uuid, sender_type text,
@@ -840,10 +846,11 @@ ALTER POLICY messages_insert ON messages
     WITH CHECK (campfire.may_insert_message(organization_id, conversation_id, sender_type, message_type, sender_user_id));
 
 REVOKE ALL ON widget_conversations, notify_keys FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid), admit_message(), server_key(), notify_key(),
+REVOKE EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid), visitor_conversation_org(uuid),
+                           admit_message(), server_key(), notify_key(),
                            announce_access_change(), read_log(bigint, integer, text) FROM PUBLIC;
 GRANT SELECT ON widget_conversations TO campfire_client;
-GRANT EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid) TO campfire_client;
+GRANT EXECUTE ON FUNCTION may_insert_message(uuid, uuid, text, text, uuid), visitor_conversation_org(uuid) TO campfire_client;
 GRANT EXECUTE ON FUNCTION notify_key(), read_log(bigint, integer, text) TO campfire_relay;
 
 -- The same identifier rules without bounded repetitions, which PostgreSQL's regex engine expands

@@ -23,14 +23,14 @@ use pgrx::{AnyElement, FromDatum};
 
 const UUID: [pg_sys::Oid; 1] = [pg_sys::UUIDOID];
 
-const VISITOR_CONVERSATION_ORG: &str =
-    "SELECT w.organization_id FROM campfire.widget_conversations w WHERE w.id OPERATOR(pg_catalog.=) $1";
+const VISITOR_CONVERSATION_ORG: &str = "SELECT campfire.visitor_conversation_org($1)";
 const MEMBER_CONVERSATION_ORG: &str =
     "SELECT r.organization_id FROM campfire.realtime_conversations r WHERE r.id OPERATOR(pg_catalog.=) $1";
 
 /// `campfire.visible_conversation_org(conversation_id)`: the organization of a conversation the
-/// caller can see, or P0002. A visitor sees its own conversations through their visitor-safe
-/// view only, and nobody else sees any there: one lookup, not a refused one first.
+/// caller can see, or P0002. A visitor sees only its own conversations, through
+/// `visitor_conversation_org` (row_access.rs), and nobody else sees any there: one lookup, not a
+/// refused one first.
 #[pg_extern(stable, sql = false)]
 fn visible_conversation_org(conversation_id: Option<pgrx::Uuid>) -> pgrx::Uuid {
     let sql = match claim("role").as_deref() {

@@ -216,6 +216,12 @@ BEGIN
     WHERE t.sorted(campfire.visitor_conversations()) IS DISTINCT FROM
           t.sorted(ARRAY(SELECT c.id FROM campfire.conversations c WHERE c.widget_session_id = session))
     UNION ALL
+    SELECT 'visitor_conversation_org(' || coalesce(v.id::text, 'NULL') || ')', campfire.visitor_conversation_org(v.id)::text
+    FROM (SELECT s.conversation_id FROM t.sessions s
+          UNION ALL VALUES ('00000000-0000-4000-8000-000000000000'::uuid), (NULL)) v(id)
+    WHERE campfire.visitor_conversation_org(v.id) IS DISTINCT FROM
+          (SELECT w.organization_id FROM campfire.widget_conversations w WHERE w.id = v.id)
+    UNION ALL
     SELECT 'current_widget_session_id()', campfire.current_widget_session_id()::text
     WHERE campfire.current_widget_session_id() IS DISTINCT FROM session;
 END
@@ -223,11 +229,13 @@ $$;
 SELECT p.name, d.helper, d.answer FROM t.principals p, t.helpers_differing(p.name) d ORDER BY 1, 2;
 -- Each principal's own answers, so that a fixture that answers nothing cannot pass the above.
 CREATE FUNCTION t.helper_answers(principal text)
-    RETURNS TABLE (organizations integer, role_in_a text, conversations integer, has_session boolean) LANGUAGE plpgsql AS $$
+    RETURNS TABLE (organizations integer, role_in_a text, conversations integer, has_session boolean, orgs_found bigint)
+    LANGUAGE plpgsql AS $$
 BEGIN
     CALL t.act_as(principal);
     RETURN QUERY SELECT cardinality(campfire.member_organizations('viewer')), campfire.member_role('aaaaaaaa-0000-4000-8000-00000000000a'),
-                        cardinality(campfire.visitor_conversations()), campfire.current_widget_session_id() IS NOT NULL;
+                        cardinality(campfire.visitor_conversations()), campfire.current_widget_session_id() IS NOT NULL,
+                        (SELECT count(*) FROM t.sessions s WHERE campfire.visitor_conversation_org(s.conversation_id) IS NOT NULL);
 END
 $$;
 SELECT p.name, a.* FROM t.principals p, t.helper_answers(p.name) a ORDER BY 1;

@@ -136,7 +136,7 @@ BEGIN
     FOREACH statement IN ARRAY ARRAY[
         format('SELECT campfire.start_widget_session(%L, %L)', org, visitor),
         format('SELECT campfire.start_widget_session(%L, %L, resume_secret => %L)', org, 'hijack-visitor', secret),
-        format('SELECT campfire.current_widget_session_id(), campfire.visitor_conversations(), campfire.member_organizations(), campfire.member_role(%L), campfire.has_org_role(%L, %L)', org, org, 'agent'),
+        format('SELECT campfire.current_widget_session_id(), campfire.visitor_conversations(), campfire.visitor_conversation_org(%L), campfire.member_organizations(), campfire.member_role(%L), campfire.has_org_role(%L, %L)', conv, org, org, 'agent'),
         format('SELECT campfire.send_message(%L, %L)', conv, 'planted? ' || principal),
         format('SELECT campfire.send_message(%L, %L, client_message_id => %L)', conv, 'retry', 'hijack-' || principal),
         format('SELECT campfire.send_message(%L, %L, message_type => %L)', conv, 'a note', 'note'),
