@@ -108,6 +108,20 @@ SELECT status FROM campfire.set_conversation_status(:conv_b, 'resolved');
 CALL t.act_as('visitor_b');
 SELECT t.try(format($$SELECT campfire.send_message(%L, 'are you there?')$$, :conv_b)) AS message_to_resolved;
 
+-- The service's message: its insert takes the conversation's organization; an unknown or missing
+-- conversation is P0002 with the others' message, and a retry returns the message stored first.
+SET ROLE campfire_test_client;
+CALL t.act_as('service');
+SELECT m.organization_id = s.organization_id AS its_organization, m.sender_type, m.seq > 0 AS numbered
+FROM t.sessions s, campfire.send_message(s.conversation_id, 'from the service', 'bot', 'svc-1') m WHERE s.name = 'visitor_orgb';
+SELECT m.content AS retry_returns_the_first, m.seq = (SELECT max(x.seq) FROM campfire.messages x WHERE x.conversation_id = s.conversation_id) AS not_renumbered
+FROM t.sessions s, campfire.send_message(s.conversation_id, 'from the service, again', 'bot', 'svc-1') m WHERE s.name = 'visitor_orgb';
+SELECT t.try($$SELECT campfire.send_message('00000000-0000-4000-8000-000000000000', 'hi', 'bot')$$) AS service_unknown_conversation;
+SELECT t.try($$SELECT campfire.send_message(NULL, 'hi', 'bot')$$) AS service_no_conversation;
+SELECT t.try($$SELECT campfire.send_message('00000000-0000-4000-8000-000000000000', 'hi', 'bot', 'svc-2')$$) AS service_unknown_with_id;
+CALL t.act_as('nobody');
+RESET ROLE;
+
 -- organizations and members ------------------------------------------------------------------------
 CALL t.act_as('agent_a');
 SELECT t.try($$SELECT campfire.create_organization('Mine', 'mine')$$) AS agent_creates_org;
