@@ -49,12 +49,17 @@ const ACTIVE_ROLE: &str = "SELECT m.role FROM campfire.organization_members m \
                            WHERE m.organization_id OPERATOR(pg_catalog.=) $1 AND m.user_id OPERATOR(pg_catalog.=) $2 \
                              AND m.status OPERATOR(pg_catalog.=) 'active'";
 
-/// The widget session a visitor's claims name, whether or not it still counts.
-fn claimed_widget_session() -> Option<pgrx::Uuid> {
-    if claim("role").as_deref() != Some("visitor") {
+/// The uuid that claim `key` holds when the claims' role is `role`.
+fn claimed_id(role: &str, key: &str) -> Option<pgrx::Uuid> {
+    if claim("role").as_deref() != Some(role) {
         return None;
     }
-    try_uuid(&claim("widget_session_id")?)
+    try_uuid(&claim(key)?)
+}
+
+/// The widget session a visitor's claims name, whether or not it still counts.
+fn claimed_widget_session() -> Option<pgrx::Uuid> {
+    claimed_id("visitor", "widget_session_id")
 }
 
 /// `campfire.current_widget_session_id()`: the caller's widget session, if the claims name one
@@ -98,10 +103,7 @@ fn visitor_conversation_org(conversation_id: Option<pgrx::Uuid>) -> Option<pgrx:
 
 /// An agent's user id, read from the claims as `campfire.current_user_id()` reads it.
 fn current_user_id() -> Option<pgrx::Uuid> {
-    if claim("role").as_deref() != Some("authenticated") {
-        return None;
-    }
-    try_uuid(&claim("sub")?)
+    claimed_id("authenticated", "sub")
 }
 
 /// `campfire.member_organizations(min_role)`: the organizations where the caller is an active
