@@ -527,12 +527,14 @@ fn extension_owner() -> pg_sys::Oid {
     {
         return owner;
     }
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_campfire'",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| pgrx::error!("pg_campfire is not installed in this database"));
+    const OWNER_OF: &str =
+        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_campfire'";
+    let owner = run_kept("finding the extension's owner", OWNER_OF, &[], &[], |row| row.get::<pg_sys::Oid>(1));
+    let owner = owner
+        .into_iter()
+        .next()
+        .flatten()
+        .unwrap_or_else(|| pgrx::error!("pg_campfire is not installed in this database"));
     OWNER.set(Some((log, owner)));
     owner
 }

@@ -154,3 +154,28 @@ CALL t.act_as('nobody');
 SELECT name, allowed_origins, agents_online FROM campfire.widget_config('aaaaaaaa-0000-4000-8000-00000000000a');
 SELECT count(*) AS unknown FROM campfire.widget_config('00000000-0000-4000-8000-000000000000');
 RESET ROLE;
+
+-- Reads take no transaction id: each would write a commit record and bring the next
+-- anti-wraparound vacuum closer (kept_plans.rs). A visitor's, an agent's and the relay's.
+SET ROLE campfire_test_client;
+CALL t.act_as('visitor_a');
+BEGIN;
+SELECT count(*) > 0 AS history FROM campfire.history((SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a'));
+SELECT count(*) > 0 AS events FROM campfire.events_since(0, 'org:aaaaaaaa-0000-4000-8000-00000000000a:conv:' || (SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a'));
+SELECT pg_catalog.txid_current_if_assigned() IS NULL AS visitor_read_without_a_transaction_id;
+ROLLBACK;
+CALL t.act_as('agent_a');
+BEGIN;
+SELECT count(*) > 0 AS listed FROM campfire.list_conversations('aaaaaaaa-0000-4000-8000-00000000000a');
+SELECT count(*) > 0 AS history FROM campfire.history((SELECT conversation_id FROM t.sessions WHERE name = 'visitor_a'));
+SELECT pg_catalog.txid_current_if_assigned() IS NULL AS agent_read_without_a_transaction_id;
+ROLLBACK;
+CALL t.act_as('nobody');
+SET ROLE campfire_test_relay;
+BEGIN;
+SELECT count(*) > 0 AS logged FROM campfire.read_log(0);
+SELECT campfire.authorize_channel('org:aaaaaaaa-0000-4000-8000-00000000000a', (SELECT claims FROM t.principals WHERE name = 'agent_a')) ->> 'topic' IS NOT NULL AS authorized;
+SELECT campfire.log_head() > 0 AS head;
+SELECT pg_catalog.txid_current_if_assigned() IS NULL AS relay_read_without_a_transaction_id;
+ROLLBACK;
+RESET ROLE;
