@@ -16,6 +16,7 @@ mod message_rules;
 mod message_seq;
 mod notifier;
 mod notify;
+mod read_memo;
 mod row_access;
 mod scalar;
 mod secret;

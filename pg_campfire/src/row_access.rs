@@ -11,16 +11,16 @@
 //! caller may read neither the sessions, nor a visitor's conversations, nor every membership),
 //! and still name every relation, function and operator by its schema. Each statement reads
 //! with a snapshot of its own (see kept_plans.rs), which can only be newer than the calling
-//! statement's: it sees a revocation that committed meanwhile.
+//! statement's: it sees a revocation that committed meanwhile. A read asked again while nothing
+//! it could see has changed is answered from memory (read_memo.rs).
 
 use crate::claims::{claim, is_service, try_uuid};
 use crate::errors::raise;
 use crate::kept_plans::run_kept;
+use crate::read_memo::read_kept;
 use crate::scalar::Row;
 use pgrx::PgTrigger;
 use pgrx::prelude::*;
-
-const UUID: [pg_sys::Oid; 1] = [pg_sys::UUIDOID];
 
 /// A session `s` counts while it is neither revoked nor expired.
 macro_rules! live {
@@ -67,8 +67,7 @@ fn claimed_widget_session() -> Option<pgrx::Uuid> {
 #[pg_extern(stable, sql = false)]
 fn current_widget_session_id() -> Option<pgrx::Uuid> {
     let claimed = claimed_widget_session()?;
-    let live =
-        run_kept("reading the widget session", LIVE_SESSION, &UUID, &[claimed.into()], |row| row.get::<pgrx::Uuid>(1));
+    let live = read_kept("reading the widget session", LIVE_SESSION, &[claimed], |row| row.get::<pgrx::Uuid>(1));
     live.into_iter().next().flatten()
 }
 
@@ -77,10 +76,9 @@ fn current_widget_session_id() -> Option<pgrx::Uuid> {
 #[pg_extern(stable, sql = false)]
 fn visitor_conversations() -> Vec<pgrx::Uuid> {
     let Some(claimed) = claimed_widget_session() else { return Vec::new() };
-    let conversations =
-        run_kept("reading the visitor's conversations", SESSION_CONVERSATIONS, &UUID, &[claimed.into()], |row| {
-            row.get::<pgrx::Uuid>(1)
-        });
+    let conversations = read_kept("reading the visitor's conversations", SESSION_CONVERSATIONS, &[claimed], |row| {
+        row.get::<pgrx::Uuid>(1)
+    });
     conversations.into_iter().flatten().collect()
 }
 
@@ -91,13 +89,10 @@ fn visitor_conversations() -> Vec<pgrx::Uuid> {
 #[pg_extern(stable, sql = false)]
 fn visitor_conversation_org(conversation_id: Option<pgrx::Uuid>) -> Option<pgrx::Uuid> {
     let (conversation, claimed) = (conversation_id?, claimed_widget_session()?);
-    let org = run_kept(
-        "finding the visitor's conversation",
-        SESSION_CONVERSATION_ORG,
-        &[pg_sys::UUIDOID; 2],
-        &[conversation.into(), claimed.into()],
-        |row| row.get::<pgrx::Uuid>(1),
-    );
+    let org =
+        read_kept("finding the visitor's conversation", SESSION_CONVERSATION_ORG, &[conversation, claimed], |row| {
+            row.get::<pgrx::Uuid>(1)
+        });
     org.into_iter().next().flatten()
 }
 
@@ -117,7 +112,7 @@ fn member_organizations(min_role: Option<&str>) -> Vec<pgrx::Uuid> {
         _ => return Vec::new(),
     };
     let Some(me) = current_user_id() else { return Vec::new() };
-    let memberships = run_kept("reading the memberships", ACTIVE_MEMBERSHIPS, &UUID, &[me.into()], |row| {
+    let memberships = read_kept("reading the memberships", ACTIVE_MEMBERSHIPS, &[me], |row| {
         Ok((row.get::<pgrx::Uuid>(1)?, row.get::<String>(2)?))
     });
     memberships.into_iter().filter_map(|(org, role)| org.filter(|_| role.as_deref().is_some_and(admits))).collect()
@@ -128,10 +123,7 @@ fn member_organizations(min_role: Option<&str>) -> Vec<pgrx::Uuid> {
 #[pg_extern(stable, sql = false)]
 fn member_role(organization_id: Option<pgrx::Uuid>) -> Option<String> {
     let (org, me) = (organization_id?, current_user_id()?);
-    let role =
-        run_kept("reading the membership", ACTIVE_ROLE, &[pg_sys::UUIDOID; 2], &[org.into(), me.into()], |row| {
-            row.get::<String>(1)
-        });
+    let role = read_kept("reading the membership", ACTIVE_ROLE, &[org, me], |row| row.get::<String>(1));
     role.into_iter().next().flatten()
 }
 

@@ -241,6 +241,33 @@ $$;
 SELECT p.name, a.* FROM t.principals p, t.helper_answers(p.name) a ORDER BY 1;
 CALL t.act_as('nobody');
 
+-- The helpers keep an answer only while nothing it could see has changed (read_memo.rs). In one
+-- transaction, asked again and again: a membership the transaction disables is gone from the
+-- next question, back after a rollback to a savepoint, and gone within the statement that
+-- disables it, for the questions after the write.
+CALL t.act_as('agent_a');
+PREPARE agent_answers AS
+SELECT cardinality(campfire.member_organizations('viewer')) AS organizations,
+       campfire.member_role('aaaaaaaa-0000-4000-8000-00000000000a') AS role;
+CREATE FUNCTION t.disable_agent_a() RETURNS boolean LANGUAGE sql SECURITY DEFINER AS $$
+    UPDATE campfire.organization_members SET status = 'disabled'
+    WHERE user_id = (SELECT (claims ->> 'sub')::uuid FROM t.principals WHERE name = 'agent_a') RETURNING true
+$$;
+BEGIN;
+EXECUTE agent_answers;
+EXECUTE agent_answers;
+SAVEPOINT before_disabling;
+SELECT t.disable_agent_a() AS disabled;
+EXECUTE agent_answers;
+ROLLBACK TO SAVEPOINT before_disabling;
+EXECUTE agent_answers;
+SELECT cardinality(campfire.member_organizations('viewer')) AS asked_before, t.disable_agent_a() AS disabled,
+       cardinality(campfire.member_organizations('viewer')) AS asked_after;
+ROLLBACK;
+EXECUTE agent_answers;
+DEALLOCATE agent_answers;
+CALL t.act_as('nobody');
+
 -- try_uuid takes the canonical form only, as the regex it replaced did.
 SELECT v.value, campfire.try_uuid(v.value) AS uuid,
        campfire.try_uuid(v.value) IS NOT DISTINCT FROM

@@ -55,6 +55,21 @@ SELECT campfire.current_widget_session_id() IS NOT DISTINCT FROM (SELECT widget_
        campfire.may_insert_message('aaaaaaaa-0000-4000-8000-00000000000a', (SELECT conversation_id FROM first_start),
                                    'customer', 'text', NULL) AS may_send;
 EXECUTE session_answers;
+-- In one transaction, asked again and again (the helpers keep an answer only while nothing it
+-- could see has changed, read_memo.rs): a revocation the transaction writes is seen by the next
+-- question, its rollback to a savepoint by the one after, and within one statement the
+-- questions after the revocation see it.
+BEGIN;
+EXECUTE session_answers;
+SAVEPOINT before_revocation;
+SELECT campfire.revoke_widget_session((SELECT widget_session_id FROM first_start)) AS revoked;
+EXECUTE session_answers;
+ROLLBACK TO SAVEPOINT before_revocation;
+EXECUTE session_answers;
+SELECT cardinality(campfire.visitor_conversations()) AS asked_before,
+       campfire.revoke_widget_session((SELECT widget_session_id FROM first_start)) AS revoked,
+       cardinality(campfire.visitor_conversations()) AS asked_after;
+ROLLBACK;
 SELECT campfire.revoke_widget_session((SELECT widget_session_id FROM first_start)) AS revoked;
 SET ROLE campfire_test_relay;
 SELECT t.try(format($$SELECT campfire.visitor_claims(%L)$$, (SELECT session_secret FROM first_start))) AS revoked_secret;
