@@ -7,15 +7,6 @@
 ALTER FUNCTION flush_events() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
 ALTER FUNCTION sync_realtime_conversations() SECURITY DEFINER SET search_path = pg_catalog, campfire, pg_temp;
 
-CREATE FUNCTION touch_updated_at() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    NEW.updated_at := now();
-    RETURN NEW;
-END
-$$;
-
 -- admit_message (Rust, row_access.rs) refuses, before messages_assign_seq (which runs as the
 -- owner) reads or locks the conversation, a message the caller's row-level security would refuse
 -- anyway: "not yours" and "does not exist" then get the same answer, and no row the caller may
@@ -34,9 +25,8 @@ CREATE TRIGGER organization_members_touch BEFORE UPDATE ON organization_members
 CREATE TRIGGER organization_members_events AFTER INSERT OR UPDATE OF availability ON organization_members
     FOR EACH ROW EXECUTE FUNCTION agent_status_events();
 
--- A message's own update (assign_message_seq) sets updated_at itself: no PL/pgSQL call for it.
 CREATE TRIGGER conversations_touch BEFORE UPDATE ON conversations
-    FOR EACH ROW WHEN (NEW.updated_at IS DISTINCT FROM pg_catalog.now()) EXECUTE FUNCTION touch_updated_at();
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
 CREATE TRIGGER sync_realtime_conversations_trigger AFTER INSERT OR UPDATE OR DELETE ON conversations
     FOR EACH ROW EXECUTE FUNCTION sync_realtime_conversations('campfire.realtime_conversations');
 CREATE TRIGGER conversations_events AFTER INSERT OR UPDATE OR DELETE ON conversations

@@ -41,10 +41,11 @@ ALTER EXTENSION pg_campfire DROP SEQUENCE event_queue_id_seq;
 ALTER EXTENSION pg_campfire DROP TABLE event_queue;
 DROP TABLE event_queue;
 
--- A message's own update (assign_message_seq) sets updated_at itself: no PL/pgSQL call for it.
-DROP TRIGGER conversations_touch ON conversations;
-CREATE TRIGGER conversations_touch BEFORE UPDATE ON conversations
-    FOR EACH ROW WHEN (NEW.updated_at IS DISTINCT FROM pg_catalog.now()) EXECUTE FUNCTION touch_updated_at();
+-- updated_at is set in Rust (triggers.rs), with no WHEN clause for PostgreSQL to read back and
+-- plan in every statement.
+CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'touch_updated_at_wrapper';
 
 -- Indexes for row-level security and the log's readers and retention.
 CREATE INDEX conversations_widget_session_idx ON conversations (widget_session_id);

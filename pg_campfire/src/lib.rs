@@ -52,6 +52,7 @@ extension_sql_file!(
         triggers::read_receipt_events,
         triggers::agent_status_events,
         triggers::sync_realtime_conversations,
+        triggers::touch_updated_at,
         notify::announce_access_change
     ]
 );

@@ -124,6 +124,16 @@ impl Row {
         Some(uuid::Uuid::from_bytes(*id.as_bytes()))
     }
 
+    /// A timestamptz column's value, `None` when it is NULL, missing or of another type.
+    pub fn timestamptz(&self, column: &str) -> Option<pg_sys::TimestampTz> {
+        let index = self.index_of(column)?;
+        if self.attribute(index).atttypid != pg_sys::TIMESTAMPTZOID {
+            return None;
+        }
+        // A timestamptz is an int64 passed by value.
+        self.datum(index).map(|datum| datum.value() as pg_sys::TimestampTz)
+    }
+
     pub fn text(&self, column: &str) -> Option<String> {
         match self.scalar(column)? {
             Value::String(s) => Some(s),

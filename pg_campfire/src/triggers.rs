@@ -1,5 +1,6 @@
-//! Trigger functions: the scalar-only mirror of conversations, and the realtime events that
-//! messages, conversations, read receipts and agent availability produce in their transaction.
+//! Trigger functions: `updated_at`, the scalar-only mirror of conversations, and the realtime
+//! events messages, conversations, read receipts and agent availability produce in their
+//! transaction.
 
 use crate::events;
 use crate::scalar::{Enums, Row, ScalarObject};
@@ -324,4 +325,29 @@ fn sync_realtime_conversations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<
     });
     result.unwrap_or_else(|err| pgrx::error!("syncing {}: {err}", mirror_of(trigger)));
     Ok(None)
+}
+
+/// `campfire.touch_updated_at()`, the BEFORE UPDATE trigger of the tables with an `updated_at`:
+/// sets it to the transaction's time, now(). A row that carries it already (a message's update
+/// of its conversation sets it) is returned as it is. As PL/pgSQL this needed a WHEN clause on
+/// conversations to spare that update the call, and PostgreSQL reads such a clause back and
+/// plans it again in every statement (~16k instructions a message).
+#[pg_trigger]
+fn touch_updated_at<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByRust>>, std::convert::Infallible> {
+    let data = trigger.trigger_data();
+    // SAFETY: a row-level BEFORE UPDATE trigger's relation and new tuple stay valid for the call;
+    // the transaction's start time is what now() returns.
+    let (row, now) = unsafe {
+        (Row::new(data.tg_newtuple, (*data.tg_relation).rd_att), pg_sys::GetCurrentTransactionStartTimestamp())
+    };
+    let new = trigger.new().unwrap_or_else(|| pgrx::error!("touch_updated_at runs BEFORE UPDATE, FOR EACH ROW"));
+    let mut touched = new.into_owned();
+    if row.timestamptz("updated_at") != Some(now) {
+        let now = pgrx::datum::TimestampWithTimeZone::try_from(now)
+            .unwrap_or_else(|err| pgrx::error!("the transaction's time is no timestamp: {err:?}"));
+        touched.set_by_name("updated_at", now).unwrap_or_else(|err| pgrx::error!("updated_at: {err}"));
+    }
+    Ok(Some(touched))
 }

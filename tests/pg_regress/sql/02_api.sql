@@ -179,3 +179,18 @@ SELECT campfire.log_head() > 0 AS head;
 SELECT pg_catalog.txid_current_if_assigned() IS NULL AS relay_read_without_a_transaction_id;
 ROLLBACK;
 RESET ROLE;
+
+-- Every update sets updated_at to the transaction's time (touch_updated_at, Rust), whatever the
+-- statement wrote there; a message's own update of its conversation, which sets it already,
+-- keeps it.
+BEGIN;
+UPDATE campfire.organizations SET name = name, updated_at = '2000-01-01' WHERE id = 'aaaaaaaa-0000-4000-8000-00000000000a';
+UPDATE campfire.organization_members SET display_name = display_name, updated_at = '2000-01-01' WHERE organization_id = 'aaaaaaaa-0000-4000-8000-00000000000a';
+UPDATE campfire.conversations SET subject = 'touched', updated_at = '2000-01-01' WHERE organization_id = 'aaaaaaaa-0000-4000-8000-00000000000a';
+UPDATE campfire.messages SET status = 'read', updated_at = '2000-01-01' WHERE organization_id = 'aaaaaaaa-0000-4000-8000-00000000000a';
+SELECT (SELECT bool_and(updated_at = now()) FROM campfire.organizations WHERE id = 'aaaaaaaa-0000-4000-8000-00000000000a') AS organization,
+       (SELECT bool_and(updated_at = now()) FROM campfire.organization_members WHERE organization_id = 'aaaaaaaa-0000-4000-8000-00000000000a') AS members,
+       (SELECT bool_and(updated_at = now()) FROM campfire.conversations WHERE organization_id = 'aaaaaaaa-0000-4000-8000-00000000000a') AS conversations,
+       (SELECT bool_and(updated_at = now()) FROM campfire.realtime_conversations WHERE organization_id = 'aaaaaaaa-0000-4000-8000-00000000000a') AS mirror,
+       (SELECT bool_and(updated_at = now()) FROM campfire.messages WHERE organization_id = 'aaaaaaaa-0000-4000-8000-00000000000a') AS messages;
+ROLLBACK;
