@@ -268,6 +268,23 @@ EXECUTE agent_answers;
 DEALLOCATE agent_answers;
 CALL t.act_as('nobody');
 
+-- may_insert_message is PARALLEL SAFE, so a query may call it in a parallel worker: there it
+-- answers as in the backend (its reads used to take a transaction id, which a worker may not).
+CALL t.act_as('visitor_a');
+SET force_parallel_mode = on;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+-- The seq scan under the Gather, in the worker, computes it.
+EXPLAIN (COSTS OFF, VERBOSE)
+SELECT s.name, campfire.may_insert_message(s.organization_id, s.conversation_id, 'customer', 'text', NULL) AS may_send
+FROM t.sessions s ORDER BY 1;
+SELECT s.name, campfire.may_insert_message(s.organization_id, s.conversation_id, 'customer', 'text', NULL) AS may_send
+FROM t.sessions s ORDER BY 1;
+RESET force_parallel_mode;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+CALL t.act_as('nobody');
+
 -- try_uuid takes the canonical form only, as the regex it replaced did.
 SELECT v.value, campfire.try_uuid(v.value) AS uuid,
        campfire.try_uuid(v.value) IS NOT DISTINCT FROM
