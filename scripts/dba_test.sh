@@ -5,6 +5,7 @@
 #   - backup and restore, custom and plain formats, with exactly the README's commands: every
 #     row, event id and payload, log_state and sequence position comes back, nothing fires on the
 #     way, and a visitor secret issued before the backup is still accepted;
+#   - a hot standby made by pg_basebackup: the relay's and a visitor's reads answer there;
 #   - upgrade from 0.1.0 (its frozen install script): the data and the API still work, and the
 #     catalog of the upgraded installation is the same as a fresh one's (tests/dba/fingerprint.sql);
 #   - DROP EXTENSION leaves the database as CREATE EXTENSION found it, its notifier stops, and
@@ -72,6 +73,21 @@ for format in custom plain; do
     check "$format: every row, event, log_state and sequence as before, nothing fired" same before.txt after.txt
     check "$format: secret accepted, writes go on" sql -d campfire_restored -v secret="$secret" -f "$dba/still_works.sql"
 done
+
+echo "== a hot standby"
+# A base backup of this cluster, started as a standby on a socket of its own (no TCP port).
+standby=$work/standby
+chmod 711 "$work" # postgres runs the standby from here
+as_root install -d -o postgres -m 700 "$standby" "$work/standby-socket"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+check "standby: pg_basebackup" as_pg pg_basebackup -D "$standby/data" -R -X stream
+check "standby: starts" as_pg pg_ctl -D "$standby/data" -l "$standby/log" -w \
+    -o "-c listen_addresses='' -k $work/standby-socket -p $((port + 1)) -c hot_standby=on" start
+standby_sql() { PGHOST=$work/standby-socket PGPORT=$((port + 1)) sql "$@"; }
+check "standby: in recovery" [ "$(standby_sql -d campfire -c "SELECT pg_is_in_recovery()")" = t ]
+check "standby: the relay's and a visitor's reads answer" \
+    same "$dba/standby_reads.expected" <(standby_sql -d campfire -v secret="$secret" -f "$dba/standby_reads.sql" 2>&1)
+as_pg pg_ctl -D "$standby/data" -w -m fast stop >/dev/null
 
 echo "== upgrade from 0.1.0"
 # The frozen 0.1.0 install script and its control file, beside the extension's own files.
