@@ -16,7 +16,9 @@ port=${1:?port required}
 here=$(cd "$(dirname "$0")/.." && pwd)
 dba=$here/tests/dba
 work=$(mktemp -d /tmp/campfire-dba.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# A standby left running by a failed check is stopped too.
+trap '[ -f "$work/standby/data/postmaster.pid" ] && as_pg pg_ctl -D "$work/standby/data" -m immediate stop >/dev/null 2>&1
+      rm -rf "$work"' EXIT
 # The commands below are the README's, typed as a DBA would: connection from the environment.
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
 PATH="$(pg_config --bindir):$PATH"
@@ -38,6 +40,7 @@ readme() {
     eval "$1"
 }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 # Waits (up to <seconds>) until <database> has a running notifier (t) or none (f).
 notifier_is() {
     for _ in $(seq $(($3 * 10))); do
@@ -79,7 +82,6 @@ echo "== a hot standby"
 standby=$work/standby
 chmod 711 "$work" # postgres runs the standby from here
 as_root install -d -o postgres -m 700 "$standby" "$work/standby-socket"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 check "standby: pg_basebackup" as_pg pg_basebackup -D "$standby/data" -R -X stream
 check "standby: starts" as_pg pg_ctl -D "$standby/data" -l "$standby/log" -w \
     -o "-c listen_addresses='' -k $work/standby-socket -p $((port + 1)) -c hot_standby=on" start
