@@ -13,7 +13,7 @@
 //! `notifier.rs`); otherwise the writer does. A rolled-back transaction or savepoint discards its
 //! queued events.
 
-use crate::kept_plans::run_kept;
+use crate::kept_plans::{kept_value, run_kept};
 use campfire_core::announcement::{Announcement, LoggedEvent};
 use pgrx::datum::{DatumWithOid, JsonString};
 use pgrx::prelude::*;
@@ -529,11 +529,7 @@ fn extension_owner() -> pg_sys::Oid {
     }
     const OWNER_OF: &str =
         "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_campfire'";
-    let owner = run_kept("finding the extension's owner", OWNER_OF, &[], &[], |row| row.get::<pg_sys::Oid>(1));
-    let owner = owner
-        .into_iter()
-        .next()
-        .flatten()
+    let owner = kept_value::<pg_sys::Oid>("finding the extension's owner", OWNER_OF, &[], &[])
         .unwrap_or_else(|| pgrx::error!("pg_campfire is not installed in this database"));
     OWNER.set(Some((log, owner)));
     owner

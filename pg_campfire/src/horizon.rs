@@ -13,7 +13,7 @@
 //! lock instead (taken at pre-commit, held to the commit): ids then become visible in increasing
 //! order and there is no horizon to respect, at the price of commits that cannot group.
 
-use crate::kept_plans::run_kept;
+use crate::kept_plans::kept_value;
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -255,8 +255,7 @@ pub fn installed_sequence() -> Option<pg_sys::Oid> {
 fn handed_out_now() -> i64 {
     const HANDED_OUT: &str = "SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value OPERATOR(pg_catalog.-) 1 END \
                               FROM campfire.events_id_seq s";
-    let last = run_kept("reading the log's sequence", HANDED_OUT, &[], &[], |row| row.get::<i64>(1));
-    last.into_iter().next().flatten().unwrap_or(0)
+    kept_value("reading the log's sequence", HANDED_OUT, &[], &[]).unwrap_or(0)
 }
 
 /// `campfire.log_horizon()`: the newest event id every reader may read up to (see `horizon`), or

@@ -62,7 +62,7 @@ pub fn run_kept<T>(
             })
             .unzip();
         // SAFETY: within the SPI connection; the plan takes as many arguments as it was prepared
-        // with (checked by SPI_execute_plan). Not read-only: a fresh snapshot per statement, as
+        // with (checked first: SPI_execute_plan reads that many). Not read-only: a fresh snapshot per statement, as
         // PL/pgSQL's statements have; the returned tuples stay valid until SPI_finish.
         unsafe {
             if pg_sys::SPI_getargcount(plan) as usize != args.len() {
@@ -93,4 +93,15 @@ pub fn run_kept<T>(
         }
     });
     rows.unwrap_or_else(|err| pgrx::error!("{what} failed: {err}"))
+}
+
+/// The first column of the first row `sql` returns through its kept plan, `None` when it returns
+/// no row or NULL: a lookup's one value.
+pub fn kept_value<T: FromDatum + IntoDatum>(
+    what: &str,
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+    args: &[DatumWithOid],
+) -> Option<T> {
+    run_kept(what, sql, types, args, |row| row.get::<T>(1)).into_iter().next().flatten()
 }

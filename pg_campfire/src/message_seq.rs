@@ -19,7 +19,7 @@
 //! stands. Only when it moved (another writer got in between) is the look repeated under the lock.
 
 use crate::errors::raise;
-use crate::kept_plans::run_kept;
+use crate::kept_plans::{kept_value, run_kept};
 use crate::scalar::Row;
 use pgrx::PgTrigger;
 use pgrx::prelude::*;
@@ -139,8 +139,8 @@ fn seq_of(message: &Row) -> Option<i64> {
     }
     // Another writer got in between (or there is no such conversation): look again, under the lock.
     run_kept(WHAT, LOCK, &KEY_TYPES[..1], &key[..1], |_| Ok(()));
-    let stored = run_kept(WHAT, STORED, &KEY_TYPES, &key, |row| row.get::<bool>(1));
-    if stored.first().copied().flatten() == Some(true) { None } else { Some(next_seq(message)) }
+    let stored = kept_value::<bool>(WHAT, STORED, &KEY_TYPES, &key);
+    if stored == Some(true) { None } else { Some(next_seq(message)) }
 }
 
 #[pg_trigger]

@@ -2,7 +2,7 @@
 //! `campfire_core::sealed`), which only the owner and the relay role can read. A login that
 //! LISTENs learns nothing but sizes and times; one that NOTIFYs cannot make a relay believe it.
 
-use crate::kept_plans::run_kept;
+use crate::kept_plans::kept_value;
 use campfire_core::sealed;
 use pgrx::PgTrigger;
 use pgrx::prelude::*;
@@ -24,15 +24,12 @@ fn key() -> Option<sealed::Key> {
         return Some(key);
     }
     const INSTALLED: &str = "SELECT pg_catalog.to_regprocedure('campfire.notify_key()') IS NOT NULL";
-    let installed = run_kept("looking for the notify key", INSTALLED, &[], &[], |row| row.get::<bool>(1));
-    let installed = installed.into_iter().next().flatten().unwrap_or(false);
+    let installed = kept_value("looking for the notify key", INSTALLED, &[], &[]).unwrap_or(false);
     if !installed {
         return None;
     }
-    let bytes =
-        run_kept("reading the notify key", "SELECT campfire.notify_key()", &[], &[], |row| row.get::<Vec<u8>>(1));
-    let bytes =
-        bytes.into_iter().next().flatten().unwrap_or_else(|| pgrx::error!("campfire.notify_key() returned no key"));
+    let bytes: Vec<u8> = kept_value("reading the notify key", "SELECT campfire.notify_key()", &[], &[])
+        .unwrap_or_else(|| pgrx::error!("campfire.notify_key() returned no key"));
     let key: sealed::Key =
         bytes.try_into().unwrap_or_else(|_| pgrx::error!("the notify key must be {} bytes", sealed::KEY_BYTES));
     KEY.set(Some(key));

@@ -16,7 +16,7 @@
 
 use crate::claims::{claim, is_service, try_uuid};
 use crate::errors::raise;
-use crate::kept_plans::run_kept;
+use crate::kept_plans::kept_value;
 use crate::read_memo::read_kept;
 use crate::scalar::Row;
 use pgrx::PgTrigger;
@@ -189,9 +189,8 @@ fn admit_message<'a>(
         == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32;
     if row_security && !is_service() {
         let args = message.params_of(&INSERT_RULE_COLUMNS);
-        let allowed =
-            run_kept("checking the message's rights", MAY_INSERT, &INSERT_RULE_TYPES, &args, |row| row.get::<bool>(1));
-        if allowed.first().copied().flatten() != Some(true) {
+        let allowed = kept_value::<bool>("checking the message's rights", MAY_INSERT, &INSERT_RULE_TYPES, &args);
+        if allowed != Some(true) {
             raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 r#"new row violates row-level security policy for table "messages""#,

@@ -13,7 +13,7 @@
 
 use crate::claims::{claim, is_service, require_role};
 use crate::errors::raise;
-use crate::kept_plans::run_kept;
+use crate::kept_plans::{kept_value, run_kept};
 use crate::message_rules::{
     CONTENT_MAX_CHARS, MESSAGE_TYPES, SENDER_NAME_MAX_CHARS, SENDER_TYPES, client_message_id_fits,
 };
@@ -38,8 +38,7 @@ fn visible_conversation_org(conversation_id: Option<pgrx::Uuid>) -> pgrx::Uuid {
         _ => MEMBER_CONVERSATION_ORG,
     };
     let args = [optional(conversation_id)];
-    let org = run_kept("finding the conversation", sql, &UUID, &args, |row| row.get::<pgrx::Uuid>(1));
-    org.into_iter().next().flatten().unwrap_or_else(|| {
+    kept_value::<pgrx::Uuid>("finding the conversation", sql, &UUID, &args).unwrap_or_else(|| {
         let id = conversation_id.map(|id| id.to_string()).unwrap_or_default();
         refuse(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("conversation {id} not found"))
     })
@@ -201,10 +200,8 @@ fn send_message(
     let kind = message_type.unwrap_or("text");
     check_arguments(content, sender_type, kind, client_message_id);
     if let Some(email) = sender_email {
-        let valid = run_kept("checking sender_email", IS_VALID_EMAIL, &[pg_sys::TEXTOID], &[email.into()], |row| {
-            row.get::<bool>(1)
-        });
-        if valid.into_iter().next().flatten() != Some(true) {
+        let valid = kept_value::<bool>("checking sender_email", IS_VALID_EMAIL, &[pg_sys::TEXTOID], &[email.into()]);
+        if valid != Some(true) {
             refuse(INVALID, "sender_email is not a valid email address");
         }
     }

@@ -181,8 +181,7 @@ ROLLBACK;
 RESET ROLE;
 
 -- Every update sets updated_at to the transaction's time (touch_updated_at, Rust), whatever the
--- statement wrote there; a message's own update of its conversation, which sets it already,
--- keeps it.
+-- statement wrote there.
 BEGIN;
 UPDATE campfire.organizations SET name = name, updated_at = '2000-01-01' WHERE id = 'aaaaaaaa-0000-4000-8000-00000000000a';
 UPDATE campfire.organization_members SET display_name = display_name, updated_at = '2000-01-01' WHERE organization_id = 'aaaaaaaa-0000-4000-8000-00000000000a';
