@@ -5,6 +5,10 @@
 #   scripts/cluster.sh start <dir> <port>   initdb if needed, start, wait until ready
 #   scripts/cluster.sh stop  <dir>          stop (fast) if running
 #   scripts/cluster.sh psql  <dir> <port> [psql args...]
+#
+# With CAMPFIRE_WAL_FLUSH_DELAY_US set (the benchmark's --wal-flush-delay-us), `start` preloads
+# bench/wal_flush_delay.c into the server: every WAL flush then takes that much longer, as on a
+# network disk.
 set -euo pipefail
 
 PG_BIN=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
@@ -37,8 +41,18 @@ shared_preload_libraries = 'pg_campfire'
 max_worker_processes = 40
 EOF
     fi
+    preload=()
+    if [ "${CAMPFIRE_WAL_FLUSH_DELAY_US:-0}" -gt 0 ]; then
+        cc -O2 -shared -fPIC -o "$dir/wal_flush_delay.so" "$(dirname "$0")/../bench/wal_flush_delay.c" -ldl
+        preload=(env LD_PRELOAD="$dir/wal_flush_delay.so" CAMPFIRE_WAL_FLUSH_DELAY_US="$CAMPFIRE_WAL_FLUSH_DELAY_US")
+        echo "==> every WAL flush of this cluster takes ${CAMPFIRE_WAL_FLUSH_DELAY_US} µs longer (an emulated network disk)"
+    fi
     echo "==> starting PostgreSQL on 127.0.0.1:$port (data $dir)"
-    as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
+    as_postgres "${preload[@]}" "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
+    if [ ${#preload[@]} -gt 0 ] && ! grep -q wal_flush_delay.so "/proc/$(head -1 "$dir/postmaster.pid")/maps"; then
+        echo "the server did not load $dir/wal_flush_delay.so (see $dir/server.log)" >&2
+        exit 1
+    fi
     ;;
 stop)
     if [ -f "$dir/postmaster.pid" ]; then

@@ -14,7 +14,8 @@
 #                                                     (cargo test -p campfire-tests)
 #   6. the real @supabase/realtime-js against the relay binary, and the pages in Chromium
 #                                                     (node --test)
-#   7. a smoke run of the benchmark, so that it cannot rot (figures not meaningful)
+#   7. a smoke run of the benchmark, so that it cannot rot (figures not meaningful), on the
+#      emulated slower disk (--wal-flush-delay-us), so that its preload cannot rot either
 # Each runner prints its own summary line; the script stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,7 @@ cargo build -p campfire-relay --bin campfire-relay
 
 step "benchmark smoke run"
 cargo build -p campfire-bench
-target/debug/campfire-bench --smoke --relay-bin target/debug/campfire-relay --output "$work/bench-smoke.json"
+target/debug/campfire-bench --smoke --wal-flush-delay-us 500 --relay-bin target/debug/campfire-relay \
+    --output "$work/bench-smoke.json"
 
 step "all tests passed"

@@ -62,6 +62,11 @@ struct Args {
     /// A short run (a few hundred messages, small counts) that only checks the benchmark works.
     #[arg(long)]
     smoke: bool,
+    /// Makes every WAL flush of the benchmark's cluster this many microseconds longer, as on a
+    /// network disk (bench/wal_flush_delay.c, preloaded into the server). The local disk here
+    /// flushes in ~0.2 ms; a cloud volume takes 0.5-2 ms.
+    #[arg(long, default_value_t = 0)]
+    wal_flush_delay_us: u64,
     /// Internal: run as a client process of the connections scenario (a JSON `WorkerSpec`).
     #[arg(long, hide = true)]
     connect_worker: Option<String>,
@@ -133,10 +138,13 @@ async fn connect(port: u16, user: &str) -> Result<Client> {
     Ok(client)
 }
 
-fn start_cluster() -> Result<Cluster> {
+fn start_cluster(wal_flush_delay_us: u64) -> Result<Cluster> {
     let port = free_port();
     let dir = format!("/tmp/campfire-bench-{port}");
-    let status = Command::new("scripts/cluster.sh").args(["start", &dir, &port.to_string()]).status()?;
+    let status = Command::new("scripts/cluster.sh")
+        .args(["start", &dir, &port.to_string()])
+        .env("CAMPFIRE_WAL_FLUSH_DELAY_US", wal_flush_delay_us.to_string())
+        .status()?;
     if !status.success() {
         bail!("starting PostgreSQL failed");
     }
@@ -147,6 +155,9 @@ fn start_cluster() -> Result<Cluster> {
             .status()
     };
     psql("CREATE DATABASE campfire", "postgres")?;
+    // Times each WAL flush (WalFlushes): two clock reads a flush.
+    psql("ALTER SYSTEM SET track_wal_io_timing = on", "postgres")?;
+    psql("SELECT pg_reload_conf()", "postgres")?;
     psql("CREATE EXTENSION pg_campfire", "campfire")?;
     psql(
         &format!(
@@ -416,8 +427,8 @@ async fn latency(
         Some(relay) => Some(path.subscribe(relay, org, vsn).await?),
         None => None,
     };
-    // Each message's insert start and commit acknowledgement.
-    let sent: Arc<std::sync::Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
+    // Each message's time on the schedule, insert start and commit acknowledgement.
+    let sent: Arc<std::sync::Mutex<HashMap<String, Sent>>> = Arc::default();
     let writers = LATENCY_WRITERS;
     let interval = Duration::from_nanos(1_000_000_000 * writers as u64 / args.rate);
     let mut tasks = Vec::new();
@@ -429,12 +440,13 @@ async fn latency(
         tasks.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             for i in (w..messages).step_by(writers) {
-                ticker.tick().await;
+                // A writer that fell behind gets its missed ticks at once, with their own times.
+                let scheduled = ticker.tick().await.into_std();
                 let id = format!("{run}-{i}");
                 let conversation = conversations[i % conversations.len()];
                 let started = Instant::now();
                 db.execute(&statement, &[&conversation, &id]).await?;
-                sent.lock().unwrap().insert(id, (started, Instant::now()));
+                sent.lock().unwrap().insert(id, Sent { scheduled, started, committed: Instant::now() });
             }
             anyhow::Ok(())
         }));
@@ -456,25 +468,49 @@ async fn latency(
         task.await??;
     }
     let sent = sent.lock().unwrap();
+    // The rate the path kept up. A writer that falls behind sends its late messages back to back,
+    // each timed from its own insert start: a path slower than --rate shows in this rate and in
+    // the times from the schedule (what a user who pressed send at that moment waits), not in
+    // the times from insert start.
+    let first_start = sent.values().map(|s| s.started).min();
+    let last_commit = sent.values().map(|s| s.committed).max();
+    let achieved = match (first_start, last_commit) {
+        (Some(first), Some(last)) if last > first => sent.len() as f64 / (last - first).as_secs_f64(),
+        _ => f64::NAN,
+    };
     if ws.is_none() {
-        let to_commit = sent.values().map(|(started, committed)| (*committed - *started).as_secs_f64() * 1000.0);
+        let ms = |from: fn(&Sent) -> Instant| {
+            percentiles(sent.values().map(|s| (s.committed - from(s)).as_secs_f64() * 1000.0).collect())
+        };
         return Ok(json!({
             "path": path.name(), "messages": messages, "committed": sent.len(), "rate": args.rate,
-            "to_commit": percentiles(to_commit.collect()),
+            "achieved_per_second": achieved, "to_commit": ms(|s| s.started), "scheduled_to_commit": ms(|s| s.scheduled),
         }));
     }
-    let (mut from_commit, mut from_start) = (Vec::with_capacity(messages), Vec::with_capacity(messages));
+    let (mut from_commit, mut from_start, mut from_schedule) =
+        (Vec::with_capacity(messages), Vec::with_capacity(messages), Vec::with_capacity(messages));
     for (id, at) in &arrived {
-        if let Some((started, committed)) = sent.get(id) {
+        if let Some(s) = sent.get(id) {
             // A frame can beat the writer's own commit acknowledgement: that counts as 0.
-            from_commit.push(at.saturating_duration_since(*committed).as_secs_f64() * 1000.0);
-            from_start.push(at.duration_since(*started).as_secs_f64() * 1000.0);
+            from_commit.push(at.saturating_duration_since(s.committed).as_secs_f64() * 1000.0);
+            from_start.push(at.duration_since(s.started).as_secs_f64() * 1000.0);
+            from_schedule.push(at.duration_since(s.scheduled).as_secs_f64() * 1000.0);
         }
     }
     Ok(json!({
         "path": path.name(), "messages": messages, "received": arrived.len(), "rate": args.rate,
+        "achieved_per_second": achieved,
         "from_commit": percentiles(from_commit), "from_insert_start": percentiles(from_start),
+        "from_schedule": percentiles(from_schedule),
     }))
+}
+
+/// One message of a latency run: when the schedule had it sent, when its insert started, when its
+/// commit was acknowledged.
+struct Sent {
+    scheduled: Instant,
+    started: Instant,
+    committed: Instant,
 }
 
 /// Brings the database to the same state before each write run: earlier runs leave dead row
@@ -485,6 +521,41 @@ async fn settle(cluster: &Cluster) -> Result<()> {
     db.batch_execute("VACUUM").await?;
     db.batch_execute("CHECKPOINT").await?;
     Ok(())
+}
+
+/// The cluster's WAL so far (`pg_stat_wal`, with `track_wal_io_timing` on): its flushes, how many
+/// and their total milliseconds, and the bytes written. A design that flushes once per commit
+/// under a lock (NOTIFY's) pays one flush a message; commits that group share them. A flush's
+/// time includes the flushing process's wait for a CPU once the disk is done.
+struct WalFlushes {
+    count: i64,
+    ms: f64,
+    bytes: f64,
+}
+
+impl WalFlushes {
+    /// Read once the writers' backends have exited: a backend reports its WAL statistics when it
+    /// leaves, or at most once a second while it runs.
+    async fn now(db: &Client) -> Result<WalFlushes> {
+        for _ in 0..50 {
+            let row = db.query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&WRITER]).await?;
+            if row.get::<_, i64>(0) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let row = db.query_one("SELECT wal_sync, wal_sync_time, wal_bytes::float8 FROM pg_stat_wal", &[]).await?;
+        Ok(WalFlushes { count: row.get(0), ms: row.get(1), bytes: row.get(2) })
+    }
+
+    fn per_message(&self, later: &WalFlushes, messages: u64) -> Value {
+        let count = later.count - self.count;
+        json!({
+            "per_message": count as f64 / messages.max(1) as f64,
+            "mean_ms": if count > 0 { (later.ms - self.ms) / count as f64 } else { f64::NAN },
+            "kb_per_message": (later.bytes - self.bytes) / 1024.0 / messages.max(1) as f64,
+        })
+    }
 }
 
 /// Scenarios 2 and 5 and the baseline: the most messages `writers` commit in `seconds`, `per_tx`
@@ -499,6 +570,8 @@ async fn write_rate(
     seconds: u64,
 ) -> Result<Value> {
     settle(cluster).await?;
+    let admin = connect(cluster.port, "postgres").await?;
+    let flushes_before = WalFlushes::now(&admin).await?;
     let mut listener = match relay {
         Some(relay) => Some(path.subscribe(relay, org, "2.0.0").await?),
         None => None,
@@ -565,6 +638,7 @@ async fn write_rate(
     let cpu = cpu_before.per_message(&CpuUse::now(cluster, relay), wanted(&committed));
     drop(writers_done);
     let committed = wanted(&committed);
+    let flushes = flushes_before.per_message(&WalFlushes::now(&admin).await?, committed);
     let elapsed = if listener.is_some() { last_delivery.duration_since(started) } else { started.elapsed() };
     Ok(json!({
         "path": path.name(), "writers": writers, "per_transaction": per_tx, "committed": committed,
@@ -572,6 +646,7 @@ async fn write_rate(
         "lost": if listener.is_some() { json!(committed.saturating_sub(delivered)) } else { Value::Null },
         "per_second": committed as f64 / elapsed.as_secs_f64(),
         "cpu_us_per_message": cpu,
+        "wal_flushes": flushes,
     }))
 }
 
@@ -670,16 +745,20 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
             .collect()
     };
     let paths = [Path::Campfire, Path::Naive, Path::Plain, Path::Floor];
+    let flushes = |path: Path, k: &str| median_at(&write[path.name()], &format!("/wal_flushes/{k}"));
     for path in paths {
         let us = cpu(path);
         println!(
-            "baseline CPU per message, {}: PostgreSQL {:.0} us (its notifier {:.0}), relay {:.0}, load generator {:.0}; all {:.0} us",
+            "baseline CPU per message, {}: PostgreSQL {:.0} us (its notifier {:.0}), relay {:.0}, load generator {:.0}; all {:.0} us; WAL {:.2} kB and {:.2} flushes per message, {:.2} ms each",
             path.name(),
             us["postgres"],
             us["notifier"],
             us["relay"],
             us["load_generator"],
-            us["total"]
+            us["total"],
+            flushes(path, "kb_per_message"),
+            flushes(path, "per_message"),
+            flushes(path, "mean_ms"),
         );
     }
 
@@ -692,24 +771,42 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
     };
     let (campfire_ms, naive_ms) =
         (figures(Path::Campfire, "from_insert_start"), figures(Path::Naive, "from_insert_start"));
-    for (name, ms) in [("pg_campfire", &campfire_ms), ("naive", &naive_ms)] {
+    let achieved = |path: Path| median_at(&delay[path.name()], "/achieved_per_second");
+    let print = |path: Path, span: &str, ms: &std::collections::BTreeMap<&str, f64>| {
         println!(
-            "baseline latency {name} @ {}/s, insert start -> frame: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-            args.rate, ms["p50_ms"], ms["p95_ms"], ms["p99_ms"], ms["max_ms"]
-        );
-    }
+            "baseline latency {} @ {}/s (kept up {:.0}/s), {span}: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            path.name(),
+            args.rate,
+            achieved(path),
+            ms["p50_ms"],
+            ms["p95_ms"],
+            ms["p99_ms"],
+            ms["max_ms"]
+        )
+    };
+    print(Path::Campfire, "insert start -> frame", &campfire_ms);
+    print(Path::Naive, "insert start -> frame", &naive_ms);
     let (plain_ms, floor_ms) = (figures(Path::Plain, "to_commit"), figures(Path::Floor, "to_commit"));
-    for (name, ms) in [("plain insert", &plain_ms), ("contract floor", &floor_ms)] {
-        println!(
-            "baseline latency {name} @ {}/s, insert start -> commit (nothing delivered): p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-            args.rate, ms["p50_ms"], ms["p95_ms"], ms["p99_ms"], ms["max_ms"]
-        );
-    }
+    print(Path::Plain, "insert start -> commit (nothing delivered)", &plain_ms);
+    print(Path::Floor, "insert start -> commit (nothing delivered)", &floor_ms);
     let p99_ratio = campfire_ms["p99_ms"] / naive_ms["p99_ms"];
     println!(
         "baseline latency ratios: p99 pg_campfire / naive {p99_ratio:.2}x (target <= 0.33x), pg_campfire p50 {:.2} ms (target <= 1 ms; the floor's commit alone: p50 {:.2} ms)",
         campfire_ms["p50_ms"], floor_ms["p50_ms"]
     );
+    // From the schedule: what a user who pressed send at that moment waits, backlog included.
+    let (campfire_scheduled, naive_scheduled) =
+        (figures(Path::Campfire, "from_schedule"), figures(Path::Naive, "from_schedule"));
+    for (path, ms) in [(Path::Campfire, &campfire_scheduled), (Path::Naive, &naive_scheduled)] {
+        println!(
+            "baseline latency {} @ {}/s, scheduled send -> frame: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            path.name(),
+            args.rate,
+            ms["p50_ms"],
+            ms["p99_ms"],
+            ms["max_ms"]
+        );
+    }
 
     Ok(json!({
         "write_rate": {
@@ -724,6 +821,7 @@ async fn baseline(args: &Args, cluster: &Cluster, relay: &Relay, naive: &Relay, 
         "latency": {
             "rate": args.rate, "writers": LATENCY_WRITERS, "conversations": org.conversations.len(),
             "from_insert_start": { "pg_campfire": campfire_ms, "naive": naive_ms },
+            "from_schedule": { "pg_campfire": campfire_scheduled, "naive": naive_scheduled },
             "from_commit": { "pg_campfire": figures(Path::Campfire, "from_commit"), "naive": figures(Path::Naive, "from_commit") },
             "to_commit": { "plain_insert": plain_ms, "contract_floor": floor_ms },
             "p99_campfire_to_naive": p99_ratio,
@@ -1039,7 +1137,7 @@ async fn main() -> Result<()> {
         (args.fanout, args.connections, args.growth, args.growth_reps) = (vec![20], vec![50], vec![2000], 5);
     }
     let fd_limit = raise_fd_limit();
-    let cluster = start_cluster()?;
+    let cluster = start_cluster(args.wal_flush_delay_us)?;
     let relay = start_relay(&args, &cluster).await?;
     let db = connect(cluster.port, "postgres").await?;
     let settings: Vec<(String, String)> = db
@@ -1051,7 +1149,7 @@ async fn main() -> Result<()> {
     let org = create_org(&db, "bench", 100).await?;
     let mut results = json!({
         "machine": machine(), "postgresql": settings.into_iter().collect::<HashMap<_, _>>(),
-        "fd_limit": fd_limit, "runs": args.runs, "smoke": args.smoke,
+        "fd_limit": fd_limit, "runs": args.runs, "smoke": args.smoke, "wal_flush_delay_us": args.wal_flush_delay_us,
     });
 
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);

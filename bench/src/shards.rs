@@ -54,7 +54,7 @@ async fn run(relay: &Relay, shards: &[(&Cluster, &Org)], seconds: u64) -> Result
 pub async fn shards(args: &Args, cluster: &Cluster, org: &Org) -> Result<Value> {
     let mut others = Vec::new();
     for i in 1..MAX_SHARDS {
-        let cluster = start_cluster()?;
+        let cluster = start_cluster(args.wal_flush_delay_us)?;
         let org = create_org(&connect(cluster.port, "postgres").await?, &format!("shard-{i}"), 100).await?;
         others.push((cluster, org));
     }
