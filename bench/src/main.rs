@@ -155,7 +155,7 @@ fn start_cluster(wal_flush_delay_us: u64) -> Result<Cluster> {
             .status()
     };
     psql("CREATE DATABASE campfire", "postgres")?;
-    // Times each WAL flush (WalFlushes): two clock reads a flush.
+    // Times WAL writes and flushes (WalFlushes): two clock reads each, on every path alike.
     psql("ALTER SYSTEM SET track_wal_io_timing = on", "postgres")?;
     psql("SELECT pg_reload_conf()", "postgres")?;
     psql("CREATE EXTENSION pg_campfire", "campfire")?;
