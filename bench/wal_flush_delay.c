@@ -2,10 +2,10 @@
  * An emulated slower WAL device for the benchmark (not part of the tests): preloaded into a
  * PostgreSQL cluster by scripts/cluster.sh when CAMPFIRE_WAL_FLUSH_DELAY_US is set, it makes every
  * fdatasync() (how PostgreSQL flushes its WAL on Linux, wal_sync_method = fdatasync) take that
- * many microseconds longer, as on a network disk. The local disks the benchmark usually runs on
- * flush in ~0.2 ms; a cloud volume takes 0.5-2 ms, and how a design waits on its flushes (one at
- * a time under a lock, or grouped) decides how it fares there. Other syncs (data files at
- * checkpoints, which use fsync()) are left alone.
+ * many microseconds longer, as on a network disk. The local disk the benchmark usually runs on
+ * flushes in ~0.25 ms; a network-attached volume can take a millisecond or more, and how a design
+ * waits on its flushes (one at a time under a lock, or grouped) decides how it fares there. Other
+ * syncs (data files at checkpoints, which use fsync()) are left alone.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>

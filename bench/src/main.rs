@@ -64,7 +64,7 @@ struct Args {
     smoke: bool,
     /// Makes every WAL flush of the benchmark's cluster this many microseconds longer, as on a
     /// network disk (bench/wal_flush_delay.c, preloaded into the server). The local disk here
-    /// flushes in ~0.2 ms; a cloud volume takes 0.5-2 ms.
+    /// flushes in ~0.25 ms; a network-attached volume can take a millisecond or more.
     #[arg(long, default_value_t = 0)]
     wal_flush_delay_us: u64,
     /// Internal: run as a client process of the connections scenario (a JSON `WorkerSpec`).
@@ -526,7 +526,8 @@ async fn settle(cluster: &Cluster) -> Result<()> {
 /// The cluster's WAL so far (`pg_stat_wal`, with `track_wal_io_timing` on): its flushes, how many
 /// and their total milliseconds, and the bytes written. A design that flushes once per commit
 /// under a lock (NOTIFY's) pays one flush a message; commits that group share them. A flush's
-/// time includes the flushing process's wait for a CPU once the disk is done.
+/// time also counts the flushing process's wait for a CPU once the disk is done, which on busy
+/// cores can be most of it.
 struct WalFlushes {
     count: i64,
     ms: f64,
