@@ -353,10 +353,11 @@ enum Path {
     Naive,
     /// An insert into `plain_messages`: no trigger, nothing delivered.
     Plain,
-    /// `floor_send`: the rows pg_campfire's contract writes for one message (the message with its
+    /// `FLOOR_SEND`: the rows pg_campfire's contract writes for one message (the message with its
     /// conversation's next seq, the conversation's summary, its mirror row, two log rows with
-    /// JSON payloads) by one PL/pgSQL function into copies of the tables, with no trigger, no
-    /// validation, no delivery. What any implementation of the contract writes at least.
+    /// JSON payloads), written by one prepared statement into copies of the tables, with no
+    /// trigger, no validation, no delivery: what any implementation of the contract writes at
+    /// least, run through one plan, so that only the executor's own work is left to save.
     Floor,
 }
 
@@ -374,7 +375,7 @@ impl Path {
     fn sql(self) -> String {
         let table = match self {
             Path::Campfire => return "SELECT campfire.send_message($1, 'bench message', 'agent', $2)".into(),
-            Path::Floor => return "SELECT floor_send($1, 'bench message', 'agent', $2)".into(),
+            Path::Floor => return FLOOR_SEND.into(),
             Path::Naive => "naive_messages",
             Path::Plain => "plain_messages",
         };
@@ -651,9 +652,10 @@ async fn write_rate(
     }))
 }
 
-/// `Path::Floor`'s tables, copies of pg_campfire's (the conversations with their rows), and its
-/// function: per message, the conversation's seq and summary (an update kept HOT, as pg_campfire's
-/// is), the message, the mirror row, and two log rows, with the ids of the log's sequence.
+/// `Path::Floor`'s tables, copies of pg_campfire's (the conversations with their rows): per
+/// message, `FLOOR_SEND` writes the conversation's seq and summary (an update kept HOT, as
+/// pg_campfire's is), the message, the mirror row, and two log rows, with the ids of the log's
+/// sequence.
 const CONTRACT_FLOOR_SQL: &str = "
     DROP TABLE IF EXISTS floor_messages, floor_conversations, floor_mirror, floor_events;
     DROP SEQUENCE IF EXISTS floor_events_seq;
@@ -664,28 +666,33 @@ const CONTRACT_FLOOR_SQL: &str = "
     CREATE TABLE floor_messages (LIKE campfire.messages INCLUDING ALL,
         FOREIGN KEY (organization_id, conversation_id) REFERENCES floor_conversations (organization_id, id));
     CREATE TABLE floor_events (LIKE campfire.events INCLUDING ALL);
-    CREATE SEQUENCE floor_events_seq;
-    CREATE OR REPLACE FUNCTION floor_send(conversation uuid, body text, sender text, client_id text) RETURNS void
-        LANGUAGE plpgsql AS $$
-    DECLARE c floor_conversations; m floor_messages;
-    BEGIN
+    CREATE SEQUENCE floor_events_seq;";
+
+/// `Path::Floor`'s one statement, with parameters $1 conversation and $2 client message id: the
+/// conversation's seq and summary, then the message numbered by it, the mirror row, and the two
+/// log rows, the list's carrying the conversation as pg_campfire's does.
+const FLOOR_SEND: &str = "
+    WITH c AS (
         UPDATE floor_conversations SET last_message_seq = last_message_seq + 1, last_message_at = now(),
-               last_message_preview = left(body, 140), last_message_sender_type = sender, updated_at = now()
-         WHERE id = conversation RETURNING * INTO c;
+               last_message_preview = left('bench message', 140), last_message_sender_type = 'agent',
+               updated_at = now()
+         WHERE id = $1::uuid RETURNING *),
+    m AS (
         INSERT INTO floor_messages (conversation_id, organization_id, seq, content, sender_type, client_message_id)
-        VALUES (c.id, c.organization_id, c.last_message_seq, body, sender, client_id) RETURNING * INTO m;
-        UPDATE floor_mirror SET last_message_seq = c.last_message_seq, last_message_at = c.last_message_at,
-               last_message_preview = c.last_message_preview, last_message_sender_type = c.last_message_sender_type,
-               updated_at = c.updated_at
-         WHERE id = c.id;
-        INSERT INTO floor_events (id, organization_id, conversation_id, topic, event, payload, conversation_update)
-        VALUES (nextval('floor_events_seq'), m.organization_id, m.conversation_id,
-                'org:' || m.organization_id || ':conv:' || m.conversation_id, 'message:created',
-                json_build_object('message', row_to_json(m)), NULL),
-               (nextval('floor_events_seq'), m.organization_id, m.conversation_id,
-                'org:' || m.organization_id || ':conversations', 'message:created',
-                json_build_object('message', row_to_json(m)), json_build_object('conversation', row_to_json(c)));
-    END $$;";
+        SELECT c.id, c.organization_id, c.last_message_seq, 'bench message', 'agent', $2::text FROM c
+        RETURNING *),
+    mirror AS (
+        UPDATE floor_mirror f SET last_message_seq = c.last_message_seq, last_message_at = c.last_message_at,
+               last_message_preview = c.last_message_preview,
+               last_message_sender_type = c.last_message_sender_type, updated_at = c.updated_at
+          FROM c WHERE f.id = c.id)
+    INSERT INTO floor_events (id, organization_id, conversation_id, topic, event, payload, conversation_update)
+    SELECT nextval('floor_events_seq'), m.organization_id, m.conversation_id,
+           CASE WHEN list THEN 'org:' || m.organization_id || ':conversations'
+                ELSE 'org:' || m.organization_id || ':conv:' || m.conversation_id END,
+           'message:created', json_build_object('message', row_to_json(m)),
+           CASE WHEN list THEN json_build_object('conversation', row_to_json(c)) END
+      FROM m, c, (VALUES (false), (true)) AS rows (list)";
 
 /// Scenario 7, the side-by-side baseline of issue 15: what a user writes instead of pg_campfire
 /// (a copy of the messages table whose trigger NOTIFYs each row, and the minimal LISTEN →
