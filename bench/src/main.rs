@@ -652,10 +652,8 @@ async fn write_rate(
     }))
 }
 
-/// `Path::Floor`'s tables, copies of pg_campfire's (the conversations with their rows): per
-/// message, `FLOOR_SEND` writes the conversation's seq and summary (an update kept HOT, as
-/// pg_campfire's is), the message, the mirror row, and two log rows, with the ids of the log's
-/// sequence.
+/// `Path::Floor`'s tables: copies of pg_campfire's, the conversations with their rows, whose
+/// fillfactor leaves room for `FLOOR_SEND`'s summary update to stay HOT, as pg_campfire's does.
 const CONTRACT_FLOOR_SQL: &str = "
     DROP TABLE IF EXISTS floor_messages, floor_conversations, floor_mirror, floor_events;
     DROP SEQUENCE IF EXISTS floor_events_seq;
